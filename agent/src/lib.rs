@@ -1,0 +1,7 @@
+//! The sync agent: publishes service-cluster APIs to kcp and syncs objects
+//! between consumer workspaces and the service cluster.
+//!
+//! The library also carries the API types shared with the operator: the
+//! `PublishedResource` CRD and the kcp types both crates read and write.
+
+pub mod api;

@@ -1,0 +1,280 @@
+//! The `PublishedOffering` API (`offering.syncagent.dev/v1alpha1`): one object
+//! from which the operator provisions an APIExport in kcp, the agent's
+//! credentials and RBAC on both sides, its PublishedResources, one sync-agent
+//! Deployment and the consumers' APIBindings.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sync_agent::api::published_resource::PublishedResourceSpec;
+
+/// A service offered to kcp consumers: the APIs to publish from this cluster,
+/// the kcp workspace to publish them from, how to run the sync agent, and
+/// which consumer workspaces bind the offering automatically.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "offering.syncagent.dev",
+    version = "v1alpha1",
+    kind = "PublishedOffering",
+    plural = "publishedofferings",
+    shortname = "po",
+    category = "kcp",
+    namespaced,
+    status = "PublishedOfferingStatus",
+    doc = "PublishedOffering publishes service-cluster APIs to a kcp workspace: the operator provisions the APIExport, the sync agent with its credentials and RBAC, and the consumers' APIBindings.",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Workspace","type":"string","jsonPath":".spec.kcp.workspace"}"#,
+    printcolumn = r#"{"name":"Export","type":"string","jsonPath":".status.export.name"}"#,
+    printcolumn = r#"{"name":"Bound","type":"integer","jsonPath":".status.consumers.bound"}"#,
+    printcolumn = r#"{"name":"Failed","type":"integer","priority":1,"jsonPath":".status.consumers.failed"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishedOfferingSpec {
+    /// Where in kcp the offering is published and with which credentials.
+    pub kcp: KcpTarget,
+    /// The APIExport that carries the offering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export: Option<ExportSettings>,
+    /// The service-cluster APIs to publish. Each entry becomes one
+    /// PublishedResource for this offering's agent.
+    #[schemars(length(min = 1))]
+    pub resources: Vec<OfferedResource>,
+    /// How the sync agent of this offering runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentSettings>,
+    /// Consumer workspaces that get an APIBinding to the offering automatically.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumers: Option<Consumers>,
+    /// What happens in kcp when the offering is deleted. `Retain` (the
+    /// default) keeps the APIExport and the consumers' APIBindings, so no
+    /// consumer data is lost; `Delete` removes them, and deleting a binding
+    /// deletes the consumer's objects of the offering.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// The kcp side of an offering.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KcpTarget {
+    /// Path of the provider workspace that holds the APIExport, for example
+    /// `root:providers:databases`. It must exist.
+    #[schemars(regex(
+        pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(:[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+    ))]
+    pub workspace: String,
+    /// Secret in the offering's namespace with a kubeconfig for kcp, used by
+    /// the operator to provision. Defaults to the operator-wide Secret given
+    /// by its `--default-kcp-secret` flag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig_secret_ref: Option<SecretKeyRef>,
+}
+
+/// A key in a Secret of the offering's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    pub name: String,
+    /// Key in the Secret's data; `kubeconfig` if unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// Settings of the APIExport.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportSettings {
+    /// Name of the APIExport; the offering's name if unset. Immutable in
+    /// effect: changing it provisions a new export.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Permission claims beyond those the agent adds on its own (events,
+    /// namespaces and the related resources of the published kinds).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub permission_claims: Vec<ExtraPermissionClaim>,
+}
+
+/// A permission claim on resources in consumer workspaces.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtraPermissionClaim {
+    /// API group; empty for the core group.
+    #[serde(default)]
+    pub group: String,
+    /// Plural resource name, for example `configmaps`.
+    pub resource: String,
+    /// Verbs claimed; `*` for all.
+    #[schemars(length(min = 1))]
+    pub verbs: Vec<String>,
+    /// Identity hash of the APIExport serving the resource, for resources
+    /// that are neither built in nor served by this offering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_hash: Option<String>,
+}
+
+/// One published API: a PublishedResource spec plus the name under which
+/// the operator renders it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OfferedResource {
+    /// Name of this entry, unique within the offering; part of the name of
+    /// the rendered PublishedResource.
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(max = 63))]
+    pub name: String,
+    /// The PublishedResource spec, with the same fields and rules as the
+    /// `syncagent.kcp.io/v1alpha1` PublishedResource.
+    #[serde(flatten)]
+    pub spec: PublishedResourceSpec,
+}
+
+/// How the offering's sync agent runs.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentSettings {
+    /// Container image of the agent; the operator's own image if unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Number of agent replicas; one leads, the others stand by. Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub replicas: Option<i32>,
+    /// CPU and memory for the agent container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Log level of the agent, for example `info` or `debug`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+    /// Log format of the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+    /// Node labels the agent pods must match.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of the agent pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Affinity of the agent pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Extra labels on the agent pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_labels: BTreeMap<String, String>,
+    /// Extra annotations on the agent pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_annotations: BTreeMap<String, String>,
+}
+
+/// Log format of a process.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// Consumer workspaces that bind the offering.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Consumers {
+    /// Paths of consumer workspaces, for example `root:teams:blue`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workspaces: Vec<String>,
+    /// Child workspaces of a parent, chosen by label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<WorkspaceSelector>,
+    /// The export's permission claims that bindings accept, by group and
+    /// resource. Unset: every claim of the export is accepted. Claims not
+    /// listed are rejected, which may keep the agent from syncing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_claims: Option<Vec<GroupResource>>,
+}
+
+/// Child workspaces of a parent workspace whose labels match a selector.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkspaceSelector {
+    /// Path of the parent workspace, for example `root:teams`.
+    pub parent: String,
+    /// Labels of the child Workspace objects; empty selects every child.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_selector: Option<LabelSelector>,
+}
+
+/// An API group and plural resource name.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+pub struct GroupResource {
+    /// API group; empty for the core group.
+    #[serde(default)]
+    pub group: String,
+    /// Plural resource name.
+    pub resource: String,
+}
+
+/// What happens to kcp objects when an offering is deleted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Keep the APIExport and consumer APIBindings; remove only the agent's
+    /// identity and the service-cluster objects.
+    #[default]
+    Retain,
+    /// Also delete the APIExport and every APIBinding the operator created.
+    Delete,
+}
+
+/// Observed state of a PublishedOffering.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishedOfferingStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` first, then `ExportReady`, `CredentialsReady`,
+    /// `SchemasPublished`, `AgentAvailable` and `ConsumersBound`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Facts about the APIExport in kcp.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export: Option<ExportStatus>,
+    /// Counts of consumer workspaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumers: Option<ConsumerCounts>,
+}
+
+/// Facts about the offering's APIExport.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportStatus {
+    /// Name of the APIExport.
+    pub name: String,
+    /// Logical cluster name of the provider workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logical_cluster: Option<String>,
+    /// Identity hash of the export; claims on its resources from other
+    /// exports need it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_hash: Option<String>,
+    /// Virtual workspace URLs of the export, one per shard with consumers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoint_urls: Vec<String>,
+}
+
+/// How many consumer workspaces are bound and how many failed.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerCounts {
+    /// Consumer workspaces with a Ready binding.
+    pub bound: i32,
+    /// Consumer workspaces whose binding could not be created or is not Ready.
+    pub failed: i32,
+}
