@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The project's test command (README, .ci/run): formatting, lints, unit tests
+# (including the CRD drift check), then the end-to-end tests against a real
+# kcp and a real kube-apiserver that this script builds, starts and stops.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "unit tests (with the CRD drift check)"
+cargo test --workspace --exclude e2e --locked
+
+step "building kcp, kube-apiserver and etcd (skipped when unchanged)"
+e2e/env/build.sh
+
+step "end-to-end tests against the real servers"
+cargo build --locked -p e2e --bin testenv
+target/debug/testenv run -- cargo test --locked -p e2e

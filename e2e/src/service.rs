@@ -1,0 +1,100 @@
+//! The service cluster: clients, the project's CRDs, throw-away namespaces.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+use crate::env::{EnvFile, random_hex};
+use crate::poll::poll_until;
+
+/// Field manager of objects the tests apply.
+const FIELD_MANAGER: &str = "e2e";
+
+/// Admin client of the service cluster.
+pub async fn client(env: &EnvFile) -> anyhow::Result<Client> {
+    let kubeconfig = Kubeconfig::read_from(&env.service_kubeconfig)?;
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(config)?)
+}
+
+/// The project's CRDs, parsed from `crds/*.yaml`.
+pub fn project_crds() -> anyhow::Result<Vec<CustomResourceDefinition>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    let mut crds = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let yaml = std::fs::read_to_string(&path)?;
+            crds.push(
+                serde_saphyr::from_str(&yaml)
+                    .with_context(|| format!("parsing {}", path.display()))?,
+            );
+        }
+    }
+    Ok(crds)
+}
+
+/// Applies the project's CRDs and waits until each is established.
+pub async fn apply_project_crds(client: &Client) -> anyhow::Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in project_crds()? {
+        let name = crd.metadata.name.clone().context("CRD without a name")?;
+        api.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .with_context(|| format!("applying CRD {name}"))?;
+        poll_until(
+            &format!("CRD {name} to be established"),
+            Duration::from_secs(30),
+            async || {
+                let crd = api.get(&name).await.map_err(|e| e.to_string())?;
+                let conditions = crd.status.and_then(|s| s.conditions).unwrap_or_default();
+                if conditions
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+                {
+                    Ok(())
+                } else {
+                    Err(format!("conditions {conditions:?}"))
+                }
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Creates a namespace `<prefix>-<random>` and returns its name.
+pub async fn create_namespace(client: &Client, prefix: &str) -> anyhow::Result<String> {
+    let name = format!("{prefix}-{}", random_hex(4)?);
+    let namespace = Namespace {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .with_context(|| format!("creating namespace {name}"))?;
+    Ok(name)
+}
+
+/// Deletes a namespace made by [`create_namespace`].
+pub async fn delete_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
+    Api::<Namespace>::all(client.clone())
+        .delete(name, &DeleteParams::default())
+        .await
+        .with_context(|| format!("deleting namespace {name}"))?;
+    Ok(())
+}
