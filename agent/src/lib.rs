@@ -5,3 +5,10 @@
 //! `PublishedResource` CRD and the kcp types both crates read and write.
 
 pub mod api;
+pub mod controller;
+pub mod http;
+pub mod kcp;
+pub mod metrics;
+pub mod options;
+pub mod schema;
+pub mod source;

@@ -9,7 +9,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    Condition, LabelSelector, LabelSelectorRequirement,
+};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -78,6 +80,12 @@ pub struct PublishedResourceStatus {
     /// Name of the APIResourceSchema in kcp generated from the current CRD.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_schema_name: Option<String>,
+    /// Conditions of the publication; `SchemaPublished` says whether the
+    /// current source could be published and, if not, why. (An addition to
+    /// upstream's API: upstream agents ignore it.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Option<Vec<Condition>>,
 }
 
 /// Identifies a resource type on the service cluster.

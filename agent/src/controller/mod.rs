@@ -1,0 +1,148 @@
+//! The agent's controllers and what they share.
+
+pub mod apiexport;
+pub mod schemas;
+
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::Client;
+use kube_runtime::events::{Recorder, Reporter};
+
+use crate::kcp::KcpTarget;
+use crate::metrics::Metrics;
+
+/// Field manager and event reporter of everything the agent writes.
+pub const FIELD_MANAGER: &str = "sync-agent";
+
+/// What every controller needs.
+#[derive(Clone)]
+pub struct Context {
+    /// Client of the service cluster.
+    pub service: Client,
+    /// Where the export lives in kcp.
+    pub kcp: KcpTarget,
+    /// The agent's name (ownership label value).
+    pub agent_name: String,
+    /// Label selector of the PublishedResources this agent handles.
+    pub selector: String,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Events on service-cluster objects.
+    pub service_events: Recorder,
+    /// Events on objects in the export's workspace.
+    pub kcp_events: Recorder,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("kcp", &self.kcp)
+            .field("agent_name", &self.agent_name)
+            .field("selector", &self.selector)
+            .finish()
+    }
+}
+
+impl Context {
+    /// Builds the shared context; `instance` names this replica in events.
+    pub fn new(
+        service: Client,
+        kcp: KcpTarget,
+        agent_name: String,
+        selector: String,
+        metrics: Metrics,
+        instance: String,
+    ) -> Arc<Self> {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some(instance),
+        };
+        Arc::new(Self {
+            service_events: Recorder::new(service.clone(), reporter.clone()),
+            kcp_events: Recorder::new(kcp.export_client.clone(), reporter),
+            service,
+            kcp,
+            agent_name,
+            selector,
+            metrics,
+        })
+    }
+}
+
+/// Sets `condition` in `conditions`, keeping the transition time when the
+/// status did not change. Returns whether anything changed.
+pub fn set_condition(conditions: &mut Vec<Condition>, mut condition: Condition) -> bool {
+    match conditions.iter_mut().find(|c| c.type_ == condition.type_) {
+        Some(existing) => {
+            let same_status = existing.status == condition.status;
+            if same_status
+                && existing.reason == condition.reason
+                && existing.message == condition.message
+                && existing.observed_generation == condition.observed_generation
+            {
+                return false;
+            }
+            if same_status {
+                condition.last_transition_time = existing.last_transition_time.clone();
+            }
+            *existing = condition;
+            true
+        }
+        None => {
+            conditions.push(condition);
+            true
+        }
+    }
+}
+
+/// A condition stamped now.
+pub fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conditions_keep_their_transition_time_while_the_status_holds() {
+        let mut conditions = Vec::new();
+        let first = condition(
+            "SchemaPublished",
+            false,
+            "SourceNotFound",
+            "a".into(),
+            Some(1),
+        );
+        let first_time = first.last_transition_time.clone();
+        assert!(set_condition(&mut conditions, first.clone()));
+        assert!(!set_condition(&mut conditions, first));
+        assert!(set_condition(
+            &mut conditions,
+            condition(
+                "SchemaPublished",
+                false,
+                "InvalidProjection",
+                "b".into(),
+                Some(2)
+            )
+        ));
+        assert_eq!(conditions.len(), 1);
+        assert_eq!(conditions[0].reason, "InvalidProjection");
+        assert_eq!(conditions[0].last_transition_time, first_time);
+    }
+}

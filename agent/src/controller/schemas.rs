@@ -1,0 +1,252 @@
+//! The `apiresourceschema` controller: turns each PublishedResource and the
+//! current definition of its source (CRD or built-in type) into an immutable
+//! APIResourceSchema in the export's workspace, and records its name in the
+//! PublishedResource's status.
+//!
+//! Schemas are created once and never changed or deleted: a changed CRD
+//! yields a new schema under a new name, and the old one stays for the
+//! bindings that still use it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Resource, ResourceExt};
+use kube_runtime::controller::{Action, Controller};
+use kube_runtime::events::{Event, EventType};
+use kube_runtime::reflector::ObjectRef;
+use kube_runtime::watcher;
+use serde_json::json;
+use tracing::{info, instrument, warn};
+
+use super::{Context, condition, set_condition};
+use crate::api::kcp::apis_v1alpha1::APIResourceSchema;
+use crate::api::published_resource::PublishedResource;
+use crate::metrics::ReconcileResult;
+use crate::schema::{self, ProjectionError};
+use crate::source::{self, SourceError};
+
+/// Name of the controller in metrics and `--disabled-controllers`.
+pub const NAME: &str = "apiresourceschema";
+/// Condition type on PublishedResources.
+pub const CONDITION: &str = "SchemaPublished";
+
+/// Why a schema could not be published.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The source kind is missing or its schema unusable.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The PublishedResource's projection is invalid.
+    #[error(transparent)]
+    Projection(#[from] ProjectionError),
+    /// kcp refused or failed a request.
+    #[error("writing APIResourceSchema {name} to kcp: {source}")]
+    Kcp {
+        /// Schema name.
+        name: String,
+        /// The failure.
+        #[source]
+        source: kube::Error,
+    },
+    /// The status could not be written.
+    #[error("updating the status of PublishedResource {name}: {source}")]
+    Status {
+        /// PublishedResource name.
+        name: String,
+        /// The failure.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    /// Metric label and condition reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Source(SourceError::KindNotServed { .. }) => "SourceNotFound",
+            Error::Source(SourceError::OpenApi(_)) => "InvalidSourceSchema",
+            Error::Source(SourceError::Request { .. }) => "ServiceClusterError",
+            Error::Projection(_) => "InvalidProjection",
+            Error::Kcp { .. } => "KcpError",
+            Error::Status { .. } => "ServiceClusterError",
+        }
+    }
+
+    /// When to try again: input errors wait for a change (or a slow retry),
+    /// transient ones retry soon.
+    fn retry_after(&self) -> Duration {
+        match self {
+            Error::Projection(_) => Duration::from_secs(300),
+            Error::Source(SourceError::KindNotServed { .. } | SourceError::OpenApi(_)) => {
+                Duration::from_secs(30)
+            }
+            _ => Duration::from_secs(5),
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let prs: Api<PublishedResource> = Api::all(ctx.service.clone());
+    let crds: Api<CustomResourceDefinition> = Api::all(ctx.service.clone());
+    let controller = Controller::new(prs, watcher::Config::default().labels(&ctx.selector));
+    let store = controller.store();
+    controller
+        .watches(crds, watcher::Config::default(), move |crd| {
+            // A CRD change re-publishes every PublishedResource of its kind.
+            store
+                .state()
+                .into_iter()
+                .filter(|pr| {
+                    pr.spec.resource.api_group == crd.spec.group
+                        && pr.spec.resource.kind == crd.spec.names.kind
+                })
+                .map(|pr| ObjectRef::from_obj(&*pr))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}
+
+#[instrument(skip_all, fields(published_resource = %pr.name_any()))]
+async fn reconcile(pr: Arc<PublishedResource>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    if pr.metadata.deletion_timestamp.is_some() {
+        // The schema outlives its PublishedResource: bindings may use it.
+        return Ok(Action::await_change());
+    }
+    let outcome = publish(&pr, &ctx).await;
+    let status = match &outcome {
+        Ok(name) => {
+            write_status(
+                &pr,
+                &ctx,
+                Some(name),
+                condition(
+                    CONDITION,
+                    true,
+                    "Published",
+                    format!("published as APIResourceSchema {name}"),
+                    pr.metadata.generation,
+                ),
+            )
+            .await
+        }
+        Err(error) => {
+            warn!(reason = error.reason(), %error, "Publishing the schema failed");
+            publish_event(&ctx, &pr, error).await;
+            write_status(
+                &pr,
+                &ctx,
+                None,
+                condition(
+                    CONDITION,
+                    false,
+                    error.reason(),
+                    error.to_string(),
+                    pr.metadata.generation,
+                ),
+            )
+            .await
+        }
+    };
+    let result = outcome.and(status.map(drop));
+    let label = if result.is_ok() {
+        ReconcileResult::Success
+    } else {
+        ReconcileResult::Error
+    };
+    ctx.metrics.reconciled(NAME, label, started.elapsed());
+    result.map(|()| Action::await_change())
+}
+
+fn error_policy(pr: Arc<PublishedResource>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failed(NAME, error.reason());
+    warn!(published_resource = %pr.name_any(), %error, "Reconcile failed");
+    Action::requeue(error.retry_after())
+}
+
+/// Makes sure the schema for the PublishedResource's current source exists
+/// and returns its name.
+async fn publish(pr: &PublishedResource, ctx: &Context) -> Result<String, Error> {
+    let resource = &pr.spec.resource;
+    let source = source::find(&ctx.service, &resource.api_group, &resource.kind).await?;
+    let projected = schema::project(&source.spec, &pr.spec)?;
+    let schema = projected.to_schema(&ctx.agent_name, source.generation);
+    let name = schema.name_any();
+    let api: Api<APIResourceSchema> = Api::all(ctx.kcp.export_client.clone());
+    let kcp_error = |source| Error::Kcp {
+        name: name.clone(),
+        source,
+    };
+    if api.get_opt(&name).await.map_err(kcp_error)?.is_none() {
+        match api.create(&PostParams::default(), &schema).await {
+            Ok(_) => info!(schema = %name, "Created APIResourceSchema"),
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(error) => return Err(kcp_error(error)),
+        }
+    }
+    Ok(name)
+}
+
+/// Writes `resourceSchemaName` (when known) and the condition, if either changed.
+async fn write_status(
+    pr: &PublishedResource,
+    ctx: &Context,
+    schema_name: Option<&str>,
+    new_condition: k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition,
+) -> Result<(), Error> {
+    let status = pr.status.clone().unwrap_or_default();
+    let mut conditions = status.conditions.clone().unwrap_or_default();
+    let condition_changed = set_condition(&mut conditions, new_condition);
+    let name_changed =
+        schema_name.is_some_and(|n| status.resource_schema_name.as_deref() != Some(n));
+    if !condition_changed && !name_changed {
+        return Ok(());
+    }
+    let mut patch = json!({"status": {"conditions": conditions}});
+    if let Some(name) = schema_name {
+        patch["status"]["resourceSchemaName"] = name.into();
+    }
+    Api::<PublishedResource>::all(ctx.service.clone())
+        .patch_status(
+            &pr.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map_err(|source| Error::Status {
+            name: pr.name_any(),
+            source,
+        })?;
+    Ok(())
+}
+
+async fn publish_event(ctx: &Context, pr: &PublishedResource, error: &Error) {
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "ReconcilingError".into(),
+        note: Some(truncate(&format!("{}: {error}", error.reason()), 1000)),
+        action: "PublishSchema".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx
+        .service_events
+        .publish(&event, &pr.object_ref(&()))
+        .await
+    {
+        warn!(error = %e, "Recording an event failed");
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((index, _)) => format!("{}…", &text[..index]),
+        None => text.to_string(),
+    }
+}

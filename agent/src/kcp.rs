@@ -1,0 +1,196 @@
+//! The agent's view of kcp: where the endpoint slice and the APIExport live,
+//! resolved once at start-up.
+//!
+//! The kcp kubeconfig points at the workspace holding the
+//! APIExportEndpointSlice (`https://host/clusters/<workspace>`). The slice
+//! names the export, possibly in another workspace; its endpoints are the
+//! virtual workspace URLs through which consumer workspaces are reached.
+
+use kube::api::Api;
+use kube::{Client, Config};
+
+use crate::api::kcp::CLUSTER_ANNOTATION;
+use crate::api::kcp::PATH_ANNOTATION;
+use crate::api::kcp::apis_v1alpha1::APIExportEndpointSlice;
+use crate::api::kcp::apis_v1alpha2::APIExport;
+use crate::api::kcp::core_v1alpha1::{LOGICAL_CLUSTER_NAME, LogicalCluster};
+
+/// Why the agent cannot find its export.
+#[derive(Debug, thiserror::Error)]
+pub enum KcpError {
+    /// The kubeconfig does not point into a workspace.
+    #[error(
+        "the kcp kubeconfig's server {0:?} must point at a workspace, like https://host/clusters/root:org"
+    )]
+    NotAWorkspace(String),
+    /// A request to kcp failed.
+    #[error("{what}: {source}")]
+    Request {
+        /// What was asked.
+        what: String,
+        /// The failure.
+        #[source]
+        source: kube::Error,
+    },
+    /// The built URL is invalid.
+    #[error("invalid kcp URL {0:?}")]
+    Url(String),
+}
+
+impl KcpError {
+    /// Whether retrying may help (every failure except a wrong kubeconfig).
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, KcpError::NotAWorkspace(_) | KcpError::Url(_))
+    }
+}
+
+fn request(what: impl Into<String>) -> impl FnOnce(kube::Error) -> KcpError {
+    let what = what.into();
+    move |source| KcpError::Request { what, source }
+}
+
+/// Where the agent's export lives in kcp.
+#[derive(Clone)]
+pub struct KcpTarget {
+    /// Configuration for the export's workspace.
+    pub export_config: Config,
+    /// Client for the export's workspace.
+    pub export_client: Client,
+    /// Configuration for the endpoint slice's workspace.
+    pub slice_config: Config,
+    /// Name of the APIExport.
+    pub export_name: String,
+    /// Workspace path of the export.
+    pub export_path: String,
+    /// Logical cluster name of the export's workspace.
+    pub export_cluster: String,
+    /// Name of the endpoint slice.
+    pub slice_name: String,
+}
+
+impl std::fmt::Debug for KcpTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KcpTarget")
+            .field("export_name", &self.export_name)
+            .field("export_path", &self.export_path)
+            .field("export_cluster", &self.export_cluster)
+            .field("slice_name", &self.slice_name)
+            .finish()
+    }
+}
+
+/// The workspace part of a kcp URL path: `/clusters/<x>` → `x`.
+pub fn workspace_of(config: &Config) -> Option<String> {
+    let path = config.cluster_url.path();
+    let (_, rest) = path.split_once("/clusters/")?;
+    let workspace = rest.split('/').next()?;
+    (!workspace.is_empty()).then(|| workspace.to_string())
+}
+
+/// The same server and credentials, pointed at another workspace.
+pub fn retarget(config: &Config, workspace: &str) -> Result<Config, KcpError> {
+    let url = config.cluster_url.to_string();
+    let base = url
+        .split_once("/clusters/")
+        .map(|(base, _)| base.to_string())
+        .ok_or_else(|| KcpError::NotAWorkspace(url.clone()))?;
+    let mut target = config.clone();
+    let new = format!("{base}/clusters/{workspace}");
+    target.cluster_url = new.parse().map_err(|_| KcpError::Url(new))?;
+    Ok(target)
+}
+
+impl KcpTarget {
+    /// Resolves endpoint slice → export → logical cluster.
+    pub async fn resolve(slice_config: Config, slice_name: &str) -> Result<Self, KcpError> {
+        let url = slice_config.cluster_url.to_string();
+        let slice_workspace =
+            workspace_of(&slice_config).ok_or_else(|| KcpError::NotAWorkspace(url.clone()))?;
+        let slice_client =
+            Client::try_from(slice_config.clone()).map_err(request("building the kcp client"))?;
+        let slice = Api::<APIExportEndpointSlice>::all(slice_client.clone())
+            .get(slice_name)
+            .await
+            .map_err(request(format!(
+                "getting APIExportEndpointSlice {slice_name} in {slice_workspace}"
+            )))?;
+        let slice_cluster = Api::<LogicalCluster>::all(slice_client)
+            .get(LOGICAL_CLUSTER_NAME)
+            .await
+            .map_err(request(format!(
+                "getting the LogicalCluster of {slice_workspace}"
+            )))?;
+        let slice_path = annotation(&slice_cluster, PATH_ANNOTATION).unwrap_or(slice_workspace);
+        let export_path = if slice.spec.export.path.is_empty() {
+            slice_path
+        } else {
+            slice.spec.export.path.clone()
+        };
+        let export_name = slice.spec.export.name.clone();
+        let export_config = retarget(&slice_config, &export_path)?;
+        let export_client =
+            Client::try_from(export_config.clone()).map_err(request("building the kcp client"))?;
+        Api::<APIExport>::all(export_client.clone())
+            .get(&export_name)
+            .await
+            .map_err(request(format!(
+                "getting APIExport {export_name} in {export_path}"
+            )))?;
+        let export_cluster = Api::<LogicalCluster>::all(export_client.clone())
+            .get(LOGICAL_CLUSTER_NAME)
+            .await
+            .map_err(request(format!(
+                "getting the LogicalCluster of {export_path}"
+            )))?;
+        let export_cluster = annotation(&export_cluster, CLUSTER_ANNOTATION).unwrap_or_default();
+        Ok(Self {
+            export_config,
+            export_client,
+            slice_config,
+            export_name,
+            export_path,
+            export_cluster,
+            slice_name: slice_name.to_string(),
+        })
+    }
+}
+
+fn annotation(object: &LogicalCluster, key: &str) -> Option<String> {
+    object.metadata.annotations.as_ref()?.get(key).cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(url: &str) -> Config {
+        Config::new(url.parse().expect("url"))
+    }
+
+    #[test]
+    fn the_workspace_is_read_from_the_server_path() {
+        assert_eq!(
+            workspace_of(&config("https://kcp:6443/clusters/root:org")),
+            Some("root:org".into())
+        );
+        assert_eq!(
+            workspace_of(&config("https://kcp:6443/clusters/abc/")),
+            Some("abc".into())
+        );
+        assert_eq!(workspace_of(&config("https://kcp:6443/")), None);
+    }
+
+    #[test]
+    fn retargeting_keeps_server_and_replaces_the_workspace() {
+        let target =
+            retarget(&config("https://kcp:6443/clusters/root:a"), "root:b").expect("retargets");
+        assert_eq!(
+            target.cluster_url.to_string(),
+            "https://kcp:6443/clusters/root:b"
+        );
+        assert!(matches!(
+            retarget(&config("https://kcp:6443"), "root:b"),
+            Err(KcpError::NotAWorkspace(_))
+        ));
+    }
+}

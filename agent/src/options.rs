@@ -1,0 +1,278 @@
+//! Command-line flags, named and defaulted as upstream api-syncagent's, plus
+//! `--log-format json|text`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+/// Controllers that `--disabled-controllers` can switch off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum)]
+pub enum ControllerName {
+    /// Publishes APIResourceSchemas from PublishedResources and CRDs.
+    #[value(name = "apiresourceschema")]
+    ApiResourceSchema,
+    /// Merges schemas and permission claims into the APIExport.
+    #[value(name = "apiexport")]
+    ApiExport,
+    /// Syncs objects between kcp and the service cluster.
+    #[value(name = "sync")]
+    Sync,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    #[value(alias = "JSON")]
+    Json,
+    /// Human-readable lines.
+    #[value(alias = "console", alias = "Console")]
+    Text,
+}
+
+/// Syncs objects between kcp workspaces and this service cluster, publishing
+/// the service cluster's APIs through an APIExport.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "sync-agent", version, about)]
+pub struct Options {
+    /// Kubeconfig for kcp; its server must point at the workspace holding
+    /// the APIExportEndpointSlice (`https://host/clusters/<workspace>`).
+    #[arg(long)]
+    pub kcp_kubeconfig: PathBuf,
+
+    /// Namespace on the service cluster for the agent's leader-election
+    /// Lease and its other objects.
+    #[arg(long)]
+    pub namespace: String,
+
+    /// Name of this agent: the value of the ownership label on everything it
+    /// creates. Must not change once objects are synced. Default
+    /// `<apiexportendpointslice-ref>-syncagent`.
+    #[arg(long)]
+    pub agent_name: Option<String>,
+
+    /// Name of the APIExportEndpointSlice in the kcp workspace.
+    #[arg(long = "apiexportendpointslice-ref")]
+    pub endpoint_slice: String,
+
+    /// Label selector limiting the PublishedResources this agent handles.
+    #[arg(long, default_value = "")]
+    pub published_resource_selector: String,
+
+    /// Run leader election; only the leader writes.
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    pub enable_leader_election: bool,
+
+    /// Kubeconfig for the service cluster; `$KUBECONFIG` or the in-cluster
+    /// configuration when unset.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Replaces the server URL of the service-cluster kubeconfig.
+    #[arg(long, default_value = "")]
+    pub kubeconfig_host_override: String,
+
+    /// Replaces the CA of the service-cluster kubeconfig with this file.
+    #[arg(long, default_value = "")]
+    pub kubeconfig_ca_file_override: String,
+
+    /// Address for `/metrics`; empty or `0` disables it.
+    #[arg(long, default_value = "127.0.0.1:8085")]
+    pub metrics_address: String,
+
+    /// Address for `/healthz` and `/readyz`; empty or `0` disables it.
+    #[arg(long, default_value = "")]
+    pub health_address: String,
+
+    /// Controllers not to run (comma-separated, repeatable).
+    #[arg(long, value_delimiter = ',')]
+    pub disabled_controllers: Vec<ControllerName>,
+
+    /// Log format.
+    #[arg(long, value_enum, ignore_case = true, default_value = "json")]
+    pub log_format: LogFormat,
+
+    /// Log at debug level.
+    #[arg(long, default_value_t = false)]
+    pub log_debug: bool,
+}
+
+/// Invalid flag values.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OptionsError {
+    /// The agent name is not a DNS-1035 label.
+    #[error("--agent-name {0:?} must be a lower-case DNS-1035 label of at most 63 characters")]
+    AgentName(String),
+    /// An address flag does not parse.
+    #[error("{flag} {value:?} is not a host:port address")]
+    Address {
+        /// The flag.
+        flag: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// A required flag is empty.
+    #[error("{0} must not be empty")]
+    Empty(&'static str),
+}
+
+impl Options {
+    /// The agent name, defaulted from the endpoint slice.
+    pub fn agent_name(&self) -> String {
+        self.agent_name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| format!("{}-syncagent", self.endpoint_slice))
+    }
+
+    /// Whether a controller runs.
+    pub fn runs(&self, controller: ControllerName) -> bool {
+        !self.disabled_controllers.contains(&controller)
+    }
+
+    /// The metrics address, `None` when disabled.
+    pub fn metrics_address(&self) -> Result<Option<SocketAddr>, OptionsError> {
+        parse_address("--metrics-address", &self.metrics_address)
+    }
+
+    /// The health address, `None` when disabled.
+    pub fn health_address(&self) -> Result<Option<SocketAddr>, OptionsError> {
+        parse_address("--health-address", &self.health_address)
+    }
+
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> Result<(), OptionsError> {
+        if self.namespace.is_empty() {
+            return Err(OptionsError::Empty("--namespace"));
+        }
+        if self.endpoint_slice.is_empty() {
+            return Err(OptionsError::Empty("--apiexportendpointslice-ref"));
+        }
+        let name = self.agent_name();
+        if !is_dns1035_label(&name) {
+            return Err(OptionsError::AgentName(name));
+        }
+        self.metrics_address()?;
+        self.health_address()?;
+        Ok(())
+    }
+}
+
+fn parse_address(flag: &'static str, value: &str) -> Result<Option<SocketAddr>, OptionsError> {
+    if value.is_empty() || value == "0" {
+        return Ok(None);
+    }
+    let with_host = if value.starts_with(':') {
+        format!("0.0.0.0{value}")
+    } else {
+        value.to_string()
+    };
+    with_host
+        .parse()
+        .map(Some)
+        .map_err(|_| OptionsError::Address {
+            flag,
+            value: value.to_string(),
+        })
+}
+
+fn is_dns1035_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes[0].is_ascii_lowercase()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Options {
+        let mut args = vec![
+            "sync-agent",
+            "--kcp-kubeconfig=/kcp.kubeconfig",
+            "--namespace=agents",
+            "--apiexportendpointslice-ref=databases",
+        ];
+        args.extend_from_slice(extra);
+        Options::try_parse_from(args).expect("flags parse")
+    }
+
+    #[test]
+    fn upstream_defaults_apply() {
+        let options = parse(&[]);
+        assert_eq!(options.agent_name(), "databases-syncagent");
+        assert!(!options.enable_leader_election);
+        assert_eq!(
+            options.metrics_address(),
+            Ok(Some("127.0.0.1:8085".parse().expect("addr")))
+        );
+        assert_eq!(options.health_address(), Ok(None));
+        assert!(options.runs(ControllerName::Sync));
+        assert_eq!(options.validate(), Ok(()));
+    }
+
+    #[test]
+    fn disabled_controllers_are_comma_separated_and_repeatable() {
+        let options = parse(&[
+            "--disabled-controllers=sync,apiexport",
+            "--disabled-controllers",
+            "apiresourceschema",
+        ]);
+        assert!(!options.runs(ControllerName::Sync));
+        assert!(!options.runs(ControllerName::ApiExport));
+        assert!(!options.runs(ControllerName::ApiResourceSchema));
+    }
+
+    #[test]
+    fn unknown_controller_names_are_rejected() {
+        let args = [
+            "sync-agent",
+            "--kcp-kubeconfig=/k",
+            "--namespace=n",
+            "--apiexportendpointslice-ref=s",
+            "--disabled-controllers=syncer",
+        ];
+        assert!(Options::try_parse_from(args).is_err());
+    }
+
+    #[test]
+    fn leader_election_accepts_a_bare_flag_or_a_value() {
+        assert!(parse(&["--enable-leader-election"]).enable_leader_election);
+        assert!(!parse(&["--enable-leader-election=false"]).enable_leader_election);
+    }
+
+    #[test]
+    fn zero_disables_an_address_and_a_bare_port_binds_everywhere() {
+        let options = parse(&["--metrics-address=0", "--health-address=:8081"]);
+        assert_eq!(options.metrics_address(), Ok(None));
+        assert_eq!(
+            options.health_address(),
+            Ok(Some("0.0.0.0:8081".parse().expect("addr")))
+        );
+    }
+
+    #[test]
+    fn invalid_agent_names_are_rejected() {
+        for name in ["Agent", "1agent", "agent-", "a_b"] {
+            let options = parse(&[&format!("--agent-name={name}")]);
+            assert_eq!(
+                options.validate(),
+                Err(OptionsError::AgentName(name.into())),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn log_format_accepts_upstream_spellings() {
+        assert_eq!(parse(&["--log-format=JSON"]).log_format, LogFormat::Json);
+        assert_eq!(parse(&["--log-format=Console"]).log_format, LogFormat::Text);
+        assert_eq!(parse(&["--log-format=text"]).log_format, LogFormat::Text);
+    }
+}
