@@ -1,7 +1,9 @@
 //! Helpers for end-to-end tests against the real kcp and kube-apiserver that
 //! `testenv` starts (see `e2e/README.md`).
 
+pub mod agent;
 pub mod env;
 pub mod kcp;
 pub mod poll;
+pub mod publishing;
 pub mod service;

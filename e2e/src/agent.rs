@@ -1,0 +1,208 @@
+//! Runs the `sync-agent` binary against the test servers.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+use kube::config::Kubeconfig;
+
+use crate::env::EnvFile;
+use crate::poll::poll_until;
+
+/// Variable naming the agent binary; defaults to `<repo>/target/debug/sync-agent`.
+pub const AGENT_BINARY_VARIABLE: &str = "SYNC_AGENT_BIN";
+
+/// Writes a kubeconfig for kcp's admin pointed at `workspace`, as the agent's
+/// `--kcp-kubeconfig`, and returns its path.
+pub fn write_kcp_kubeconfig(env: &EnvFile, workspace: &str, name: &str) -> anyhow::Result<PathBuf> {
+    let mut kubeconfig = Kubeconfig::read_from(&env.kcp_kubeconfig)?;
+    let base = kubeconfig
+        .clusters
+        .iter()
+        .find(|c| c.name == "base")
+        .and_then(|c| c.cluster.clone())
+        .context("kcp's admin kubeconfig has no cluster named base")?;
+    let mut cluster = base;
+    cluster.server = cluster
+        .server
+        .map(|s| format!("{}/clusters/{workspace}", s.trim_end_matches('/')));
+    for named in &mut kubeconfig.clusters {
+        if named.name == "base" {
+            named.cluster = Some(cluster.clone());
+        }
+    }
+    kubeconfig.current_context = Some("base".into());
+    let path = env.log_dir.join(format!("{name}.kcp.kubeconfig"));
+    std::fs::write(&path, serde_saphyr::to_string(&kubeconfig)?)?;
+    Ok(path)
+}
+
+/// A running agent; killed when dropped.
+#[derive(Debug)]
+pub struct AgentProcess {
+    child: Child,
+    /// Address of its `/metrics`.
+    pub metrics_address: String,
+    /// Address of its `/healthz` and `/readyz`.
+    pub health_address: String,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+/// What an agent is started with.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    /// `--agent-name`, also used for file names.
+    pub name: String,
+    /// `--apiexportendpointslice-ref`.
+    pub endpoint_slice: String,
+    /// Workspace path holding the endpoint slice.
+    pub workspace: String,
+    /// `--namespace` on the service cluster.
+    pub namespace: String,
+    /// `--published-resource-selector`.
+    pub selector: String,
+    /// Extra flags.
+    pub extra_args: Vec<String>,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn binary() -> PathBuf {
+    std::env::var_os(AGENT_BINARY_VARIABLE).map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sync-agent"),
+        PathBuf::from,
+    )
+}
+
+impl AgentProcess {
+    /// Starts an agent and waits until it reports ready.
+    pub async fn start(env: &EnvFile, settings: &AgentSettings) -> anyhow::Result<Self> {
+        let kcp_kubeconfig = write_kcp_kubeconfig(env, &settings.workspace, &settings.name)?;
+        let metrics_address = format!("127.0.0.1:{}", free_port()?);
+        let health_address = format!("127.0.0.1:{}", free_port()?);
+        let log = env
+            .log_dir
+            .join(format!("agent-{}-{}.log", settings.name, free_port()?));
+        let file = std::fs::File::create(&log)?;
+        let binary = binary();
+        let child = Command::new(&binary)
+            .arg(format!("--kcp-kubeconfig={}", kcp_kubeconfig.display()))
+            .arg(format!("--kubeconfig={}", env.service_kubeconfig.display()))
+            .arg(format!("--namespace={}", settings.namespace))
+            .arg(format!("--agent-name={}", settings.name))
+            .arg(format!(
+                "--apiexportendpointslice-ref={}",
+                settings.endpoint_slice
+            ))
+            .arg(format!(
+                "--published-resource-selector={}",
+                settings.selector
+            ))
+            .arg(format!("--metrics-address={metrics_address}"))
+            .arg(format!("--health-address={health_address}"))
+            .arg("--log-format=text")
+            .args(&settings.extra_args)
+            .env("RUST_LOG", "info,sync_agent=debug")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "starting {} (build it with cargo build -p sync-agent)",
+                    binary.display()
+                )
+            })?;
+        let mut agent = Self {
+            child,
+            metrics_address,
+            health_address,
+            log,
+        };
+        let url = format!("http://{}/readyz", agent.health_address);
+        let waited = poll_until(
+            "the agent to be ready",
+            Duration::from_secs(60),
+            async || {
+                if let Ok(Some(status)) = agent.child.try_wait() {
+                    return Err(format!("the agent exited with {status}"));
+                }
+                http_get(&url).await.map(drop)
+            },
+        )
+        .await;
+        waited.with_context(|| format!("agent log: {}", agent.log_tail()))?;
+        Ok(agent)
+    }
+
+    /// The agent's `/metrics` text.
+    pub async fn metrics(&self) -> Result<String, String> {
+        http_get(&format!("http://{}/metrics", self.metrics_address)).await
+    }
+
+    /// Stops the agent with SIGTERM and waits for it to exit.
+    pub async fn stop(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id())?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        poll_until("the agent to exit", Duration::from_secs(30), async || {
+            self.child
+                .try_wait()
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "still running".to_string())
+        })
+        .await
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The last lines of the agent's log.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP GET on loopback, returning the body of a 200 response.
+pub async fn http_get(url: &str) -> Result<String, String> {
+    let rest = url.strip_prefix("http://").ok_or("only http:// URLs")?;
+    let (address, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .map_err(|e| e.to_string())?;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or("malformed response")?;
+    if head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200") {
+        Ok(body.to_string())
+    } else {
+        Err(head.lines().next().unwrap_or_default().to_string())
+    }
+}

@@ -1,0 +1,290 @@
+//! Scenes for the agent's publishing tests: a provider workspace with an
+//! empty APIExport, a service-cluster namespace, CRDs in a group of the
+//! test's own, and PublishedResources selected for one agent.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use sync_agent::api::kcp::apis_v1alpha1::APIResourceSchema;
+use sync_agent::api::kcp::apis_v1alpha2::{APIExport, APIExportSpec};
+use sync_agent::api::published_resource::PublishedResource;
+
+use crate::agent::{AgentProcess, AgentSettings};
+use crate::env::{EnvFile, random_hex};
+use crate::kcp::{Kcp, TestWorkspace};
+use crate::poll::{DEFAULT_TIMEOUT, poll_until};
+use crate::service;
+
+/// A provider: workspace and export in kcp, namespace and API group on the
+/// service cluster.
+pub struct Provider {
+    /// The test environment.
+    pub env: EnvFile,
+    /// kcp as admin.
+    pub kcp: Kcp,
+    /// The provider workspace.
+    pub workspace: TestWorkspace,
+    /// Client of the provider workspace.
+    pub kcp_client: Client,
+    /// Name of the APIExport (and of its endpoint slice).
+    pub export: String,
+    /// Service-cluster client.
+    pub service: Client,
+    /// Service-cluster namespace for the agent.
+    pub namespace: String,
+    /// An API group no other test uses, for the test's CRDs.
+    pub group: String,
+    /// Agent name and selector value.
+    pub agent_name: String,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider")
+            .field("workspace", &self.workspace.path)
+            .field("export", &self.export)
+            .field("namespace", &self.namespace)
+            .finish()
+    }
+}
+
+impl Provider {
+    /// Creates the workspace, an empty APIExport, the namespace and the
+    /// project's CRDs on the service cluster.
+    pub async fn new(prefix: &str) -> anyhow::Result<Self> {
+        let env = EnvFile::load()?;
+        let kcp = Kcp::connect(&env).await?;
+        let workspace = kcp.create_workspace("root", prefix).await?;
+        let kcp_client = kcp.client(&workspace.path)?;
+        let suffix = random_hex(4)?;
+        let group = format!("{prefix}-{suffix}.e2e.example");
+        let export = group.clone();
+        Api::<APIExport>::all(kcp_client.clone())
+            .create(
+                &PostParams::default(),
+                &APIExport::new(&export, APIExportSpec::default()),
+            )
+            .await
+            .context("creating the APIExport")?;
+        let service = service::client(&env).await?;
+        service::apply_project_crds(&service).await?;
+        let namespace = service::create_namespace(&service, prefix).await?;
+        Ok(Self {
+            env,
+            kcp,
+            workspace,
+            kcp_client,
+            export,
+            service,
+            namespace,
+            group,
+            agent_name: format!("{prefix}-{suffix}"),
+        })
+    }
+
+    /// Settings for an agent of this provider.
+    pub fn agent_settings(&self) -> AgentSettings {
+        AgentSettings {
+            name: self.agent_name.clone(),
+            endpoint_slice: self.export.clone(),
+            workspace: self.workspace.path.clone(),
+            namespace: self.namespace.clone(),
+            selector: format!("agent={}", self.agent_name),
+            extra_args: Vec::new(),
+        }
+    }
+
+    /// Starts an agent for this provider.
+    pub async fn start_agent(&self) -> anyhow::Result<AgentProcess> {
+        AgentProcess::start(&self.env, &self.agent_settings()).await
+    }
+
+    /// Creates (or replaces) a CRD `<plural>.<group>` with the given
+    /// versions `(name, served, storage)`, each with a `spec.<field>` string
+    /// property, and waits until it is established.
+    pub async fn apply_crd(
+        &self,
+        kind: &str,
+        versions: &[(&str, bool, bool)],
+        field: &str,
+    ) -> anyhow::Result<String> {
+        let plural = format!("{}s", kind.to_lowercase());
+        let name = format!("{plural}.{}", self.group);
+        let versions: Vec<Value> = versions
+            .iter()
+            .map(|(version, served, storage)| {
+                json!({
+                    "name": version, "served": served, "storage": storage,
+                    "subresources": {"status": {}},
+                    "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                        "spec": {"type": "object", "properties": {field: {"type": "string"}}},
+                        "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
+                    }}}
+                })
+            })
+            .collect();
+        let crd: CustomResourceDefinition = serde_json::from_value(json!({
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": name},
+            "spec": {
+                "group": self.group,
+                "names": {"kind": kind, "plural": plural, "singular": kind.to_lowercase(),
+                          "listKind": format!("{kind}List"), "shortNames": [format!("{}x", kind.to_lowercase())]},
+                "scope": "Namespaced",
+                "versions": versions
+            }
+        }))?;
+        let api: Api<CustomResourceDefinition> = Api::all(self.service.clone());
+        api.patch(
+            &name,
+            &PatchParams::apply("e2e").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .with_context(|| format!("applying CRD {name}"))?;
+        poll_until(
+            &format!("CRD {name} to be established"),
+            DEFAULT_TIMEOUT,
+            async || {
+                let crd = api.get(&name).await.map_err(|e| e.to_string())?;
+                let established = crd
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                if established {
+                    Ok(())
+                } else {
+                    Err("not established".into())
+                }
+            },
+        )
+        .await?;
+        Ok(name)
+    }
+
+    /// Creates a PublishedResource `<agent>-<name>` selected for this
+    /// provider's agent and returns its name.
+    pub async fn create_pr(&self, name: &str, spec: Value) -> anyhow::Result<String> {
+        let name = format!("{}-{name}", self.agent_name);
+        let pr: PublishedResource = serde_json::from_value(json!({
+            "apiVersion": "syncagent.kcp.io/v1alpha1",
+            "kind": "PublishedResource",
+            "metadata": {"name": name, "labels": {"agent": self.agent_name}},
+            "spec": spec,
+        }))?;
+        self.prs()
+            .create(&PostParams::default(), &pr)
+            .await
+            .with_context(|| format!("creating PublishedResource {name}"))?;
+        Ok(name)
+    }
+
+    /// The PublishedResource API of the service cluster.
+    pub fn prs(&self) -> Api<PublishedResource> {
+        Api::all(self.service.clone())
+    }
+
+    /// Waits until a PublishedResource's status names a schema other than
+    /// `not`, and returns it.
+    pub async fn wait_for_schema_name(
+        &self,
+        pr: &str,
+        not: Option<&str>,
+    ) -> anyhow::Result<String> {
+        let prs = self.prs();
+        poll_until(
+            &format!("PublishedResource {pr} to name a schema"),
+            DEFAULT_TIMEOUT,
+            async || {
+                let object = prs.get(pr).await.map_err(|e| e.to_string())?;
+                let status = object.status.clone().unwrap_or_default();
+                match status.resource_schema_name {
+                    Some(name) if Some(name.as_str()) != not => Ok(name),
+                    _ => Err(format!("status {status:?}")),
+                }
+            },
+        )
+        .await
+    }
+
+    /// Waits until the `SchemaPublished` condition of a PublishedResource
+    /// has `status`, and returns its reason and message.
+    pub async fn wait_for_condition(
+        &self,
+        pr: &str,
+        status: &str,
+    ) -> anyhow::Result<(String, String)> {
+        let prs = self.prs();
+        poll_until(
+            &format!("PublishedResource {pr} SchemaPublished={status}"),
+            DEFAULT_TIMEOUT,
+            async || {
+                let object = prs.get(pr).await.map_err(|e| e.to_string())?;
+                let conditions = object.status.and_then(|s| s.conditions).unwrap_or_default();
+                conditions
+                    .iter()
+                    .find(|c| c.type_ == "SchemaPublished" && c.status == status)
+                    .map(|c| (c.reason.clone(), c.message.clone()))
+                    .ok_or_else(|| format!("conditions {conditions:?}"))
+            },
+        )
+        .await
+    }
+
+    /// Reads an APIResourceSchema from the provider workspace.
+    pub async fn schema(&self, name: &str) -> anyhow::Result<APIResourceSchema> {
+        Ok(Api::<APIResourceSchema>::all(self.kcp_client.clone())
+            .get(name)
+            .await?)
+    }
+
+    /// Reads the APIExport.
+    pub async fn export(&self) -> anyhow::Result<APIExport> {
+        Ok(Api::<APIExport>::all(self.kcp_client.clone())
+            .get(&self.export)
+            .await?)
+    }
+
+    /// Waits until the APIExport satisfies `check`, which reports what it saw.
+    pub async fn wait_for_export(
+        &self,
+        what: &str,
+        check: impl Fn(&APIExport) -> Result<(), String>,
+    ) -> anyhow::Result<APIExport> {
+        let api: Api<APIExport> = Api::all(self.kcp_client.clone());
+        poll_until(what, Duration::from_secs(60), async || {
+            let export = api.get(&self.export).await.map_err(|e| e.to_string())?;
+            check(&export).map(|()| export)
+        })
+        .await
+    }
+
+    /// Deletes what the provider made: PublishedResources, CRDs, namespace
+    /// and workspace.
+    pub async fn cleanup(&self) -> anyhow::Result<()> {
+        let selector = format!("agent={}", self.agent_name);
+        let prs = self.prs();
+        for pr in prs
+            .list(&kube::api::ListParams::default().labels(&selector))
+            .await?
+        {
+            prs.delete(&pr.name_any(), &DeleteParams::default()).await?;
+        }
+        let crds: Api<CustomResourceDefinition> = Api::all(self.service.clone());
+        for crd in crds.list(&Default::default()).await? {
+            if crd.spec.group == self.group {
+                crds.delete(&crd.name_any(), &DeleteParams::default())
+                    .await?;
+            }
+        }
+        service::delete_namespace(&self.service, &self.namespace).await?;
+        self.workspace.delete(&self.kcp).await
+    }
+}
