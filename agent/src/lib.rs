@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod controller;
+pub mod dns;
 pub mod http;
 pub mod kcp;
 pub mod metrics;

@@ -150,7 +150,7 @@ impl Options {
             return Err(OptionsError::Empty("--apiexportendpointslice-ref"));
         }
         let name = self.agent_name();
-        if !is_dns1035_label(&name) {
+        if !crate::dns::is_dns1035_label(&name) {
             return Err(OptionsError::AgentName(name));
         }
         self.metrics_address()?;
@@ -175,17 +175,6 @@ fn parse_address(flag: &'static str, value: &str) -> Result<Option<SocketAddr>, 
             flag,
             value: value.to_string(),
         })
-}
-
-fn is_dns1035_label(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 63
-        && bytes[0].is_ascii_lowercase()
-        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
 }
 
 #[cfg(test)]

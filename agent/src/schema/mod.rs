@@ -22,6 +22,7 @@ use crate::api::kcp::apis_v1alpha1::{
     APIResourceSchema, APIResourceSchemaSpec, APIResourceVersion, Conversion,
 };
 use crate::api::published_resource::{PublishedResourceSpec, ResourceScope};
+use crate::dns;
 pub use version::sort_versions;
 
 /// Label and annotation naming the agent that owns an object.
@@ -217,35 +218,36 @@ fn rename_versions(
 }
 
 fn check_dns_label(field: &'static str, value: &str) -> Result<(), ProjectionError> {
-    let valid = value.len() <= 63
-        && value.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && value.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && value
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if valid {
-        Ok(())
-    } else {
-        Err(ProjectionError::InvalidName {
-            field,
-            value: value.to_string(),
-            reason: "must be a lower-case DNS label",
-        })
-    }
+    check_name(
+        field,
+        value,
+        dns::is_dns1123_label(value),
+        "must be a lower-case DNS label",
+    )
 }
 
 fn check_dns_subdomain(field: &'static str, value: &str) -> Result<(), ProjectionError> {
-    let valid = value.len() <= 253
-        && value
-            .split('.')
-            .all(|part| check_dns_label(field, part).is_ok());
+    check_name(
+        field,
+        value,
+        dns::is_dns1123_subdomain(value),
+        "must be a lower-case DNS subdomain",
+    )
+}
+
+fn check_name(
+    field: &'static str,
+    value: &str,
+    valid: bool,
+    reason: &'static str,
+) -> Result<(), ProjectionError> {
     if valid {
         Ok(())
     } else {
         Err(ProjectionError::InvalidName {
             field,
             value: value.to_string(),
-            reason: "must be a lower-case DNS subdomain",
+            reason,
         })
     }
 }
@@ -253,15 +255,12 @@ fn check_dns_subdomain(field: &'static str, value: &str) -> Result<(), Projectio
 fn check_kind(kind: &str) -> Result<(), ProjectionError> {
     let valid = kind.starts_with(|c: char| c.is_ascii_uppercase())
         && kind.chars().all(|c| c.is_ascii_alphanumeric());
-    if valid {
-        Ok(())
-    } else {
-        Err(ProjectionError::InvalidName {
-            field: "kind",
-            value: kind.to_string(),
-            reason: "must be an alphanumeric CamelCase name starting with an upper-case letter",
-        })
-    }
+    check_name(
+        "kind",
+        kind,
+        valid,
+        "must be an alphanumeric CamelCase name starting with an upper-case letter",
+    )
 }
 
 impl Projected {
