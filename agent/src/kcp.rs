@@ -100,6 +100,14 @@ pub fn retarget(config: &Config, workspace: &str) -> Result<Config, KcpError> {
     Ok(target)
 }
 
+/// The same credentials, pointed at an arbitrary URL on the kcp server
+/// (for example a virtual workspace endpoint).
+pub fn retarget_url(config: &Config, url: &str) -> Result<Config, KcpError> {
+    let mut target = config.clone();
+    target.cluster_url = url.parse().map_err(|_| KcpError::Url(url.to_string()))?;
+    Ok(target)
+}
+
 impl KcpTarget {
     /// Resolves endpoint slice → export → logical cluster.
     pub async fn resolve(slice_config: Config, slice_name: &str) -> Result<Self, KcpError> {

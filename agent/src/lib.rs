@@ -13,3 +13,4 @@ pub mod metrics;
 pub mod options;
 pub mod schema;
 pub mod source;
+pub mod sync;

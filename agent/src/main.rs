@@ -156,9 +156,10 @@ async fn run(options: Options, stopped: watch::Receiver<bool>) -> anyhow::Result
         ));
     }
     if options.runs(ControllerName::Sync) {
-        warn!(
-            "Object sync is not part of this version of the agent; only schemas and the APIExport are managed"
-        );
+        controllers.spawn(controller::sync::run(
+            ctx.clone(),
+            stopping(stopped.clone()),
+        ));
     }
 
     match lease {

@@ -16,6 +16,12 @@ pub struct Metrics {
     reconcile_time: HistogramVec,
     /// Number of PublishedResources matching the agent's selector.
     pub published_resources: IntGauge,
+    /// Running sync workers (one per enabled PublishedResource).
+    pub sync_workers: IntGauge,
+    /// Writes that brought a copy in line, by PublishedResource and kind of write.
+    pub objects_synced: IntCounterVec,
+    /// Failed object syncs, by PublishedResource and reason.
+    pub sync_errors: IntCounterVec,
 }
 
 /// How a reconcile ended, as controller-runtime labels it.
@@ -81,11 +87,29 @@ impl Metrics {
             "Number of PublishedResources handled by this agent",
         )
         .expect("valid metric");
+        let sync_workers =
+            IntGauge::new("sync_agent_sync_workers", "Running sync workers").expect("valid metric");
+        let objects_synced = IntCounterVec::new(
+            Opts::new(
+                "sync_agent_objects_synced_total",
+                "Writes that brought an object in line",
+            ),
+            &["published_resource", "operation"],
+        )
+        .expect("valid metric");
+        let sync_errors = IntCounterVec::new(
+            Opts::new("sync_agent_sync_errors_total", "Failed object syncs"),
+            &["published_resource", "reason"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(reconcile_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconcile_errors.clone()),
             Box::new(reconcile_time.clone()),
             Box::new(published_resources.clone()),
+            Box::new(sync_workers.clone()),
+            Box::new(objects_synced.clone()),
+            Box::new(sync_errors.clone()),
         ] {
             registry
                 .register(collector)
@@ -97,6 +121,9 @@ impl Metrics {
             reconcile_errors,
             reconcile_time,
             published_resources,
+            sync_workers,
+            objects_synced,
+            sync_errors,
         }
     }
 

@@ -10,7 +10,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use sync_agent::api::kcp::apis_v1alpha1::APIResourceSchema;
-use sync_agent::api::kcp::apis_v1alpha2::{APIExport, APIExportSpec};
+use sync_agent::api::kcp::apis_v1alpha2::{APIBinding, APIExport, APIExportSpec};
 use sync_agent::api::published_resource::PublishedResource;
 
 use crate::agent::{AgentProcess, AgentSettings};
@@ -105,7 +105,8 @@ impl Provider {
 
     /// Creates (or replaces) a CRD `<plural>.<group>` with the given
     /// versions `(name, served, storage)`, each with a `spec.<field>` string
-    /// property, and waits until it is established.
+    /// property (other spec fields are kept too, as a provider's operator
+    /// might add them) and a status subresource, and waits until it is established.
     pub async fn apply_crd(
         &self,
         kind: &str,
@@ -121,7 +122,8 @@ impl Provider {
                     "name": version, "served": served, "storage": storage,
                     "subresources": {"status": {}},
                     "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-                        "spec": {"type": "object", "properties": {field: {"type": "string"}}},
+                        "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true,
+                                 "properties": {field: {"type": "string"}}},
                         "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
                     }}}
                 })
@@ -264,6 +266,54 @@ impl Provider {
             check(&export).map(|()| export)
         })
         .await
+    }
+
+    /// Creates a consumer workspace bound to the export, accepting every
+    /// claim the export makes now (verbs and identity hash copied), and waits
+    /// until the binding is bound.
+    pub async fn bind_consumer(&self, prefix: &str) -> anyhow::Result<TestWorkspace> {
+        let consumer = self.kcp.create_workspace("root", prefix).await?;
+        let export = self.export().await?;
+        let claims: Vec<Value> = export
+            .spec
+            .permission_claims
+            .iter()
+            .map(|c| {
+                json!({"group": c.group, "resource": c.resource, "verbs": c.verbs,
+                       "identityHash": c.identity_hash, "selector": {"matchAll": true}, "state": "Accepted"})
+            })
+            .collect();
+        let binding: APIBinding = serde_json::from_value(json!({
+            "apiVersion": "apis.kcp.io/v1alpha2",
+            "kind": "APIBinding",
+            "metadata": {"name": self.export},
+            "spec": {"reference": {"export": {"path": self.workspace.path, "name": self.export}},
+                     "permissionClaims": claims}
+        }))?;
+        let api: Api<APIBinding> = Api::all(self.kcp.client(&consumer.path)?);
+        api.create(&PostParams::default(), &binding)
+            .await
+            .context("creating the APIBinding")?;
+        poll_until(
+            "the consumer's binding to be bound",
+            DEFAULT_TIMEOUT,
+            async || {
+                let phase = api
+                    .get(&self.export)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .status
+                    .map(|s| s.phase)
+                    .unwrap_or_default();
+                if phase == "Bound" {
+                    Ok(())
+                } else {
+                    Err(format!("phase {phase:?}"))
+                }
+            },
+        )
+        .await?;
+        Ok(consumer)
     }
 
     /// Deletes what the provider made: PublishedResources, CRDs, namespace

@@ -2,6 +2,7 @@
 
 pub mod apiexport;
 pub mod schemas;
+pub mod sync;
 
 use std::sync::Arc;
 

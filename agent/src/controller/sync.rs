@@ -1,0 +1,229 @@
+//! The `sync` controller: keeps exactly one sync worker per enabled
+//! PublishedResource. A worker starts once the PublishedResource's schema is
+//! published; any change of its spec, its schema or the export's endpoints
+//! stops the old worker before the new one starts (never two at once);
+//! deleting or disabling the PublishedResource stops it.
+
+use std::collections::HashMap;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::ResourceExt;
+use kube::api::{Api, ApiResource};
+use kube::core::GroupVersionKind;
+use kube_runtime::reflector::{self, Store};
+use kube_runtime::{WatchStreamExt, watcher};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use super::Context;
+use crate::api::kcp::apis_v1alpha1::APIExportEndpointSlice;
+use crate::api::published_resource::PublishedResource;
+use crate::schema;
+use crate::source;
+use crate::sync::worker::{self, WorkerConfig};
+
+/// Name of the controller in `--disabled-controllers`.
+pub const NAME: &str = "sync";
+/// How often endpoints and PublishedResources are re-checked without events.
+const RESYNC: Duration = Duration::from_secs(10);
+
+struct Running {
+    fingerprint: u64,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 'static) {
+    let prs: Api<PublishedResource> = Api::all(ctx.service.clone());
+    let (store, writer) = reflector::store();
+    let mut changes = std::pin::pin!(
+        watcher(prs, watcher::Config::default().labels(&ctx.selector))
+            .default_backoff()
+            .reflect(writer)
+            .touched_objects()
+    );
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut running: HashMap<String, Running> = HashMap::new();
+    let mut tick = tokio::time::interval(RESYNC);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            change = changes.next() => {
+                if let Some(Err(error)) = change {
+                    warn!(%error, "Watching PublishedResources failed; retrying");
+                    continue;
+                }
+            }
+            _ = tick.tick() => {}
+        }
+        // The store fills only while the stream is polled: never wait on it here.
+        if futures::FutureExt::now_or_never(store.wait_until_ready()).is_some_and(|r| r.is_ok()) {
+            converge(&ctx, &store, &mut running).await;
+        }
+    }
+    for (_, worker) in running.drain() {
+        stop(worker).await;
+    }
+    ctx.metrics.sync_workers.set(0);
+}
+
+async fn converge(
+    ctx: &Arc<Context>,
+    store: &Store<PublishedResource>,
+    running: &mut HashMap<String, Running>,
+) {
+    let endpoints = match endpoints(ctx).await {
+        Ok(endpoints) => endpoints,
+        Err(error) => {
+            warn!(%error, "Reading the endpoint slice failed");
+            return;
+        }
+    };
+    let mut wanted: HashMap<String, (u64, Arc<PublishedResource>)> = HashMap::new();
+    for pr in store.state() {
+        let enabled = pr.spec.synchronization.as_ref().is_none_or(|s| s.enabled);
+        let schema = pr
+            .status
+            .as_ref()
+            .and_then(|s| s.resource_schema_name.clone());
+        if !enabled || schema.is_none() || pr.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let mut hasher = DefaultHasher::new();
+        serde_json::to_string(&pr.spec)
+            .unwrap_or_default()
+            .hash(&mut hasher);
+        schema.hash(&mut hasher);
+        endpoints.hash(&mut hasher);
+        wanted.insert(
+            pr.uid().unwrap_or_else(|| pr.name_any()),
+            (hasher.finish(), pr),
+        );
+    }
+    let stale: Vec<String> = running
+        .iter()
+        .filter(|(uid, worker)| {
+            wanted
+                .get(*uid)
+                .is_none_or(|(f, _)| *f != worker.fingerprint)
+        })
+        .map(|(uid, _)| uid.clone())
+        .collect();
+    for uid in stale {
+        if let Some(worker) = running.remove(&uid) {
+            stop(worker).await;
+        }
+    }
+    for (uid, (fingerprint, pr)) in wanted {
+        if running.contains_key(&uid) {
+            continue;
+        }
+        match worker_config(ctx, &pr, endpoints.clone()).await {
+            Ok(config) => {
+                let (stop, stopped) = watch::channel(false);
+                let task = tokio::spawn(worker::run(ctx.clone(), Arc::new(config), stopped));
+                running.insert(
+                    uid,
+                    Running {
+                        fingerprint,
+                        stop,
+                        task,
+                    },
+                );
+            }
+            Err(error) => {
+                warn!(published_resource = %pr.name_any(), %error, "Cannot start syncing yet")
+            }
+        }
+    }
+    ctx.metrics
+        .sync_workers
+        .set(i64::try_from(running.len()).unwrap_or(i64::MAX));
+}
+
+async fn stop(worker: Running) {
+    let _ = worker.stop.send(true);
+    if let Err(error) = worker.task.await {
+        warn!(%error, "A sync worker ended abnormally");
+    }
+}
+
+async fn endpoints(ctx: &Context) -> Result<Vec<String>, kube::Error> {
+    let client = kube::Client::try_from(ctx.kcp.slice_config.clone())?;
+    let slice = Api::<APIExportEndpointSlice>::all(client)
+        .get(&ctx.kcp.slice_name)
+        .await?;
+    let mut urls: Vec<String> = slice
+        .status
+        .map(|s| s.endpoints)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| e.url)
+        .collect();
+    urls.sort();
+    Ok(urls)
+}
+
+/// Why a worker cannot be started.
+#[derive(Debug, thiserror::Error)]
+enum ConfigError {
+    #[error(transparent)]
+    Source(#[from] source::SourceError),
+    #[error(transparent)]
+    Projection(#[from] schema::ProjectionError),
+    #[error("{0} has no storage version")]
+    NoStorage(String),
+    #[error("invalid resource filter: {0}")]
+    Filter(String),
+}
+
+async fn worker_config(
+    ctx: &Context,
+    pr: &PublishedResource,
+    endpoints: Vec<String>,
+) -> Result<WorkerConfig, ConfigError> {
+    let resource = &pr.spec.resource;
+    let source = source::find(&ctx.service, &resource.api_group, &resource.kind).await?;
+    let projected = schema::project(&source.spec, &pr.spec)?;
+    let storage = |spec: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinitionSpec| {
+        spec.versions.iter().find(|v| v.storage).cloned().ok_or_else(|| ConfigError::NoStorage(spec.names.kind.clone()))
+    };
+    let local_version = storage(&source.spec)?;
+    let remote_version = storage(&projected.spec)?;
+    let api_resource = |spec: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinitionSpec, version: &str| {
+        ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(&spec.group, version, &spec.names.kind),
+            &spec.names.plural,
+        )
+    };
+    let resource_filter = pr
+        .spec
+        .filter
+        .as_ref()
+        .and_then(|f| f.resource.clone())
+        .map(kube::core::Selector::try_from)
+        .transpose()
+        .map_err(|e| ConfigError::Filter(e.to_string()))?;
+    let config = WorkerConfig {
+        published_resource: pr.name_any(),
+        remote: api_resource(&projected.spec, &remote_version.name),
+        remote_namespaced: projected.spec.scope == "Namespaced",
+        local: api_resource(&source.spec, &local_version.name),
+        local_namespaced: source.spec.scope == "Namespaced",
+        local_status: local_version
+            .subresources
+            .as_ref()
+            .is_some_and(|s| s.status.is_some()),
+        naming: pr.spec.naming.clone().unwrap_or_default(),
+        resource_filter,
+        endpoints,
+    };
+    info!(published_resource = %pr.name_any(), remote = %config.remote.api_version, local = %config.local.api_version, "Sync worker configured");
+    Ok(config)
+}

@@ -1,0 +1,7 @@
+//! Object sync between consumer workspaces and the service cluster.
+
+pub mod identity;
+pub mod naming;
+pub mod object;
+pub mod reconcile;
+pub mod worker;

@@ -1,0 +1,223 @@
+//! Pure steps of syncing one object: what the local copy should look like,
+//! and the JSON merge patch that brings it there from the last-known state.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value, json};
+
+use super::identity::{AGENT_LABEL, RemoteKey};
+
+/// Annotation on a local copy holding the last state synced from kcp (the
+/// top-level fields other than metadata and status), so the next sync can
+/// send only what changed in kcp and keep what the provider's side added.
+pub const LAST_KNOWN_ANNOTATION: &str = "syncagent.kcp.io/last-known-state";
+/// Largest last-known state stored; larger objects fall back to full updates.
+pub const LAST_KNOWN_LIMIT: usize = 128 * 1024;
+
+/// Top-level keys that are never copied as "spec".
+const NOT_SPEC: &[&str] = &["apiVersion", "kind", "metadata", "status"];
+/// Label prefixes and keys never copied from kcp.
+const UNSYNCED_LABEL_PREFIXES: &[&str] = &["claimed.internal.apis.kcp.io/", "syncagent.kcp.io/"];
+/// Annotation keys and prefixes never copied from kcp.
+const UNSYNCED_ANNOTATIONS: &[&str] = &[
+    "kcp.io/cluster",
+    "kubectl.kubernetes.io/last-applied-configuration",
+    "syncagent.kcp.io/",
+    "related-resources.syncagent.kcp.io/",
+];
+
+/// The fields of an object that sync from kcp: every top-level field except
+/// `apiVersion`, `kind`, `metadata` and `status`.
+pub fn spec_fields(object: &Value) -> Map<String, Value> {
+    object
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter(|(k, _)| !NOT_SPEC.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn synced_labels(object: &Value) -> BTreeMap<String, String> {
+    string_map(&object["metadata"]["labels"])
+        .into_iter()
+        .filter(|(k, _)| !UNSYNCED_LABEL_PREFIXES.iter().any(|p| k.starts_with(p)))
+        .collect()
+}
+
+fn synced_annotations(object: &Value) -> BTreeMap<String, String> {
+    string_map(&object["metadata"]["annotations"])
+        .into_iter()
+        .filter(|(k, _)| !UNSYNCED_ANNOTATIONS.iter().any(|p| k.starts_with(p)))
+        .collect()
+}
+
+/// A JSON object of strings as a map.
+pub fn string_map(value: &Value) -> BTreeMap<String, String> {
+    value
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The local copy to create for a kcp object.
+pub fn new_local(
+    remote: &Value,
+    api_version: &str,
+    kind: &str,
+    name: &str,
+    namespace: Option<&str>,
+    key: &RemoteKey,
+    agent: &str,
+) -> Value {
+    let mut labels = synced_labels(remote);
+    labels.extend(key.labels());
+    labels.insert(AGENT_LABEL.into(), agent.into());
+    let mut annotations = synced_annotations(remote);
+    annotations.extend(key.annotations());
+    let fields = spec_fields(remote);
+    annotations.extend(last_known_annotation(&fields));
+    let mut metadata = json!({"name": name, "labels": labels, "annotations": annotations});
+    if let Some(namespace) = namespace {
+        metadata["namespace"] = namespace.into();
+    }
+    let mut object = Map::new();
+    object.insert("apiVersion".into(), api_version.into());
+    object.insert("kind".into(), kind.into());
+    object.insert("metadata".into(), metadata);
+    object.extend(fields);
+    Value::Object(object)
+}
+
+fn last_known_annotation(fields: &Map<String, Value>) -> Option<(String, String)> {
+    let state = serde_json::to_string(fields).ok()?;
+    (state.len() <= LAST_KNOWN_LIMIT).then(|| (LAST_KNOWN_ANNOTATION.to_string(), state))
+}
+
+/// The merge patch that brings an existing local copy in line with its kcp
+/// object, or `None` when nothing changed.
+///
+/// With a last-known state, only the kcp-side delta is sent, so fields the
+/// provider's side added or defaulted stay. Without one, every synced field
+/// is sent. Identification labels and annotations are repaired, and labels
+/// and annotations from kcp are added (never removed).
+pub fn update_patch(remote: &Value, local: &Value, key: &RemoteKey, agent: &str) -> Option<Value> {
+    let desired = spec_fields(remote);
+    let last_known = local["metadata"]["annotations"][LAST_KNOWN_ANNOTATION]
+        .as_str()
+        .and_then(|s| serde_json::from_str::<Map<String, Value>>(s).ok());
+    let mut patch = match &last_known {
+        Some(last) => merge_diff(
+            &Value::Object(last.clone()),
+            &Value::Object(desired.clone()),
+        ),
+        None => Value::Object(desired.clone()),
+    };
+    let patch_fields = patch.as_object_mut()?;
+    // Values the consumer set that were changed on the service cluster are
+    // put back; fields the consumer never set are left to the provider.
+    if let Some(last) = &last_known {
+        for (field, value) in &desired {
+            if last.get(field) == Some(value)
+                && let Some(repair) = repair(local.get(field).unwrap_or(&Value::Null), value)
+            {
+                patch_fields.insert(field.clone(), repair);
+            }
+        }
+    }
+
+    let mut labels = Map::new();
+    let local_labels = string_map(&local["metadata"]["labels"]);
+    let mut wanted_labels = synced_labels(remote);
+    wanted_labels.extend(key.labels());
+    wanted_labels.insert(AGENT_LABEL.into(), agent.into());
+    for (k, v) in wanted_labels {
+        if local_labels.get(&k) != Some(&v) {
+            labels.insert(k, v.into());
+        }
+    }
+    let mut annotations = Map::new();
+    let local_annotations = string_map(&local["metadata"]["annotations"]);
+    let mut wanted_annotations = synced_annotations(remote);
+    wanted_annotations.extend(key.annotations());
+    for (k, v) in wanted_annotations {
+        if local_annotations.get(&k) != Some(&v) {
+            annotations.insert(k, v.into());
+        }
+    }
+    let spec_changed = !patch_fields.is_empty();
+    if (spec_changed || last_known.as_ref() != Some(&desired))
+        && let Some((k, v)) = last_known_annotation(&desired)
+        && local_annotations.get(&k) != Some(&v)
+    {
+        annotations.insert(k, v.into());
+    }
+    let mut metadata = Map::new();
+    if !labels.is_empty() {
+        metadata.insert("labels".into(), Value::Object(labels));
+    }
+    if !annotations.is_empty() {
+        metadata.insert("annotations".into(), Value::Object(annotations));
+    }
+    if !metadata.is_empty() {
+        patch_fields.insert("metadata".into(), Value::Object(metadata));
+    }
+    (!patch_fields.is_empty()).then_some(patch)
+}
+
+/// The merge patch restoring every value of `wanted` in `current` without
+/// removing keys `wanted` does not have; `None` when nothing differs.
+fn repair(current: &Value, wanted: &Value) -> Option<Value> {
+    match (current, wanted) {
+        (Value::Object(current), Value::Object(wanted)) => {
+            let patch: Map<String, Value> = wanted
+                .iter()
+                .filter_map(|(key, value)| {
+                    let fix = match current.get(key) {
+                        Some(existing) => repair(existing, value)?,
+                        None => value.clone(),
+                    };
+                    Some((key.clone(), fix))
+                })
+                .collect();
+            (!patch.is_empty()).then_some(Value::Object(patch))
+        }
+        (current, wanted) => (current != wanted).then(|| wanted.clone()),
+    }
+}
+
+/// RFC 7386 merge patch turning `from` into `to`.
+pub fn merge_diff(from: &Value, to: &Value) -> Value {
+    match (from, to) {
+        (Value::Object(from), Value::Object(to)) => {
+            let mut patch = Map::new();
+            for (key, old) in from {
+                match to.get(key) {
+                    None => {
+                        patch.insert(key.clone(), Value::Null);
+                    }
+                    Some(new) if new != old => {
+                        patch.insert(key.clone(), merge_diff(old, new));
+                    }
+                    Some(_) => {}
+                }
+            }
+            for (key, new) in to {
+                if !from.contains_key(key) {
+                    patch.insert(key.clone(), new.clone());
+                }
+            }
+            Value::Object(patch)
+        }
+        (_, to) => to.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

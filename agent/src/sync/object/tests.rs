@@ -1,0 +1,114 @@
+use serde_json::json;
+
+use super::*;
+use crate::sync::identity::{REMOTE_CLUSTER_LABEL, REMOTE_NAME_ANNOTATION};
+
+fn key() -> RemoteKey {
+    RemoteKey {
+        cluster: "c1".into(),
+        namespace: "ns".into(),
+        name: "db".into(),
+    }
+}
+
+fn remote(spec: serde_json::Value) -> serde_json::Value {
+    json!({
+        "apiVersion": "dbaas.io/v1", "kind": "Instance",
+        "metadata": {"name": "db", "namespace": "ns", "resourceVersion": "7", "uid": "u",
+                     "finalizers": ["syncagent.kcp.io/cleanup"],
+                     "labels": {"app": "x", "claimed.internal.apis.kcp.io/abc": "y"},
+                     "annotations": {"kcp.io/cluster": "c1", "note": "hi"}},
+        "spec": spec,
+        "status": {"phase": "kcp-side"}
+    })
+}
+
+#[test]
+fn a_new_copy_has_the_identity_and_none_of_the_kcp_internals() {
+    let local = new_local(
+        &remote(json!({"size": 1})),
+        "example.corp/v1",
+        "Database",
+        "hashed",
+        Some("c1"),
+        &key(),
+        "a",
+    );
+    assert_eq!(local["apiVersion"], "example.corp/v1");
+    assert_eq!(local["kind"], "Database");
+    assert_eq!(local["spec"], json!({"size": 1}));
+    assert!(local.get("status").is_none());
+    let metadata = &local["metadata"];
+    assert_eq!(metadata["name"], "hashed");
+    assert_eq!(metadata["namespace"], "c1");
+    assert!(metadata.get("resourceVersion").is_none() && metadata.get("finalizers").is_none());
+    assert_eq!(metadata["labels"][REMOTE_CLUSTER_LABEL], "c1");
+    assert_eq!(metadata["labels"]["app"], "x");
+    assert!(
+        metadata["labels"]
+            .get("claimed.internal.apis.kcp.io/abc")
+            .is_none()
+    );
+    assert_eq!(metadata["annotations"][REMOTE_NAME_ANNOTATION], "db");
+    assert!(metadata["annotations"].get("kcp.io/cluster").is_none());
+    assert_eq!(
+        metadata["annotations"][LAST_KNOWN_ANNOTATION],
+        r#"{"spec":{"size":1}}"#
+    );
+}
+
+#[test]
+fn an_unchanged_object_needs_no_patch() {
+    let r = remote(json!({"size": 1}));
+    let local = new_local(&r, "v1", "K", "n", Some("c1"), &key(), "a");
+    assert_eq!(update_patch(&r, &local, &key(), "a"), None);
+}
+
+#[test]
+fn only_the_kcp_delta_is_sent_and_provider_additions_survive() {
+    let r = remote(json!({"size": 1}));
+    let mut local = new_local(&r, "v1", "K", "n", Some("c1"), &key(), "a");
+    local["spec"]["defaultedByProvider"] = json!("yes");
+    let changed = remote(json!({"size": 2}));
+    let patch = update_patch(&changed, &local, &key(), "a").expect("a patch");
+    assert_eq!(patch["spec"], json!({"size": 2}));
+    assert_eq!(
+        patch["metadata"]["annotations"][LAST_KNOWN_ANNOTATION],
+        r#"{"spec":{"size":2}}"#
+    );
+}
+
+#[test]
+fn a_provider_edit_of_a_consumer_field_is_reverted() {
+    let r = remote(json!({"size": 1}));
+    let mut local = new_local(&r, "v1", "K", "n", Some("c1"), &key(), "a");
+    local["spec"]["size"] = json!(5);
+    local["spec"]["extra"] = json!(true);
+    let patch = update_patch(&r, &local, &key(), "a").expect("a patch");
+    assert_eq!(
+        patch["spec"],
+        json!({"size": 1}),
+        "the consumer's value returns, the provider's extra field stays"
+    );
+}
+
+#[test]
+fn without_a_last_known_state_every_field_is_sent_and_identity_repaired() {
+    let r = remote(json!({"size": 1}));
+    let local = json!({"metadata": {"labels": {}, "annotations": {}}, "spec": {"size": 1}});
+    let patch = update_patch(&r, &local, &key(), "a").expect("a patch");
+    assert_eq!(patch["spec"], json!({"size": 1}));
+    assert_eq!(patch["metadata"]["labels"][REMOTE_CLUSTER_LABEL], "c1");
+    assert_eq!(patch["metadata"]["labels"][AGENT_LABEL], "a");
+    assert!(patch["metadata"]["annotations"][LAST_KNOWN_ANNOTATION].is_string());
+}
+
+#[test]
+fn merge_diff_removes_replaces_and_adds() {
+    let from = json!({"a": 1, "b": {"c": 1, "d": 2}, "e": [1]});
+    let to = json!({"b": {"c": 1, "d": 3}, "e": [2], "f": "new"});
+    assert_eq!(
+        merge_diff(&from, &to),
+        json!({"a": null, "b": {"d": 3}, "e": [2], "f": "new"})
+    );
+}

@@ -1,0 +1,382 @@
+//! Object sync on the real servers: consumer objects in kcp get copies on
+//! the service cluster, status comes back, deletion goes through the
+//! finalizer.
+
+use std::time::Duration;
+
+use e2e::kcp::TestWorkspace;
+use e2e::poll::poll_until;
+use e2e::publishing::Provider;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, ObjectMeta, Patch, PatchParams,
+    PostParams,
+};
+use kube::core::GroupVersionKind;
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use sync_agent::sync::identity::{self, sha1_hex};
+use sync_agent::sync::naming::sha3_hex;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A provider with a published `Widget` kind, a running agent and one
+/// consumer workspace bound to it.
+struct Scene {
+    provider: Provider,
+    agent: e2e::agent::AgentProcess,
+    resource: ApiResource,
+}
+
+impl Scene {
+    async fn new(prefix: &str, pr_extra: serde_json::Value) -> Self {
+        let provider = Provider::new(prefix).await.expect("provider");
+        provider
+            .apply_crd("Widget", &[("v1", true, true)], "color")
+            .await
+            .expect("CRD");
+        let agent = provider.start_agent().await.expect("agent starts");
+        let mut spec = json!({"resource": {"apiGroup": provider.group, "kind": "Widget"}});
+        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), pr_extra.as_object()) {
+            spec.extend(extra.clone());
+        }
+        let pr = provider.create_pr("widgets", spec).await.expect("PR");
+        let schema = provider
+            .wait_for_schema_name(&pr, None)
+            .await
+            .expect("schema");
+        provider
+            .wait_for_export("the schema in the export", |e| {
+                if e.spec.resources.iter().any(|r| r.schema == schema) {
+                    Ok(())
+                } else {
+                    Err("missing".into())
+                }
+            })
+            .await
+            .expect("export");
+        let resource = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(&provider.group, "v1", "Widget"),
+            "widgets",
+        );
+        Self {
+            provider,
+            agent,
+            resource,
+        }
+    }
+
+    async fn consumer(&self, prefix: &str) -> (TestWorkspace, Client) {
+        let consumer = self.provider.bind_consumer(prefix).await.expect("consumer");
+        let client = self.provider.kcp.client(&consumer.path).expect("client");
+        let namespace = Namespace {
+            metadata: ObjectMeta {
+                name: Some("apps".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .expect("namespace");
+        (consumer, client)
+    }
+
+    fn kcp_widgets(&self, client: &Client) -> Api<DynamicObject> {
+        Api::namespaced_with(client.clone(), "apps", &self.resource)
+    }
+
+    async fn create_widget(&self, client: &Client, name: &str, color: &str) {
+        let mut widget = DynamicObject::new(name, &self.resource).within("apps");
+        widget.data = json!({"spec": {"color": color}});
+        let api = self.kcp_widgets(client);
+        poll_until("the consumer to create a widget", TIMEOUT, async || {
+            api.create(&PostParams::default(), &widget)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .expect("widget created");
+    }
+
+    /// The local copy of a consumer's widget, found by its identity labels.
+    async fn local_copy(&self, cluster: &str, name: &str) -> DynamicObject {
+        let key = identity::RemoteKey {
+            cluster: cluster.into(),
+            namespace: "apps".into(),
+            name: name.into(),
+        };
+        let api: Api<DynamicObject> = Api::all_with(self.provider.service.clone(), &self.resource);
+        let selector = key.selector(&self.provider.agent_name);
+        poll_until(&format!("the local copy of {name}"), TIMEOUT, async || {
+            let list = api
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(|e| e.to_string())?;
+            match list.items.as_slice() {
+                [one] => Ok(one.clone()),
+                other => Err(format!(
+                    "{} copies; agent log:\n{}",
+                    other.len(),
+                    self.agent.log_tail()
+                )),
+            }
+        })
+        .await
+        .expect("local copy")
+    }
+
+    fn local_api(&self, namespace: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(self.provider.service.clone(), namespace, &self.resource)
+    }
+}
+
+#[tokio::test]
+async fn a_consumer_object_round_trips_with_exact_identity_and_is_deleted_through_the_finalizer() {
+    let scene = Scene::new("roundtrip", json!({})).await;
+    let (consumer, client) = scene.consumer("consumer").await;
+    scene.create_widget(&client, "blue", "blue").await;
+
+    let local = scene.local_copy(&consumer.cluster, "blue").await;
+    let expected_name = format!("{}-{}", &sha3_hex("apps")[..20], &sha3_hex("blue")[..20]);
+    assert_eq!(local.name_any(), expected_name, "upstream's default naming");
+    assert_eq!(
+        local.namespace().as_deref(),
+        Some(consumer.cluster.as_str()),
+        "namespace = cluster name"
+    );
+    let labels = local.labels();
+    assert_eq!(
+        labels.get("syncagent.kcp.io/remote-object-cluster"),
+        Some(&consumer.cluster)
+    );
+    assert_eq!(
+        labels.get("syncagent.kcp.io/remote-object-name-hash"),
+        Some(&sha1_hex("blue"))
+    );
+    assert_eq!(
+        labels.get("syncagent.kcp.io/remote-object-namespace-hash"),
+        Some(&sha1_hex("apps"))
+    );
+    assert_eq!(
+        labels.get("syncagent.kcp.io/agent-name"),
+        Some(&scene.provider.agent_name)
+    );
+    assert_eq!(
+        local
+            .annotations()
+            .get("syncagent.kcp.io/remote-object-name")
+            .map(String::as_str),
+        Some("blue")
+    );
+    assert_eq!(local.data["spec"]["color"], "blue");
+
+    let kcp_widgets = scene.kcp_widgets(&client);
+    let remote = kcp_widgets.get("blue").await.expect("kcp object");
+    assert!(
+        remote
+            .finalizers()
+            .contains(&"syncagent.kcp.io/cleanup".to_string())
+    );
+
+    // Status set on the service cluster appears in kcp.
+    scene
+        .local_api(&consumer.cluster)
+        .patch_status(
+            &expected_name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Ready"}})),
+        )
+        .await
+        .expect("status set by the provider");
+    poll_until("the status in kcp", TIMEOUT, async || {
+        let object = kcp_widgets.get("blue").await.map_err(|e| e.to_string())?;
+        if object.data["status"]["phase"] == "Ready" {
+            Ok(())
+        } else {
+            Err(format!("{}", object.data))
+        }
+    })
+    .await
+    .expect("status synced back");
+
+    // A spec change in kcp reaches the copy.
+    kcp_widgets
+        .patch(
+            "blue",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"color": "navy"}})),
+        )
+        .await
+        .expect("consumer edits");
+    poll_until("the edit on the service cluster", TIMEOUT, async || {
+        let object = scene
+            .local_api(&consumer.cluster)
+            .get(&expected_name)
+            .await
+            .map_err(|e| e.to_string())?;
+        if object.data["spec"]["color"] == "navy" {
+            Ok(())
+        } else {
+            Err(format!("{}", object.data["spec"]))
+        }
+    })
+    .await
+    .expect("spec synced");
+
+    // Deleting in kcp removes the copy first, then releases the kcp object.
+    kcp_widgets
+        .delete("blue", &DeleteParams::default())
+        .await
+        .expect("consumer deletes");
+    poll_until(
+        "the kcp object to be gone",
+        TIMEOUT,
+        async || match kcp_widgets
+            .get_opt("blue")
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            None => Ok(()),
+            Some(o) => Err(format!("finalizers {:?}", o.finalizers())),
+        },
+    )
+    .await
+    .expect("kcp object deleted");
+    assert!(
+        scene
+            .local_api(&consumer.cluster)
+            .get_opt(&expected_name)
+            .await
+            .expect("get")
+            .is_none(),
+        "the copy went before the kcp object"
+    );
+
+    consumer.delete(&scene.provider.kcp).await.expect("cleanup");
+    scene.provider.cleanup().await.expect("cleanup");
+}
+
+#[tokio::test]
+async fn provider_fields_survive_and_provider_edits_of_consumer_fields_are_reverted() {
+    let scene = Scene::new("owned", json!({})).await;
+    let (consumer, client) = scene.consumer("consumer").await;
+    scene.create_widget(&client, "red", "red").await;
+    let local = scene.local_copy(&consumer.cluster, "red").await;
+    let local_api = scene.local_api(&consumer.cluster);
+
+    // The provider's operator fills in a field the consumer never set ...
+    local_api
+        .patch(
+            &local.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"size": "large"}})),
+        )
+        .await
+        .expect("provider adds a field");
+    // ... and a consumer edit in kcp is synced without removing it.
+    scene
+        .kcp_widgets(&client)
+        .patch(
+            "red",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"color": "crimson"}})),
+        )
+        .await
+        .expect("consumer edits");
+    poll_until(
+        "the consumer's edit next to the provider's field",
+        TIMEOUT,
+        async || {
+            let object = local_api
+                .get(&local.name_any())
+                .await
+                .map_err(|e| e.to_string())?;
+            let spec = &object.data["spec"];
+            if spec["color"] == "crimson" && spec["size"] == "large" {
+                Ok(())
+            } else {
+                Err(spec.to_string())
+            }
+        },
+    )
+    .await
+    .expect("both fields");
+
+    // An edit on the service cluster to the consumer's field is reverted.
+    local_api
+        .patch(
+            &local.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"color": "green"}})),
+        )
+        .await
+        .expect("provider overwrites the consumer's field");
+    poll_until("the consumer's value to return", TIMEOUT, async || {
+        let object = local_api
+            .get(&local.name_any())
+            .await
+            .map_err(|e| e.to_string())?;
+        let spec = &object.data["spec"];
+        if spec["color"] == "crimson" && spec["size"] == "large" {
+            Ok(())
+        } else {
+            Err(spec.to_string())
+        }
+    })
+    .await
+    .expect("reverted");
+
+    consumer.delete(&scene.provider.kcp).await.expect("cleanup");
+    scene.provider.cleanup().await.expect("cleanup");
+}
+
+#[tokio::test]
+async fn identical_names_in_two_workspaces_do_not_collide_and_a_pr_edit_keeps_one_worker() {
+    let scene = Scene::new("twins", json!({})).await;
+    let (first, first_client) = scene.consumer("first").await;
+    let (second, second_client) = scene.consumer("second").await;
+    scene.create_widget(&first_client, "same", "one").await;
+    scene.create_widget(&second_client, "same", "two").await;
+    let one = scene.local_copy(&first.cluster, "same").await;
+    let two = scene.local_copy(&second.cluster, "same").await;
+    assert_ne!(one.namespace(), two.namespace());
+    assert_eq!(one.data["spec"]["color"], "one");
+    assert_eq!(two.data["spec"]["color"], "two");
+
+    // Editing the PublishedResource replaces its worker instead of adding one.
+    let prs = scene.provider.prs();
+    let pr = format!("{}-widgets", scene.provider.agent_name);
+    prs.patch(
+        &pr,
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"spec": {"naming": {"name": "{{ .Object.metadata.name }}-{{ .ClusterName }}"}}}),
+        ),
+    )
+    .await
+    .expect("PR edited");
+    scene.create_widget(&first_client, "later", "three").await;
+    let later = scene.local_copy(&first.cluster, "later").await;
+    assert_eq!(
+        later.name_any(),
+        format!("later-{}", first.cluster),
+        "the new naming rule applies"
+    );
+    let metrics = scene.agent.metrics().await.expect("metrics");
+    assert!(
+        metrics.lines().any(|l| l == "sync_agent_sync_workers 1"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("sync_agent"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    first.delete(&scene.provider.kcp).await.expect("cleanup");
+    second.delete(&scene.provider.kcp).await.expect("cleanup");
+    scene.provider.cleanup().await.expect("cleanup");
+}
