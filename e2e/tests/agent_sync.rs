@@ -181,6 +181,27 @@ async fn a_consumer_object_round_trips_with_exact_identity_and_is_deleted_throug
             .contains(&"syncagent.kcp.io/cleanup".to_string())
     );
 
+    // The consumer sees what happened as events on the object.
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "apps");
+    let reasons = poll_until("events on the consumer's object", TIMEOUT, async || {
+        let list = events
+            .list(&ListParams::default().fields("involvedObject.name=blue"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let reasons: Vec<String> = list.items.into_iter().filter_map(|e| e.reason).collect();
+        if reasons.iter().any(|r| r == "ObjectPlaced") {
+            Ok(reasons)
+        } else {
+            Err(format!("{reasons:?}"))
+        }
+    })
+    .await
+    .expect("events");
+    assert!(
+        reasons.contains(&"ObjectAccepted".to_string()),
+        "{reasons:?}"
+    );
+
     // Status set on the service cluster appears in kcp.
     scene
         .local_api(&consumer.cluster)
@@ -379,4 +400,210 @@ async fn identical_names_in_two_workspaces_do_not_collide_and_a_pr_edit_keeps_on
     first.delete(&scene.provider.kcp).await.expect("cleanup");
     second.delete(&scene.provider.kcp).await.expect("cleanup");
     scene.provider.cleanup().await.expect("cleanup");
+}
+
+#[tokio::test]
+async fn filters_select_objects_and_an_object_that_stops_matching_is_cleaned_up() {
+    let scene = Scene::new(
+        "filters",
+        json!({"filter": {"resource": {"matchLabels": {"sync": "yes"}},
+                          "namespace": {"matchExpressions": [{"key": "team", "operator": "Exists"}]}}}),
+    )
+    .await;
+    let (consumer, client) = scene.consumer("consumer").await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .patch(
+            "apps",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"team": "a"}}})),
+        )
+        .await
+        .expect("label the namespace");
+    let other = Namespace {
+        metadata: ObjectMeta {
+            name: Some("other".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    namespaces
+        .create(&PostParams::default(), &other)
+        .await
+        .expect("unlabelled namespace");
+
+    let widgets = scene.kcp_widgets(&client);
+    for (namespace, name, sync) in [
+        ("apps", "chosen", "yes"),
+        ("apps", "ignored", "no"),
+        ("other", "elsewhere", "yes"),
+    ] {
+        let mut widget = DynamicObject::new(name, &scene.resource).within(namespace);
+        widget.metadata.labels = Some([("sync".to_string(), sync.to_string())].into());
+        widget.data = json!({"spec": {"color": name}});
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), namespace, &scene.resource);
+        poll_until("a widget", TIMEOUT, async || {
+            api.create(&PostParams::default(), &widget)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .expect("created");
+    }
+    let chosen = scene.local_copy(&consumer.cluster, "chosen").await;
+    let all: Api<DynamicObject> = Api::all_with(scene.provider.service.clone(), &scene.resource);
+    let selector = format!(
+        "syncagent.kcp.io/remote-object-cluster={}",
+        consumer.cluster
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let copies = all
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .expect("list");
+    assert_eq!(copies.items.len(), 1, "only the matching object is synced");
+    for name in ["ignored"] {
+        let object = widgets.get(name).await.expect("kcp object");
+        assert!(object.finalizers().is_empty(), "{name} is left alone");
+    }
+
+    // The object stops matching: its copy goes and the finalizer is released.
+    widgets
+        .patch(
+            "chosen",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"sync": "no"}}})),
+        )
+        .await
+        .expect("relabel");
+    poll_until(
+        "the copy of an unselected object to go",
+        TIMEOUT,
+        async || {
+            let copy = scene
+                .local_api(&consumer.cluster)
+                .get_opt(&chosen.name_any())
+                .await
+                .map_err(|e| e.to_string())?;
+            let object = widgets.get("chosen").await.map_err(|e| e.to_string())?;
+            if copy.is_none() && object.finalizers().is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "copy {}, finalizers {:?}",
+                    copy.is_some(),
+                    object.finalizers()
+                ))
+            }
+        },
+    )
+    .await
+    .expect("cleaned up");
+
+    consumer.delete(&scene.provider.kcp).await.expect("cleanup");
+    scene.provider.cleanup().await.expect("cleanup");
+}
+
+#[tokio::test]
+async fn workspace_paths_and_legacy_naming_are_applied_and_long_names_work() {
+    let scene = Scene::new(
+        "paths",
+        json!({"enableWorkspacePaths": true,
+               "naming": {"namespace": "synced-$remoteClusterName", "name": "$remoteNameHash"}}),
+    )
+    .await;
+    let (consumer, client) = scene.consumer("consumer").await;
+    let long = format!("w-{}", "x".repeat(200));
+    scene.create_widget(&client, &long, "long").await;
+    let copy = scene.local_copy(&consumer.cluster, &long).await;
+    assert_eq!(copy.name_any(), sha1_hex(&long)[..20].to_string());
+    assert_eq!(
+        copy.namespace(),
+        Some(format!("synced-{}", consumer.cluster))
+    );
+    assert_eq!(
+        copy.annotations()
+            .get("syncagent.kcp.io/remote-object-workspace-path"),
+        Some(&consumer.path)
+    );
+    assert_eq!(
+        copy.annotations()
+            .get("syncagent.kcp.io/remote-object-name"),
+        Some(&long)
+    );
+
+    consumer.delete(&scene.provider.kcp).await.expect("cleanup");
+    scene.provider.cleanup().await.expect("cleanup");
+}
+
+#[tokio::test]
+async fn a_killed_agent_restarts_and_syncs_every_object_exactly_once() {
+    let scene = Scene::new("restart", json!({})).await;
+    let (consumer, client) = scene.consumer("consumer").await;
+    let names: Vec<String> = (0..30).map(|i| format!("bulk-{i}")).collect();
+    let widgets = scene.kcp_widgets(&client);
+    // Wait until the consumer can create objects, then create them all.
+    scene.create_widget(&client, &names[0], "c").await;
+    let Scene {
+        provider,
+        agent,
+        resource,
+    } = scene;
+    let creating = async {
+        for name in &names[1..] {
+            let mut widget = DynamicObject::new(name, &resource).within("apps");
+            widget.data = json!({"spec": {"color": "c"}});
+            widgets
+                .create(&PostParams::default(), &widget)
+                .await
+                .expect("created");
+        }
+    };
+    let killing = async {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        drop(agent); // SIGKILL
+    };
+    tokio::join!(creating, killing);
+    let agent = provider.start_agent().await.expect("agent restarts");
+
+    let all: Api<DynamicObject> = Api::all_with(provider.service.clone(), &resource);
+    let selector = format!(
+        "syncagent.kcp.io/remote-object-cluster={}",
+        consumer.cluster
+    );
+    let copies = poll_until(
+        "a copy of every object",
+        Duration::from_secs(90),
+        async || {
+            let list = all
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(|e| e.to_string())?;
+            if list.items.len() >= names.len() {
+                Ok(list.items)
+            } else {
+                Err(format!("{} copies", list.items.len()))
+            }
+        },
+    )
+    .await
+    .expect("copies");
+    let mut synced: Vec<String> = copies
+        .iter()
+        .filter_map(|c| {
+            c.annotations()
+                .get("syncagent.kcp.io/remote-object-name")
+                .cloned()
+        })
+        .collect();
+    synced.sort();
+    let mut expected = names.clone();
+    expected.sort();
+    assert_eq!(synced, expected, "every object once, none twice");
+    drop(agent);
+
+    consumer.delete(&provider.kcp).await.expect("cleanup");
+    provider.cleanup().await.expect("cleanup");
 }

@@ -22,10 +22,11 @@ use tracing::{info, warn};
 
 use super::Context;
 use crate::api::kcp::apis_v1alpha1::APIExportEndpointSlice;
-use crate::api::published_resource::PublishedResource;
+use crate::api::published_resource::{PublishedResource, ResourceFilter};
 use crate::schema;
 use crate::source;
 use crate::sync::worker::{self, WorkerConfig};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 /// Name of the controller in `--disabled-controllers`.
 pub const NAME: &str = "sync";
@@ -202,14 +203,17 @@ async fn worker_config(
             &spec.names.plural,
         )
     };
-    let resource_filter = pr
-        .spec
-        .filter
-        .as_ref()
-        .and_then(|f| f.resource.clone())
-        .map(kube::core::Selector::try_from)
-        .transpose()
-        .map_err(|e| ConfigError::Filter(e.to_string()))?;
+    let selector = |pick: fn(&ResourceFilter) -> Option<LabelSelector>| {
+        pr.spec
+            .filter
+            .as_ref()
+            .and_then(pick)
+            .map(kube::core::Selector::try_from)
+            .transpose()
+            .map_err(|e| ConfigError::Filter(e.to_string()))
+    };
+    let resource_filter = selector(|f| f.resource.clone())?;
+    let namespace_filter = selector(|f| f.namespace.clone())?;
     let config = WorkerConfig {
         published_resource: pr.name_any(),
         remote: api_resource(&projected.spec, &remote_version.name),
@@ -222,6 +226,8 @@ async fn worker_config(
             .is_some_and(|s| s.status.is_some()),
         naming: pr.spec.naming.clone().unwrap_or_default(),
         resource_filter,
+        namespace_filter,
+        workspace_paths: pr.spec.enable_workspace_paths == Some(true),
         endpoints,
     };
     info!(published_resource = %pr.name_any(), remote = %config.remote.api_version, local = %config.local.api_version, "Sync worker configured");

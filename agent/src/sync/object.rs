@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
-use super::identity::{AGENT_LABEL, RemoteKey};
+use super::identity::{AGENT_LABEL, REMOTE_PATH_ANNOTATION, RemoteKey};
 
 /// Annotation on a local copy holding the last state synced from kcp (the
 /// top-level fields other than metadata and status), so the next sync can
@@ -66,6 +66,36 @@ pub fn string_map(value: &Value) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// Whose copy an object is: the kcp object's key, the agent, and (with
+/// `enableWorkspacePaths`) the workspace path.
+#[derive(Debug, Clone, Copy)]
+pub struct Owner<'a> {
+    /// The kcp object.
+    pub key: &'a RemoteKey,
+    /// The agent's name.
+    pub agent: &'a str,
+    /// The workspace path, when recorded.
+    pub workspace_path: Option<&'a str>,
+}
+
+impl Owner<'_> {
+    fn labels(&self, remote: &Value) -> BTreeMap<String, String> {
+        let mut labels = synced_labels(remote);
+        labels.extend(self.key.labels());
+        labels.insert(AGENT_LABEL.into(), self.agent.into());
+        labels
+    }
+
+    fn annotations(&self, remote: &Value) -> BTreeMap<String, String> {
+        let mut annotations = synced_annotations(remote);
+        annotations.extend(self.key.annotations());
+        if let Some(path) = self.workspace_path {
+            annotations.insert(REMOTE_PATH_ANNOTATION.into(), path.into());
+        }
+        annotations
+    }
+}
+
 /// The local copy to create for a kcp object.
 pub fn new_local(
     remote: &Value,
@@ -73,14 +103,10 @@ pub fn new_local(
     kind: &str,
     name: &str,
     namespace: Option<&str>,
-    key: &RemoteKey,
-    agent: &str,
+    owner: Owner<'_>,
 ) -> Value {
-    let mut labels = synced_labels(remote);
-    labels.extend(key.labels());
-    labels.insert(AGENT_LABEL.into(), agent.into());
-    let mut annotations = synced_annotations(remote);
-    annotations.extend(key.annotations());
+    let labels = owner.labels(remote);
+    let mut annotations = owner.annotations(remote);
     let fields = spec_fields(remote);
     annotations.extend(last_known_annotation(&fields));
     let mut metadata = json!({"name": name, "labels": labels, "annotations": annotations});
@@ -107,7 +133,7 @@ fn last_known_annotation(fields: &Map<String, Value>) -> Option<(String, String)
 /// provider's side added or defaulted stay. Without one, every synced field
 /// is sent. Identification labels and annotations are repaired, and labels
 /// and annotations from kcp are added (never removed).
-pub fn update_patch(remote: &Value, local: &Value, key: &RemoteKey, agent: &str) -> Option<Value> {
+pub fn update_patch(remote: &Value, local: &Value, owner: Owner<'_>) -> Option<Value> {
     let desired = spec_fields(remote);
     let last_known = local["metadata"]["annotations"][LAST_KNOWN_ANNOTATION]
         .as_str()
@@ -134,19 +160,14 @@ pub fn update_patch(remote: &Value, local: &Value, key: &RemoteKey, agent: &str)
 
     let mut labels = Map::new();
     let local_labels = string_map(&local["metadata"]["labels"]);
-    let mut wanted_labels = synced_labels(remote);
-    wanted_labels.extend(key.labels());
-    wanted_labels.insert(AGENT_LABEL.into(), agent.into());
-    for (k, v) in wanted_labels {
+    for (k, v) in owner.labels(remote) {
         if local_labels.get(&k) != Some(&v) {
             labels.insert(k, v.into());
         }
     }
     let mut annotations = Map::new();
     let local_annotations = string_map(&local["metadata"]["annotations"]);
-    let mut wanted_annotations = synced_annotations(remote);
-    wanted_annotations.extend(key.annotations());
-    for (k, v) in wanted_annotations {
+    for (k, v) in owner.annotations(remote) {
         if local_annotations.get(&k) != Some(&v) {
             annotations.insert(k, v.into());
         }

@@ -18,7 +18,7 @@ use tracing::{debug, info};
 
 use super::identity::{FINALIZER, RemoteKey};
 use super::naming::{self, DEFAULT_NAME, DEFAULT_NAMESPACE, NamingContext, NamingError};
-use super::object::{new_local, update_patch};
+use super::object::{Owner, new_local, update_patch};
 use super::worker::WorkerConfig;
 use crate::controller::{Context, FIELD_MANAGER};
 use crate::dns;
@@ -92,7 +92,7 @@ pub async fn reconcile(
     target: &Target<'_>,
 ) -> Result<Option<Duration>, SyncError> {
     let key = target.key;
-    let kcp_client = retarget_url(
+    let kcp_client: Client = retarget_url(
         &ctx.kcp.slice_config,
         &format!("{}/clusters/{}", target.endpoint, key.cluster),
     )
@@ -100,7 +100,7 @@ pub async fn reconcile(
     .and_then(|c| Client::try_from(c).ok())
     .ok_or_else(|| SyncError::Malformed(format!("endpoint URL {}", target.endpoint)))?;
     let remote_api = kcp_api(
-        kcp_client,
+        kcp_client.clone(),
         &config.remote,
         config.remote_namespaced,
         &key.namespace,
@@ -112,12 +112,11 @@ pub async fn reconcile(
     else {
         return Ok(None);
     };
-    if let Some(selector) = &config.resource_filter
-        && !selector.matches(remote.labels())
-    {
-        debug!(object = %key, "Filtered out");
-        return Ok(None);
-    }
+    let matches = filters_match(config, &kcp_client, &remote).await?;
+    let events = KcpEvents {
+        client: &kcp_client,
+        object: &remote,
+    };
 
     let local_api: Api<DynamicObject> = Api::all_with(ctx.service.clone(), &config.local);
     let found = local_api
@@ -134,8 +133,13 @@ pub async fn reconcile(
     }
     let local = found.into_iter().next();
 
-    if remote.metadata.deletion_timestamp.is_some() {
-        return delete(ctx, config, &remote_api, &remote, local).await;
+    if remote.metadata.deletion_timestamp.is_some() || !matches {
+        if !matches && local.is_none() && !remote.finalizers().iter().any(|f| f == FINALIZER) {
+            debug!(object = %key, "Filtered out");
+            return Ok(None);
+        }
+        // Deleted in kcp, or no longer selected: the copy goes, then the finalizer.
+        return delete(ctx, config, &remote_api, &remote, local, &events).await;
     }
     let remote = if remote.finalizers().iter().any(|f| f == FINALIZER) {
         remote
@@ -144,16 +148,37 @@ pub async fn reconcile(
         finalizers.push(FINALIZER.into());
         finalizers.sort();
         let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": remote.resource_version()}});
-        remote_api
+        let patched = remote_api
             .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
-            .map_err(SyncError::Kcp)?
+            .map_err(SyncError::Kcp)?;
+        events
+            .normal(
+                "ObjectAccepted",
+                "the object will be synced to the service cluster",
+            )
+            .await;
+        patched
+    };
+    let events = KcpEvents {
+        client: &kcp_client,
+        object: &remote,
+    };
+    let workspace_path = if config.workspace_paths {
+        Some(workspace_path(&kcp_client).await?)
+    } else {
+        None
+    };
+    let owner = Owner {
+        key,
+        agent: &ctx.agent_name,
+        workspace_path: workspace_path.as_deref(),
     };
     let remote_value = serde_json::to_value(&remote).unwrap_or_default();
 
     let local = match local {
         Some(local) => local,
-        None => return create(ctx, config, key, &remote_value).await,
+        None => return create(ctx, config, owner, &remote_value, &events).await,
     };
     if local.metadata.deletion_timestamp.is_some() {
         // Someone deleted the copy; it is recreated once it is gone.
@@ -166,7 +191,7 @@ pub async fn reconcile(
         None => Api::all_with(ctx.service.clone(), &config.local),
     };
     let mut wrote = false;
-    if let Some(patch) = update_patch(&remote_value, &local_value, key, &ctx.agent_name) {
+    if let Some(patch) = update_patch(&remote_value, &local_value, owner) {
         local_ns_api
             .patch(
                 &local.name_any(),
@@ -180,6 +205,12 @@ pub async fn reconcile(
             .with_label_values(&[config.published_resource.as_str(), "update"])
             .inc();
         debug!(object = %key, "Updated the local copy");
+        events
+            .normal(
+                "ObjectSynced",
+                "the change was synced to the service cluster",
+            )
+            .await;
         wrote = true;
     }
 
@@ -211,6 +242,12 @@ pub async fn reconcile(
             .with_label_values(&[config.published_resource.as_str(), "status"])
             .inc();
         debug!(object = %key, "Copied the status to kcp");
+        events
+            .normal(
+                "ObjectStatusSynced",
+                "the status was updated from the service cluster",
+            )
+            .await;
     }
     Ok(wrote.then_some(AFTER_WRITE))
 }
@@ -218,13 +255,15 @@ pub async fn reconcile(
 async fn create(
     ctx: &Context,
     config: &WorkerConfig,
-    key: &RemoteKey,
+    owner: Owner<'_>,
     remote: &Value,
+    events: &KcpEvents<'_>,
 ) -> Result<Option<Duration>, SyncError> {
+    let key = owner.key;
     let context = NamingContext {
         object: remote,
         cluster_name: &key.cluster,
-        cluster_path: "",
+        cluster_path: owner.workspace_path.unwrap_or_default(),
     };
     let name_pattern = config
         .naming
@@ -269,8 +308,7 @@ async fn create(
         &config.local.kind,
         &name,
         namespace.as_deref(),
-        key,
-        &ctx.agent_name,
+        owner,
     );
     let object: DynamicObject =
         serde_json::from_value(object).map_err(|e| SyncError::Malformed(e.to_string()))?;
@@ -285,6 +323,12 @@ async fn create(
     match api.create(&params, &object).await {
         Ok(_) => {
             info!(object = %key, local = %name, namespace = ?namespace, "Placed the local copy");
+            events
+                .normal(
+                    "ObjectPlaced",
+                    "the object was created on the service cluster",
+                )
+                .await;
             ctx.metrics
                 .objects_synced
                 .with_label_values(&[config.published_resource.as_str(), "create"])
@@ -294,7 +338,7 @@ async fn create(
             // Adopt an existing object of that name by giving it our identity.
             let existing = api.get(&name).await.map_err(SyncError::Service)?;
             if existing.metadata.deletion_timestamp.is_none() {
-                let patch = json!({"metadata": {"labels": object.metadata.labels, "annotations": key.annotations()}});
+                let patch = json!({"metadata": {"labels": object.metadata.labels, "annotations": object.metadata.annotations}});
                 api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await
                     .map_err(SyncError::Service)?;
@@ -330,6 +374,7 @@ async fn delete(
     remote_api: &Api<DynamicObject>,
     remote: &DynamicObject,
     local: Option<DynamicObject>,
+    events: &KcpEvents<'_>,
 ) -> Result<Option<Duration>, SyncError> {
     if let Some(local) = local {
         if local.metadata.deletion_timestamp.is_none() {
@@ -341,6 +386,12 @@ async fn delete(
                 .await
                 .map_err(SyncError::Service)?;
             info!(local = %local.name_any(), "Deleting the local copy");
+            events
+                .normal(
+                    "ObjectCleanup",
+                    "the copy on the service cluster is being deleted",
+                )
+                .await;
             ctx.metrics
                 .objects_synced
                 .with_label_values(&[config.published_resource.as_str(), "delete"])
@@ -364,6 +415,102 @@ async fn delete(
             .await
             .map_err(SyncError::Kcp)?;
         info!(object = %remote.name_any(), "The local copy is gone; released the kcp object");
+        events
+            .normal("ObjectDeleted", "the copy on the service cluster is gone")
+            .await;
     }
     Ok(None)
+}
+
+/// Whether the kcp object passes the resource and namespace filters.
+async fn filters_match(
+    config: &WorkerConfig,
+    client: &Client,
+    remote: &DynamicObject,
+) -> Result<bool, SyncError> {
+    if let Some(selector) = &config.resource_filter
+        && !selector.matches(remote.labels())
+    {
+        return Ok(false);
+    }
+    if let (Some(selector), Some(namespace)) = (&config.namespace_filter, remote.namespace()) {
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+        let labels = namespaces
+            .get(&namespace)
+            .await
+            .map_err(SyncError::Kcp)?
+            .metadata
+            .labels
+            .unwrap_or_default();
+        if !selector.matches(&labels) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The workspace path of the object's workspace (`kcp.io/path` of its LogicalCluster).
+async fn workspace_path(client: &Client) -> Result<String, SyncError> {
+    let cluster = Api::<crate::api::kcp::core_v1alpha1::LogicalCluster>::all(client.clone())
+        .get(crate::api::kcp::core_v1alpha1::LOGICAL_CLUSTER_NAME)
+        .await
+        .map_err(SyncError::Kcp)?;
+    Ok(cluster
+        .annotations()
+        .get(crate::api::kcp::PATH_ANNOTATION)
+        .cloned()
+        .unwrap_or_default())
+}
+
+/// Events on a consumer's object, with upstream's reasons. They need the
+/// export's `events` claim; failures are logged, never fatal.
+struct KcpEvents<'a> {
+    client: &'a Client,
+    object: &'a DynamicObject,
+}
+
+impl KcpEvents<'_> {
+    async fn normal(&self, reason: &str, message: &str) {
+        self.record("Normal", reason, message).await;
+    }
+
+    async fn record(&self, type_: &str, reason: &str, message: &str) {
+        let namespace = self.object.namespace().unwrap_or_else(|| "default".into());
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        );
+        let types = self.object.types.clone().unwrap_or_default();
+        let event = k8s_openapi::api::core::v1::Event {
+            metadata: kube::api::ObjectMeta {
+                generate_name: Some(format!("{}.", self.object.name_any())),
+                namespace: Some(namespace.clone()),
+                ..Default::default()
+            },
+            involved_object: k8s_openapi::api::core::v1::ObjectReference {
+                api_version: Some(types.api_version),
+                kind: Some(types.kind),
+                name: Some(self.object.name_any()),
+                namespace: self.object.namespace(),
+                uid: self.object.uid(),
+                resource_version: self.object.resource_version(),
+                ..Default::default()
+            },
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            type_: Some(type_.into()),
+            first_timestamp: Some(now.clone()),
+            last_timestamp: Some(now),
+            count: Some(1),
+            source: Some(k8s_openapi::api::core::v1::EventSource {
+                component: Some(FIELD_MANAGER.into()),
+                host: None,
+            }),
+            ..Default::default()
+        };
+        let api: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(self.client.clone(), &namespace);
+        if let Err(error) = api.create(&PostParams::default(), &event).await {
+            debug!(%error, reason, "Recording an event in kcp failed");
+        }
+    }
 }

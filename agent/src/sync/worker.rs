@@ -45,6 +45,10 @@ pub struct WorkerConfig {
     pub naming: ResourceNaming,
     /// Label selector on kcp objects, if any.
     pub resource_filter: Option<kube::core::Selector>,
+    /// Label selector on the namespaces of kcp objects, if any.
+    pub namespace_filter: Option<kube::core::Selector>,
+    /// Whether to record workspace paths (`enableWorkspacePaths`).
+    pub workspace_paths: bool,
     /// Virtual workspace endpoints of the export.
     pub endpoints: Vec<String>,
 }

@@ -11,6 +11,14 @@ fn key() -> RemoteKey {
     }
 }
 
+fn owner(key: &RemoteKey) -> Owner<'_> {
+    Owner {
+        key,
+        agent: "a",
+        workspace_path: None,
+    }
+}
+
 fn remote(spec: serde_json::Value) -> serde_json::Value {
     json!({
         "apiVersion": "dbaas.io/v1", "kind": "Instance",
@@ -31,8 +39,7 @@ fn a_new_copy_has_the_identity_and_none_of_the_kcp_internals() {
         "Database",
         "hashed",
         Some("c1"),
-        &key(),
-        "a",
+        owner(&key()),
     );
     assert_eq!(local["apiVersion"], "example.corp/v1");
     assert_eq!(local["kind"], "Database");
@@ -60,17 +67,17 @@ fn a_new_copy_has_the_identity_and_none_of_the_kcp_internals() {
 #[test]
 fn an_unchanged_object_needs_no_patch() {
     let r = remote(json!({"size": 1}));
-    let local = new_local(&r, "v1", "K", "n", Some("c1"), &key(), "a");
-    assert_eq!(update_patch(&r, &local, &key(), "a"), None);
+    let local = new_local(&r, "v1", "K", "n", Some("c1"), owner(&key()));
+    assert_eq!(update_patch(&r, &local, owner(&key())), None);
 }
 
 #[test]
 fn only_the_kcp_delta_is_sent_and_provider_additions_survive() {
     let r = remote(json!({"size": 1}));
-    let mut local = new_local(&r, "v1", "K", "n", Some("c1"), &key(), "a");
+    let mut local = new_local(&r, "v1", "K", "n", Some("c1"), owner(&key()));
     local["spec"]["defaultedByProvider"] = json!("yes");
     let changed = remote(json!({"size": 2}));
-    let patch = update_patch(&changed, &local, &key(), "a").expect("a patch");
+    let patch = update_patch(&changed, &local, owner(&key())).expect("a patch");
     assert_eq!(patch["spec"], json!({"size": 2}));
     assert_eq!(
         patch["metadata"]["annotations"][LAST_KNOWN_ANNOTATION],
@@ -81,10 +88,10 @@ fn only_the_kcp_delta_is_sent_and_provider_additions_survive() {
 #[test]
 fn a_provider_edit_of_a_consumer_field_is_reverted() {
     let r = remote(json!({"size": 1}));
-    let mut local = new_local(&r, "v1", "K", "n", Some("c1"), &key(), "a");
+    let mut local = new_local(&r, "v1", "K", "n", Some("c1"), owner(&key()));
     local["spec"]["size"] = json!(5);
     local["spec"]["extra"] = json!(true);
-    let patch = update_patch(&r, &local, &key(), "a").expect("a patch");
+    let patch = update_patch(&r, &local, owner(&key())).expect("a patch");
     assert_eq!(
         patch["spec"],
         json!({"size": 1}),
@@ -96,7 +103,7 @@ fn a_provider_edit_of_a_consumer_field_is_reverted() {
 fn without_a_last_known_state_every_field_is_sent_and_identity_repaired() {
     let r = remote(json!({"size": 1}));
     let local = json!({"metadata": {"labels": {}, "annotations": {}}, "spec": {"size": 1}});
-    let patch = update_patch(&r, &local, &key(), "a").expect("a patch");
+    let patch = update_patch(&r, &local, owner(&key())).expect("a patch");
     assert_eq!(patch["spec"], json!({"size": 1}));
     assert_eq!(patch["metadata"]["labels"][REMOTE_CLUSTER_LABEL], "c1");
     assert_eq!(patch["metadata"]["labels"][AGENT_LABEL], "a");
@@ -111,4 +118,20 @@ fn merge_diff_removes_replaces_and_adds() {
         merge_diff(&from, &to),
         json!({"a": null, "b": {"d": 3}, "e": [2], "f": "new"})
     );
+}
+
+#[test]
+fn the_workspace_path_is_recorded_when_known() {
+    let key = key();
+    let with_path = Owner {
+        key: &key,
+        agent: "a",
+        workspace_path: Some("root:org:team"),
+    };
+    let local = new_local(&remote(json!({})), "v1", "K", "n", None, with_path);
+    assert_eq!(
+        local["metadata"]["annotations"]["syncagent.kcp.io/remote-object-workspace-path"],
+        "root:org:team"
+    );
+    assert!(local["metadata"].get("namespace").is_none());
 }
