@@ -10,6 +10,7 @@ pub mod dns;
 pub mod http;
 pub mod kcp;
 pub mod metrics;
+pub mod mutation;
 pub mod options;
 pub mod schema;
 pub mod source;

@@ -607,3 +607,141 @@ async fn a_killed_agent_restarts_and_syncs_every_object_exactly_once() {
     consumer.delete(&provider.kcp).await.expect("cleanup");
     provider.cleanup().await.expect("cleanup");
 }
+
+#[tokio::test]
+async fn mutations_rewrite_both_directions_and_broken_ones_are_reported_while_others_sync() {
+    let scene = Scene::new(
+        "mutate",
+        json!({"mutation": {
+            "spec": [{"regex": {"path": "spec.color", "pattern": "(.+)", "replacement": "dyed-$1"}}],
+            "status": [{"cel": {"path": "status.phase", "expression": "value + '!'"}}]
+        }}),
+    )
+    .await;
+    let provider = &scene.provider;
+    provider
+        .apply_crd("Gizmo", &[("v1", true, true)], "size")
+        .await
+        .expect("CRD");
+    provider
+        .apply_crd("Gadget", &[("v1", true, true)], "size")
+        .await
+        .expect("CRD");
+    let broken = provider
+        .create_pr("gadgets", json!({"resource": {"apiGroup": provider.group, "kind": "Gadget"},
+                                    "mutation": {"spec": [{"cel": {"path": "spec.size", "expression": "1 +"}}]}}))
+        .await
+        .expect("PR");
+    let failing = provider
+        .create_pr("gizmos", json!({"resource": {"apiGroup": provider.group, "kind": "Gizmo"},
+                                   "mutation": {"spec": [{"cel": {"path": "spec.size", "expression": "self.spec.missing.deeper"}}]}}))
+        .await
+        .expect("PR");
+    for pr in [&broken, &failing] {
+        provider
+            .wait_for_schema_name(pr, None)
+            .await
+            .expect("schema");
+    }
+    provider
+        .wait_for_export("three schemas", |e| {
+            if e.spec.resources.len() == 3 {
+                Ok(())
+            } else {
+                Err(format!("{}", e.spec.resources.len()))
+            }
+        })
+        .await
+        .expect("export");
+    let (consumer, client) = scene.consumer("consumer").await;
+
+    // The broken rule is reported on its PublishedResource.
+    let prs = provider.prs();
+    let condition = poll_until("Syncing=False on the broken PR", TIMEOUT, async || {
+        let pr = prs.get(&broken).await.map_err(|e| e.to_string())?;
+        let conditions = pr.status.and_then(|s| s.conditions).unwrap_or_default();
+        conditions
+            .into_iter()
+            .find(|c| c.type_ == "Syncing" && c.status == "False")
+            .ok_or_else(|| "no Syncing=False condition".to_string())
+    })
+    .await
+    .expect("condition");
+    assert_eq!(condition.reason, "InvalidMutation");
+    assert!(
+        condition
+            .message
+            .contains("spec.mutation.spec[0]: CEL expression"),
+        "{}",
+        condition.message
+    );
+
+    // A rule failing on an object is reported on the consumer's object.
+    let gizmo_resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(&provider.group, "v1", "Gizmo"),
+        "gizmos",
+    );
+    let gizmos: Api<DynamicObject> = Api::namespaced_with(client.clone(), "apps", &gizmo_resource);
+    let mut gizmo = DynamicObject::new("g", &gizmo_resource).within("apps");
+    gizmo.data = json!({"spec": {"size": "s"}});
+    poll_until("a gizmo", TIMEOUT, async || {
+        gizmos
+            .create(&PostParams::default(), &gizmo)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .expect("created");
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "apps");
+    let warning = poll_until("a Warning on the consumer's gizmo", TIMEOUT, async || {
+        let list = events
+            .list(&ListParams::default().fields("involvedObject.name=g"))
+            .await
+            .map_err(|e| e.to_string())?;
+        list.items
+            .into_iter()
+            .find(|e| e.type_.as_deref() == Some("Warning"))
+            .ok_or_else(|| "no warning".to_string())
+    })
+    .await
+    .expect("warning");
+    assert_eq!(warning.reason.as_deref(), Some("ReconcilingError"));
+    assert!(
+        !warning.message.unwrap_or_default().contains("CEL"),
+        "no provider internals"
+    );
+
+    // Meanwhile the good PublishedResource keeps syncing, with its rules applied.
+    scene.create_widget(&client, "w", "blue").await;
+    let local = scene.local_copy(&consumer.cluster, "w").await;
+    assert_eq!(local.data["spec"]["color"], "dyed-blue");
+    scene
+        .local_api(&consumer.cluster)
+        .patch_status(
+            &local.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Ready"}})),
+        )
+        .await
+        .expect("status");
+    let widgets = scene.kcp_widgets(&client);
+    poll_until("the mutated status in kcp", TIMEOUT, async || {
+        let object = widgets.get("w").await.map_err(|e| e.to_string())?;
+        if object.data["status"]["phase"] == "Ready!" {
+            Ok(())
+        } else {
+            Err(object.data["status"].to_string())
+        }
+    })
+    .await
+    .expect("status mutated");
+    assert_eq!(
+        widgets.get("w").await.expect("widget").data["spec"]["color"],
+        "blue",
+        "kcp keeps the consumer's value"
+    );
+
+    consumer.delete(&provider.kcp).await.expect("cleanup");
+    provider.cleanup().await.expect("cleanup");
+}

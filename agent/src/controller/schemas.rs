@@ -209,7 +209,10 @@ async fn write_status(
     if !condition_changed && !name_changed {
         return Ok(());
     }
-    let mut patch = json!({"status": {"conditions": conditions}});
+    // The resourceVersion makes a write based on a stale read fail, so the
+    // sync controller's condition is never overwritten.
+    let mut patch = json!({"metadata": {"resourceVersion": pr.resource_version()},
+                           "status": {"conditions": conditions}});
     if let Some(name) = schema_name {
         patch["status"]["resourceSchemaName"] = name.into();
     }

@@ -23,6 +23,7 @@ use tracing::{info, warn};
 use super::Context;
 use crate::api::kcp::apis_v1alpha1::APIExportEndpointSlice;
 use crate::api::published_resource::{PublishedResource, ResourceFilter};
+use crate::mutation::Mutator;
 use crate::schema;
 use crate::source;
 use crate::sync::worker::{self, WorkerConfig};
@@ -137,9 +138,11 @@ async fn converge(
                         task,
                     },
                 );
+                report(ctx, &pr, Ok(())).await;
             }
             Err(error) => {
-                warn!(published_resource = %pr.name_any(), %error, "Cannot start syncing yet")
+                warn!(published_resource = %pr.name_any(), %error, "Cannot start syncing yet");
+                report(ctx, &pr, Err(&error)).await;
             }
         }
     }
@@ -182,6 +185,20 @@ enum ConfigError {
     NoStorage(String),
     #[error("invalid resource filter: {0}")]
     Filter(String),
+    #[error(transparent)]
+    Mutation(#[from] crate::mutation::MutationError),
+}
+
+impl ConfigError {
+    fn reason(&self) -> &'static str {
+        match self {
+            ConfigError::Source(_) => "SourceNotFound",
+            ConfigError::Projection(_) => "InvalidProjection",
+            ConfigError::NoStorage(_) => "InvalidSourceSchema",
+            ConfigError::Filter(_) => "InvalidFilter",
+            ConfigError::Mutation(_) => "InvalidMutation",
+        }
+    }
 }
 
 async fn worker_config(
@@ -214,6 +231,7 @@ async fn worker_config(
     };
     let resource_filter = selector(|f| f.resource.clone())?;
     let namespace_filter = selector(|f| f.namespace.clone())?;
+    let mutations = pr.spec.mutation.clone().unwrap_or_default();
     let config = WorkerConfig {
         published_resource: pr.name_any(),
         remote: api_resource(&projected.spec, &remote_version.name),
@@ -227,9 +245,76 @@ async fn worker_config(
         naming: pr.spec.naming.clone().unwrap_or_default(),
         resource_filter,
         namespace_filter,
+        spec_mutator: Arc::new(Mutator::compile(
+            &mutations.spec.clone().unwrap_or_default(),
+            "spec.mutation.spec",
+        )?),
+        status_mutator: Arc::new(Mutator::compile(
+            &mutations.status.clone().unwrap_or_default(),
+            "spec.mutation.status",
+        )?),
         workspace_paths: pr.spec.enable_workspace_paths == Some(true),
         endpoints,
     };
     info!(published_resource = %pr.name_any(), remote = %config.remote.api_version, local = %config.local.api_version, "Sync worker configured");
     Ok(config)
+}
+
+/// Condition type on PublishedResources for the sync worker.
+pub const CONDITION: &str = "Syncing";
+
+/// Records on the PublishedResource whether its objects are being synced and,
+/// if not, why (condition `Syncing`, and a Warning event on failures).
+async fn report(ctx: &Context, pr: &PublishedResource, outcome: Result<(), &ConfigError>) {
+    let (ok, reason, message) = match outcome {
+        Ok(()) => (true, "Running", "objects are synced".to_string()),
+        Err(error) => (false, error.reason(), error.to_string()),
+    };
+    let mut conditions = pr
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let changed = super::set_condition(
+        &mut conditions,
+        super::condition(
+            CONDITION,
+            ok,
+            reason,
+            message.clone(),
+            pr.metadata.generation,
+        ),
+    );
+    if !ok {
+        let event = kube_runtime::events::Event {
+            type_: kube_runtime::events::EventType::Warning,
+            reason: "ReconcilingError".into(),
+            note: Some(format!("{reason}: {message}")),
+            action: "StartSync".into(),
+            secondary: None,
+        };
+        if let Err(error) = ctx
+            .service_events
+            .publish(&event, &kube::Resource::object_ref(pr, &()))
+            .await
+        {
+            warn!(%error, "Recording an event failed");
+        }
+    }
+    if !changed {
+        return;
+    }
+    let patch = serde_json::json!({"metadata": {"resourceVersion": pr.resource_version()},
+                                   "status": {"conditions": conditions}});
+    let api: Api<PublishedResource> = Api::all(ctx.service.clone());
+    if let Err(error) = api
+        .patch_status(
+            &pr.name_any(),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+    {
+        warn!(%error, published_resource = %pr.name_any(), "Updating the Syncing condition failed; retrying");
+    }
 }

@@ -45,6 +45,9 @@ pub enum SyncError {
     /// An object could not be converted (a bug, or a malformed object).
     #[error("malformed object: {0}")]
     Malformed(String),
+    /// A mutation rule failed on this object.
+    #[error(transparent)]
+    Mutation(#[from] crate::mutation::MutationError),
     /// More than one local object claims to be the copy.
     #[error("{0} local objects carry the identity of this object; remove the extra ones")]
     Ambiguous(usize),
@@ -59,6 +62,7 @@ impl SyncError {
             SyncError::Naming(_) | SyncError::InvalidName(..) => "naming",
             SyncError::Ambiguous(_) => "ambiguous",
             SyncError::Malformed(_) => "malformed",
+            SyncError::Mutation(_) => "mutation",
         }
     }
 }
@@ -112,9 +116,33 @@ pub async fn reconcile(
     else {
         return Ok(None);
     };
-    let matches = filters_match(config, &kcp_client, &remote).await?;
+    let result = sync_object(ctx, config, key, &kcp_client, &remote_api, remote.clone()).await;
+    if result.is_err() {
+        // The consumer learns that something is wrong, not the provider's internals.
+        KcpEvents {
+            client: &kcp_client,
+            object: &remote,
+        }
+        .warning(
+            "ReconcilingError",
+            "the provider could not sync this object yet; it retries",
+        )
+        .await;
+    }
+    result
+}
+
+async fn sync_object(
+    ctx: &Context,
+    config: &WorkerConfig,
+    key: &RemoteKey,
+    kcp_client: &Client,
+    remote_api: &Api<DynamicObject>,
+    remote: DynamicObject,
+) -> Result<Option<Duration>, SyncError> {
+    let matches = filters_match(config, kcp_client, &remote).await?;
     let events = KcpEvents {
-        client: &kcp_client,
+        client: kcp_client,
         object: &remote,
     };
 
@@ -139,7 +167,7 @@ pub async fn reconcile(
             return Ok(None);
         }
         // Deleted in kcp, or no longer selected: the copy goes, then the finalizer.
-        return delete(ctx, config, &remote_api, &remote, local, &events).await;
+        return delete(ctx, config, remote_api, &remote, local, &events).await;
     }
     let remote = if remote.finalizers().iter().any(|f| f == FINALIZER) {
         remote
@@ -161,11 +189,11 @@ pub async fn reconcile(
         patched
     };
     let events = KcpEvents {
-        client: &kcp_client,
+        client: kcp_client,
         object: &remote,
     };
     let workspace_path = if config.workspace_paths {
-        Some(workspace_path(&kcp_client).await?)
+        Some(workspace_path(kcp_client).await?)
     } else {
         None
     };
@@ -174,7 +202,12 @@ pub async fn reconcile(
         agent: &ctx.agent_name,
         workspace_path: workspace_path.as_deref(),
     };
-    let remote_value = serde_json::to_value(&remote).unwrap_or_default();
+    let original = serde_json::to_value(&remote).unwrap_or_default();
+    let local_before = local.as_ref().and_then(|l| serde_json::to_value(l).ok());
+    let mut remote_value = original.clone();
+    config
+        .spec_mutator
+        .apply(&mut remote_value, local_before.as_ref())?;
 
     let local = match local {
         Some(local) => local,
@@ -214,9 +247,13 @@ pub async fn reconcile(
         wrote = true;
     }
 
-    if config.local_status && local_value.get("status") != remote_value.get("status") {
-        let mut updated = remote_value.clone();
-        match local_value.get("status") {
+    let mut for_status = local_value.clone();
+    config
+        .status_mutator
+        .apply(&mut for_status, Some(&remote_value))?;
+    if config.local_status && for_status.get("status") != original.get("status") {
+        let mut updated = original.clone();
+        match for_status.get("status") {
             Some(status) => updated["status"] = status.clone(),
             None => {
                 if let Some(object) = updated.as_object_mut() {
@@ -472,6 +509,10 @@ struct KcpEvents<'a> {
 impl KcpEvents<'_> {
     async fn normal(&self, reason: &str, message: &str) {
         self.record("Normal", reason, message).await;
+    }
+
+    async fn warning(&self, reason: &str, message: &str) {
+        self.record("Warning", reason, message).await;
     }
 
     async fn record(&self, type_: &str, reason: &str, message: &str) {

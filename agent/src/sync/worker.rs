@@ -20,6 +20,7 @@ use crate::api::kcp::CLUSTER_ANNOTATION;
 use crate::api::published_resource::ResourceNaming;
 use crate::controller::Context;
 use crate::kcp::retarget_url;
+use crate::mutation::Mutator;
 
 /// Objects reconciled at the same time by one worker.
 const CONCURRENCY: usize = 4;
@@ -27,7 +28,7 @@ const CONCURRENCY: usize = 4;
 const RETRY: Duration = Duration::from_secs(5);
 
 /// Everything a worker needs to know about its PublishedResource.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct WorkerConfig {
     /// Name of the PublishedResource.
     pub published_resource: String,
@@ -51,6 +52,10 @@ pub struct WorkerConfig {
     pub workspace_paths: bool,
     /// Virtual workspace endpoints of the export.
     pub endpoints: Vec<String>,
+    /// Rules applied to kcp objects before they are written locally.
+    pub spec_mutator: Arc<Mutator>,
+    /// Rules applied to local copies before their status goes to kcp.
+    pub status_mutator: Arc<Mutator>,
 }
 
 /// Runs a worker until `stop` flips to true.
