@@ -141,6 +141,7 @@ async fn run(options: Options, stopped: watch::Receiver<bool>) -> anyhow::Result
         options.published_resource_selector.clone(),
         metrics,
         identity,
+        options.wait_for_foreign_finalizers,
     );
     let mut controllers = JoinSet::new();
     if options.runs(ControllerName::ApiResourceSchema) {

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub objects_synced: IntCounterVec,
     /// Failed object syncs, by PublishedResource and reason.
     pub sync_errors: IntCounterVec,
+    /// Seconds from seeing a kcp change to the service-cluster write.
+    pub sync_latency: HistogramVec,
 }
 
 /// How a reconcile ended, as controller-runtime labels it.
@@ -102,6 +104,17 @@ impl Metrics {
             &["published_resource", "reason"],
         )
         .expect("valid metric");
+        let sync_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "sync_agent_sync_latency_seconds",
+                "Seconds from seeing a change in kcp to writing it to the service cluster",
+            )
+            .buckets(vec![
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["published_resource"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(reconcile_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconcile_errors.clone()),
@@ -110,6 +123,7 @@ impl Metrics {
             Box::new(sync_workers.clone()),
             Box::new(objects_synced.clone()),
             Box::new(sync_errors.clone()),
+            Box::new(sync_latency.clone()),
         ] {
             registry
                 .register(collector)
@@ -124,6 +138,7 @@ impl Metrics {
             sync_workers,
             objects_synced,
             sync_errors,
+            sync_latency,
         }
     }
 

@@ -89,6 +89,12 @@ pub struct Options {
     #[arg(long, value_delimiter = ',')]
     pub disabled_controllers: Vec<ControllerName>,
 
+    /// Delete a local copy only once the kcp object carries no finalizer but
+    /// the agent's own, so other controllers in the workspace finish first
+    /// (upstream deletes right away).
+    #[arg(long, default_value_t = false)]
+    pub wait_for_foreign_finalizers: bool,
+
     /// Log format.
     #[arg(long, value_enum, ignore_case = true, default_value = "json")]
     pub log_format: LogFormat,

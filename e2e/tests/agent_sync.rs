@@ -30,12 +30,22 @@ struct Scene {
 
 impl Scene {
     async fn new(prefix: &str, pr_extra: serde_json::Value) -> Self {
+        Self::with_agent_args(prefix, pr_extra, &[]).await
+    }
+
+    async fn with_agent_args(prefix: &str, pr_extra: serde_json::Value, args: &[&str]) -> Self {
         let provider = Provider::new(prefix).await.expect("provider");
         provider
             .apply_crd("Widget", &[("v1", true, true)], "color")
             .await
             .expect("CRD");
-        let agent = provider.start_agent().await.expect("agent starts");
+        let mut settings = provider.agent_settings();
+        settings
+            .extra_args
+            .extend(args.iter().map(|a| a.to_string()));
+        let agent = e2e::agent::AgentProcess::start(&provider.env, &settings)
+            .await
+            .expect("agent starts");
         let mut spec = json!({"resource": {"apiGroup": provider.group, "kind": "Widget"}});
         if let (Some(spec), Some(extra)) = (spec.as_object_mut(), pr_extra.as_object()) {
             spec.extend(extra.clone());
@@ -743,5 +753,179 @@ async fn mutations_rewrite_both_directions_and_broken_ones_are_reported_while_ot
     );
 
     consumer.delete(&provider.kcp).await.expect("cleanup");
+    provider.cleanup().await.expect("cleanup");
+}
+
+#[tokio::test]
+async fn with_the_option_a_copy_waits_for_foreign_finalizers_and_latency_is_measured() {
+    let scene =
+        Scene::with_agent_args("foreign", json!({}), &["--wait-for-foreign-finalizers"]).await;
+    let (consumer, client) = scene.consumer("consumer").await;
+    let mut widget = DynamicObject::new("held", &scene.resource).within("apps");
+    widget.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    widget.data = json!({"spec": {"color": "grey"}});
+    let widgets = scene.kcp_widgets(&client);
+    poll_until("a widget", TIMEOUT, async || {
+        widgets
+            .create(&PostParams::default(), &widget)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .expect("created");
+    let copy = scene.local_copy(&consumer.cluster, "held").await;
+
+    widgets
+        .delete("held", &DeleteParams::default())
+        .await
+        .expect("consumer deletes");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        scene
+            .local_api(&consumer.cluster)
+            .get_opt(&copy.name_any())
+            .await
+            .expect("get")
+            .is_some(),
+        "the copy stays while another finalizer is pending"
+    );
+    let object = widgets.get("held").await.expect("still there");
+    let others: Vec<&String> = object
+        .finalizers()
+        .iter()
+        .filter(|f| f.as_str() != "example.com/hold")
+        .collect();
+    widgets
+        .patch(
+            "held",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": others}})),
+        )
+        .await
+        .expect("the other controller finishes");
+    poll_until("the copy and the object to go", TIMEOUT, async || {
+        let copy = scene
+            .local_api(&consumer.cluster)
+            .get_opt(&copy.name_any())
+            .await
+            .map_err(|e| e.to_string())?;
+        let object = widgets.get_opt("held").await.map_err(|e| e.to_string())?;
+        if copy.is_none() && object.is_none() {
+            Ok(())
+        } else {
+            Err(format!(
+                "copy {}, object {}",
+                copy.is_some(),
+                object.is_some()
+            ))
+        }
+    })
+    .await
+    .expect("deleted in order");
+
+    let metrics = scene.agent.metrics().await.expect("metrics");
+    let count = metrics
+        .lines()
+        .find(|l| l.starts_with("sync_agent_sync_latency_seconds_count"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(count >= 1, "sync latency observed: {metrics}");
+
+    consumer.delete(&scene.provider.kcp).await.expect("cleanup");
+    scene.provider.cleanup().await.expect("cleanup");
+}
+
+#[tokio::test]
+async fn an_endpoint_slice_in_another_workspace_is_followed_to_the_export() {
+    let scene = Scene::new("slices", json!({})).await;
+    let provider = &scene.provider;
+    let elsewhere = provider
+        .kcp
+        .create_workspace("root", "slices-elsewhere")
+        .await
+        .expect("workspace");
+    let slice: sync_agent::api::kcp::apis_v1alpha1::APIExportEndpointSlice =
+        serde_json::from_value(json!({
+            "apiVersion": "apis.kcp.io/v1alpha1",
+            "kind": "APIExportEndpointSlice",
+            "metadata": {"name": "remote-slice"},
+            "spec": {"export": {"path": provider.workspace.path, "name": provider.export}}
+        }))
+        .expect("slice");
+    Api::<sync_agent::api::kcp::apis_v1alpha1::APIExportEndpointSlice>::all(
+        provider.kcp.client(&elsewhere.path).expect("client"),
+    )
+    .create(&PostParams::default(), &slice)
+    .await
+    .expect("slice created");
+    drop(scene.agent);
+    let mut settings = provider.agent_settings();
+    settings.workspace = elsewhere.path.clone();
+    settings.endpoint_slice = "remote-slice".into();
+    let agent = e2e::agent::AgentProcess::start(&provider.env, &settings)
+        .await
+        .expect("agent starts");
+
+    let (consumer, client) = {
+        let consumer = provider.bind_consumer("consumer").await.expect("consumer");
+        let client = provider.kcp.client(&consumer.path).expect("client");
+        let namespace = Namespace {
+            metadata: ObjectMeta {
+                name: Some("apps".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .expect("namespace");
+        (consumer, client)
+    };
+    let mut widget = DynamicObject::new("via-slice", &scene.resource).within("apps");
+    widget.data = json!({"spec": {"color": "teal"}});
+    let widgets: Api<DynamicObject> = Api::namespaced_with(client.clone(), "apps", &scene.resource);
+    poll_until("a widget", TIMEOUT, async || {
+        widgets
+            .create(&PostParams::default(), &widget)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .expect("created");
+    let key = identity::RemoteKey {
+        cluster: consumer.cluster.clone(),
+        namespace: "apps".into(),
+        name: "via-slice".into(),
+    };
+    let all: Api<DynamicObject> = Api::all_with(provider.service.clone(), &scene.resource);
+    let selector = key.selector(&provider.agent_name);
+    poll_until(
+        "the copy through the other workspace's slice",
+        TIMEOUT,
+        async || {
+            let list = all
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(|e| e.to_string())?;
+            if list.items.len() == 1 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} copies; log:\n{}",
+                    list.items.len(),
+                    agent.log_tail()
+                ))
+            }
+        },
+    )
+    .await
+    .expect("synced");
+
+    consumer.delete(&provider.kcp).await.expect("cleanup");
+    elsewhere.delete(&provider.kcp).await.expect("cleanup");
     provider.cleanup().await.expect("cleanup");
 }

@@ -33,6 +33,8 @@ pub struct Context {
     pub service_events: Recorder,
     /// Events on objects in the export's workspace.
     pub kcp_events: Recorder,
+    /// Wait for other finalizers on kcp objects before deleting copies.
+    pub wait_for_foreign_finalizers: bool,
 }
 
 impl std::fmt::Debug for Context {
@@ -54,6 +56,7 @@ impl Context {
         selector: String,
         metrics: Metrics,
         instance: String,
+        wait_for_foreign_finalizers: bool,
     ) -> Arc<Self> {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
@@ -67,6 +70,7 @@ impl Context {
             agent_name,
             selector,
             metrics,
+            wait_for_foreign_finalizers,
         })
     }
 }

@@ -67,6 +67,37 @@ impl SyncError {
     }
 }
 
+/// What a reconcile did and whether to come back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// When to look at the object again, if at all.
+    pub requeue: Option<Duration>,
+    /// Whether the service cluster was written to.
+    pub wrote: bool,
+}
+
+impl Outcome {
+    /// Nothing more to do.
+    pub const DONE: Self = Self {
+        requeue: None,
+        wrote: false,
+    };
+
+    fn wrote(after: Duration) -> Self {
+        Self {
+            requeue: Some(after),
+            wrote: true,
+        }
+    }
+
+    fn wait(after: Duration) -> Self {
+        Self {
+            requeue: Some(after),
+            wrote: false,
+        }
+    }
+}
+
 /// Which object, through which endpoint.
 #[derive(Debug)]
 pub struct Target<'a> {
@@ -94,7 +125,7 @@ pub async fn reconcile(
     ctx: &Context,
     config: &WorkerConfig,
     target: &Target<'_>,
-) -> Result<Option<Duration>, SyncError> {
+) -> Result<Outcome, SyncError> {
     let key = target.key;
     let kcp_client: Client = retarget_url(
         &ctx.kcp.slice_config,
@@ -114,7 +145,7 @@ pub async fn reconcile(
         .await
         .map_err(SyncError::Kcp)?
     else {
-        return Ok(None);
+        return Ok(Outcome::DONE);
     };
     let result = sync_object(ctx, config, key, &kcp_client, &remote_api, remote.clone()).await;
     if result.is_err() {
@@ -139,7 +170,7 @@ async fn sync_object(
     kcp_client: &Client,
     remote_api: &Api<DynamicObject>,
     remote: DynamicObject,
-) -> Result<Option<Duration>, SyncError> {
+) -> Result<Outcome, SyncError> {
     let matches = filters_match(config, kcp_client, &remote).await?;
     let events = KcpEvents {
         client: kcp_client,
@@ -164,7 +195,7 @@ async fn sync_object(
     if remote.metadata.deletion_timestamp.is_some() || !matches {
         if !matches && local.is_none() && !remote.finalizers().iter().any(|f| f == FINALIZER) {
             debug!(object = %key, "Filtered out");
-            return Ok(None);
+            return Ok(Outcome::DONE);
         }
         // Deleted in kcp, or no longer selected: the copy goes, then the finalizer.
         return delete(ctx, config, remote_api, &remote, local, &events).await;
@@ -215,7 +246,7 @@ async fn sync_object(
     };
     if local.metadata.deletion_timestamp.is_some() {
         // Someone deleted the copy; it is recreated once it is gone.
-        return Ok(Some(AFTER_WRITE));
+        return Ok(Outcome::wait(AFTER_WRITE));
     }
     let local_value = serde_json::to_value(&local).unwrap_or_default();
     let local_namespace = local.namespace();
@@ -286,7 +317,11 @@ async fn sync_object(
             )
             .await;
     }
-    Ok(wrote.then_some(AFTER_WRITE))
+    Ok(if wrote {
+        Outcome::wrote(AFTER_WRITE)
+    } else {
+        Outcome::DONE
+    })
 }
 
 async fn create(
@@ -295,7 +330,7 @@ async fn create(
     owner: Owner<'_>,
     remote: &Value,
     events: &KcpEvents<'_>,
-) -> Result<Option<Duration>, SyncError> {
+) -> Result<Outcome, SyncError> {
     let key = owner.key;
     let context = NamingContext {
         object: remote,
@@ -384,7 +419,7 @@ async fn create(
         }
         Err(error) => return Err(SyncError::Service(error)),
     }
-    Ok(Some(AFTER_WRITE))
+    Ok(Outcome::wrote(AFTER_WRITE))
 }
 
 async fn ensure_namespace(client: &Client, name: &str) -> Result<(), SyncError> {
@@ -412,7 +447,12 @@ async fn delete(
     remote: &DynamicObject,
     local: Option<DynamicObject>,
     events: &KcpEvents<'_>,
-) -> Result<Option<Duration>, SyncError> {
+) -> Result<Outcome, SyncError> {
+    let foreign = remote.finalizers().iter().any(|f| f != FINALIZER);
+    if ctx.wait_for_foreign_finalizers && remote.metadata.deletion_timestamp.is_some() && foreign {
+        debug!(object = %remote.name_any(), "Waiting for other finalizers before deleting the copy");
+        return Ok(Outcome::wait(AFTER_WRITE));
+    }
     if let Some(local) = local {
         if local.metadata.deletion_timestamp.is_none() {
             let api: Api<DynamicObject> = match local.namespace() {
@@ -434,7 +474,7 @@ async fn delete(
                 .with_label_values(&[config.published_resource.as_str(), "delete"])
                 .inc();
         }
-        return Ok(Some(Duration::from_secs(1)));
+        return Ok(Outcome::wrote(Duration::from_secs(1)));
     }
     if remote.finalizers().iter().any(|f| f == FINALIZER) {
         let finalizers: Vec<&String> = remote
@@ -456,7 +496,7 @@ async fn delete(
             .normal("ObjectDeleted", "the copy on the service cluster is gone")
             .await;
     }
-    Ok(None)
+    Ok(Outcome::DONE)
 }
 
 /// Whether the kcp object passes the resource and namespace filters.

@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject};
@@ -63,6 +63,7 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
     info!(published_resource = %config.published_resource, endpoints = ?config.endpoints, "Starting sync worker");
     let (queue, mut keys) = mpsc::unbounded_channel::<RemoteKey>();
     let routes: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+    let observed: Arc<Mutex<HashMap<RemoteKey, Instant>>> = Arc::default();
     let mut tasks = tokio::task::JoinSet::new();
 
     for endpoint in &config.endpoints {
@@ -70,7 +71,12 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
             return;
         };
         let api: Api<DynamicObject> = Api::all_with(client, &config.remote);
-        let (queue, routes, endpoint) = (queue.clone(), routes.clone(), endpoint.clone());
+        let (queue, routes, endpoint, observed) = (
+            queue.clone(),
+            routes.clone(),
+            endpoint.clone(),
+            observed.clone(),
+        );
         tasks.spawn(async move {
             let mut events = std::pin::pin!(
                 watcher(api, watcher::Config::default())
@@ -88,11 +94,18 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .insert(cluster.clone(), endpoint.clone());
-                        let _ = queue.send(RemoteKey {
+                        let key = RemoteKey {
                             cluster,
                             namespace: object.namespace().unwrap_or_default(),
                             name: object.name_any(),
-                        });
+                        };
+                        // The change is seen now; its latency runs until the local write.
+                        observed
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .entry(key.clone())
+                            .or_insert_with(Instant::now);
+                        let _ = queue.send(key);
                     }
                     Err(error) => warn!(%error, %endpoint, "Watching kcp objects failed; retrying"),
                 }
@@ -153,12 +166,13 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
                 .remove(&key);
             continue;
         };
-        let (ctx, config, permits, state, queue) = (
+        let (ctx, config, permits, state, queue, observed) = (
             ctx.clone(),
             config.clone(),
             permits.clone(),
             state.clone(),
             queue.clone(),
+            observed.clone(),
         );
         tasks.spawn(async move {
             let Ok(_permit) = permits.acquire().await else {
@@ -169,7 +183,19 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
                 key: &key,
             };
             let requeue = match reconcile::reconcile(&ctx, &config, &target).await {
-                Ok(after) => after,
+                Ok(outcome) => {
+                    let seen = observed
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&key);
+                    if let (true, Some(seen)) = (outcome.wrote, seen) {
+                        ctx.metrics
+                            .sync_latency
+                            .with_label_values(&[config.published_resource.as_str()])
+                            .observe(seen.elapsed().as_secs_f64());
+                    }
+                    outcome.requeue
+                }
                 Err(error) => {
                     warn!(object = %key, reason = error.reason(), %error, "Syncing failed");
                     ctx.metrics
