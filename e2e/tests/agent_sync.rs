@@ -929,3 +929,100 @@ async fn an_endpoint_slice_in_another_workspace_is_followed_to_the_export() {
     elsewhere.delete(&provider.kcp).await.expect("cleanup");
     provider.cleanup().await.expect("cleanup");
 }
+
+#[tokio::test]
+async fn several_published_resources_sync_side_by_side_including_a_cluster_scoped_projection() {
+    let scene = Scene::new("several", json!({})).await;
+    let provider = &scene.provider;
+    provider
+        .apply_crd("Gizmo", &[("v1", true, true)], "size")
+        .await
+        .expect("CRD");
+    let group = format!("cluster.{}", provider.group);
+    let pr = provider
+        .create_pr(
+            "gizmos",
+            json!({"resource": {"apiGroup": provider.group, "kind": "Gizmo"},
+                                   "projection": {"group": group, "scope": "Cluster"}}),
+        )
+        .await
+        .expect("PR");
+    provider
+        .wait_for_schema_name(&pr, None)
+        .await
+        .expect("schema");
+    provider
+        .wait_for_export("two schemas", |e| {
+            if e.spec.resources.len() == 2 {
+                Ok(())
+            } else {
+                Err(format!("{}", e.spec.resources.len()))
+            }
+        })
+        .await
+        .expect("export");
+    let (consumer, client) = scene.consumer("consumer").await;
+
+    scene.create_widget(&client, "w1", "amber").await;
+    let gizmo_remote =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(&group, "v1", "Gizmo"), "gizmos");
+    let gizmos: Api<DynamicObject> = Api::all_with(client.clone(), &gizmo_remote);
+    let mut gizmo = DynamicObject::new("g1", &gizmo_remote);
+    gizmo.data = json!({"spec": {"size": "xl"}});
+    poll_until("a cluster-scoped gizmo", TIMEOUT, async || {
+        gizmos
+            .create(&PostParams::default(), &gizmo)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .expect("created");
+
+    scene.local_copy(&consumer.cluster, "w1").await;
+    let gizmo_local = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(&provider.group, "v1", "Gizmo"),
+        "gizmos",
+    );
+    let key = identity::RemoteKey {
+        cluster: consumer.cluster.clone(),
+        namespace: String::new(),
+        name: "g1".into(),
+    };
+    let all: Api<DynamicObject> = Api::all_with(provider.service.clone(), &gizmo_local);
+    let copy = poll_until(
+        "the copy of the cluster-scoped gizmo",
+        TIMEOUT,
+        async || {
+            let list = all
+                .list(&ListParams::default().labels(&key.selector(&provider.agent_name)))
+                .await
+                .map_err(|e| e.to_string())?;
+            list.items
+                .into_iter()
+                .next()
+                .ok_or_else(|| "no copy".to_string())
+        },
+    )
+    .await
+    .expect("copy");
+    assert_eq!(
+        copy.name_any(),
+        sha3_hex("g1")[..20].to_string(),
+        "a valid default name without a namespace hash"
+    );
+    assert_eq!(copy.namespace(), Some(consumer.cluster.clone()));
+    assert!(
+        !copy
+            .labels()
+            .contains_key("syncagent.kcp.io/remote-object-namespace-hash")
+    );
+    let metrics = scene.agent.metrics().await.expect("metrics");
+    assert!(
+        metrics.lines().any(|l| l == "sync_agent_sync_workers 2"),
+        "two workers"
+    );
+
+    consumer.delete(&provider.kcp).await.expect("cleanup");
+    provider.cleanup().await.expect("cleanup");
+}
