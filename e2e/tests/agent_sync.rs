@@ -647,15 +647,27 @@ async fn mutations_rewrite_both_directions_and_broken_ones_are_reported_while_ot
                                    "mutation": {"spec": [{"cel": {"path": "spec.size", "expression": "self.spec.missing.deeper"}}]}}))
         .await
         .expect("PR");
-    for pr in [&broken, &failing] {
+    provider
+        .apply_crd("Sprocket", &[("v1", true, true)], "size")
+        .await
+        .expect("CRD");
+    let misnamed = provider
+        .create_pr(
+            "sprockets",
+            json!({"resource": {"apiGroup": provider.group, "kind": "Sprocket"},
+                   "naming": {"name": "{{ range .Object }}x{{ end }}"}}),
+        )
+        .await
+        .expect("PR");
+    for pr in [&broken, &failing, &misnamed] {
         provider
             .wait_for_schema_name(pr, None)
             .await
             .expect("schema");
     }
     provider
-        .wait_for_export("three schemas", |e| {
-            if e.spec.resources.len() == 3 {
+        .wait_for_export("four schemas", |e| {
+            if e.spec.resources.len() == 4 {
                 Ok(())
             } else {
                 Err(format!("{}", e.spec.resources.len()))
@@ -684,6 +696,24 @@ async fn mutations_rewrite_both_directions_and_broken_ones_are_reported_while_ot
             .contains("spec.mutation.spec[0]: CEL expression"),
         "{}",
         condition.message
+    );
+
+    // So is a naming template the agent does not support.
+    let naming = poll_until("Syncing=False on the misnamed PR", TIMEOUT, async || {
+        let pr = prs.get(&misnamed).await.map_err(|e| e.to_string())?;
+        let conditions = pr.status.and_then(|s| s.conditions).unwrap_or_default();
+        conditions
+            .into_iter()
+            .find(|c| c.type_ == "Syncing" && c.status == "False")
+            .ok_or_else(|| "no Syncing=False condition".to_string())
+    })
+    .await
+    .expect("condition");
+    assert_eq!(naming.reason, "InvalidNaming");
+    assert!(
+        naming.message.contains("spec.naming") && naming.message.contains("range"),
+        "{}",
+        naming.message
     );
 
     // A rule failing on an object is reported on the consumer's object.

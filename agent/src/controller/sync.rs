@@ -187,6 +187,8 @@ enum ConfigError {
     Filter(String),
     #[error(transparent)]
     Mutation(#[from] crate::mutation::MutationError),
+    #[error("spec.naming: {0}")]
+    Naming(#[from] crate::sync::naming::NamingError),
 }
 
 impl ConfigError {
@@ -197,6 +199,7 @@ impl ConfigError {
             ConfigError::NoStorage(_) => "InvalidSourceSchema",
             ConfigError::Filter(_) => "InvalidFilter",
             ConfigError::Mutation(_) => "InvalidMutation",
+            ConfigError::Naming(_) => "InvalidNaming",
         }
     }
 }
@@ -231,6 +234,10 @@ async fn worker_config(
     };
     let resource_filter = selector(|f| f.resource.clone())?;
     let namespace_filter = selector(|f| f.namespace.clone())?;
+    let naming = pr.spec.naming.clone().unwrap_or_default();
+    for pattern in [&naming.name, &naming.namespace].into_iter().flatten() {
+        crate::sync::naming::check(pattern)?;
+    }
     let mutations = pr.spec.mutation.clone().unwrap_or_default();
     let config = WorkerConfig {
         published_resource: pr.name_any(),
@@ -242,7 +249,7 @@ async fn worker_config(
             .subresources
             .as_ref()
             .is_some_and(|s| s.status.is_some()),
-        naming: pr.spec.naming.clone().unwrap_or_default(),
+        naming,
         resource_filter,
         namespace_filter,
         spec_mutator: Arc::new(Mutator::compile(

@@ -193,6 +193,21 @@ fn translate_word(word: &str) -> String {
     }
 }
 
+/// Checks a naming pattern without rendering it: a template must translate
+/// and parse.
+pub fn check(pattern: &str) -> Result<(), NamingError> {
+    if !pattern.contains("{{") {
+        return Ok(());
+    }
+    let template = translate(pattern)?;
+    handlebars::Template::compile(&template)
+        .map(drop)
+        .map_err(|e| NamingError::Unsupported {
+            template: pattern.to_string(),
+            reason: e.to_string(),
+        })
+}
+
 /// What a naming template can refer to.
 #[derive(Debug, Clone)]
 pub struct NamingContext<'a> {

@@ -129,3 +129,13 @@ fn unsupported_templates_are_errors_not_panics() {
         render("{{ nosuchhelper .ClusterName }}", &context(&object)).expect_err("unknown helper");
     assert!(matches!(error, NamingError::Render { .. }), "{error}");
 }
+
+#[test]
+fn patterns_are_checked_before_any_object_is_named() {
+    assert_eq!(check("$remoteName"), Ok(()));
+    assert_eq!(check("{{ .Object.metadata.name | sha3short 8 }}"), Ok(()));
+    assert!(matches!(
+        check("{{ if .ClusterName }}x{{ end }}"),
+        Err(NamingError::Unsupported { .. })
+    ));
+}
