@@ -11,7 +11,8 @@ use sync_agent::api::kcp::core_v1alpha1::{LOGICAL_CLUSTER_NAME, LogicalCluster};
 use sync_agent::api::kcp::tenancy_v1alpha1::{PHASE_READY, Workspace, WorkspaceSpec};
 
 use crate::env::{EnvFile, random_hex};
-use crate::poll::poll_until;
+use crate::poll::{DEFAULT_TIMEOUT, poll_until};
+use sync_agent::api::kcp::apis_v1alpha2::APIBinding;
 
 /// How long a new workspace may take to become ready.
 const WORKSPACE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -119,6 +120,29 @@ impl Kcp {
             cluster,
         })
     }
+}
+
+/// Waits until the APIBinding `name` reaches phase `Bound`.
+pub async fn wait_for_bound(bindings: &Api<APIBinding>, name: &str) -> anyhow::Result<()> {
+    poll_until(
+        &format!("APIBinding {name} to be bound"),
+        DEFAULT_TIMEOUT,
+        async || {
+            let phase = bindings
+                .get(name)
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .map(|s| s.phase)
+                .unwrap_or_default();
+            if phase == "Bound" {
+                Ok(())
+            } else {
+                Err(format!("phase {phase:?}"))
+            }
+        },
+    )
+    .await
 }
 
 /// A workspace made for one test.

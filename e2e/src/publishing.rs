@@ -216,23 +216,24 @@ impl Provider {
         .await
     }
 
-    /// Waits until the `SchemaPublished` condition of a PublishedResource
-    /// has `status`, and returns its reason and message.
+    /// Waits until a condition of a PublishedResource has `status`, and
+    /// returns its reason and message.
     pub async fn wait_for_condition(
         &self,
         pr: &str,
+        type_: &str,
         status: &str,
     ) -> anyhow::Result<(String, String)> {
         let prs = self.prs();
         poll_until(
-            &format!("PublishedResource {pr} SchemaPublished={status}"),
+            &format!("PublishedResource {pr} {type_}={status}"),
             DEFAULT_TIMEOUT,
             async || {
                 let object = prs.get(pr).await.map_err(|e| e.to_string())?;
                 let conditions = object.status.and_then(|s| s.conditions).unwrap_or_default();
                 conditions
                     .iter()
-                    .find(|c| c.type_ == "SchemaPublished" && c.status == status)
+                    .find(|c| c.type_ == type_ && c.status == status)
                     .map(|c| (c.reason.clone(), c.message.clone()))
                     .ok_or_else(|| format!("conditions {conditions:?}"))
             },
@@ -294,25 +295,7 @@ impl Provider {
         api.create(&PostParams::default(), &binding)
             .await
             .context("creating the APIBinding")?;
-        poll_until(
-            "the consumer's binding to be bound",
-            DEFAULT_TIMEOUT,
-            async || {
-                let phase = api
-                    .get(&self.export)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .status
-                    .map(|s| s.phase)
-                    .unwrap_or_default();
-                if phase == "Bound" {
-                    Ok(())
-                } else {
-                    Err(format!("phase {phase:?}"))
-                }
-            },
-        )
-        .await?;
+        crate::kcp::wait_for_bound(&api, &self.export).await?;
         Ok(consumer)
     }
 

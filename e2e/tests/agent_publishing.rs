@@ -45,7 +45,7 @@ async fn a_crd_is_published_as_a_schema_and_merged_into_the_export() {
         "{schema_name}"
     );
     let (reason, _) = provider
-        .wait_for_condition(&pr, "True")
+        .wait_for_condition(&pr, "SchemaPublished", "True")
         .await
         .expect("condition");
     assert_eq!(reason, "Published");
@@ -523,7 +523,7 @@ async fn invalid_published_resources_get_a_clear_error_and_do_not_stop_a_good_on
         .expect("PR");
 
     let (reason, message) = provider
-        .wait_for_condition(&missing, "False")
+        .wait_for_condition(&missing, "SchemaPublished", "False")
         .await
         .expect("condition");
     assert_eq!(reason, "SourceNotFound");
@@ -532,7 +532,7 @@ async fn invalid_published_resources_get_a_clear_error_and_do_not_stop_a_good_on
         "{message}"
     );
     let (reason, message) = provider
-        .wait_for_condition(&invalid, "False")
+        .wait_for_condition(&invalid, "SchemaPublished", "False")
         .await
         .expect("condition");
     assert_eq!(reason, "InvalidProjection");

@@ -678,42 +678,25 @@ async fn mutations_rewrite_both_directions_and_broken_ones_are_reported_while_ot
     let (consumer, client) = scene.consumer("consumer").await;
 
     // The broken rule is reported on its PublishedResource.
-    let prs = provider.prs();
-    let condition = poll_until("Syncing=False on the broken PR", TIMEOUT, async || {
-        let pr = prs.get(&broken).await.map_err(|e| e.to_string())?;
-        let conditions = pr.status.and_then(|s| s.conditions).unwrap_or_default();
-        conditions
-            .into_iter()
-            .find(|c| c.type_ == "Syncing" && c.status == "False")
-            .ok_or_else(|| "no Syncing=False condition".to_string())
-    })
-    .await
-    .expect("condition");
-    assert_eq!(condition.reason, "InvalidMutation");
+    let (condition_reason, condition_message) = provider
+        .wait_for_condition(&broken, "Syncing", "False")
+        .await
+        .expect("condition");
+    assert_eq!(condition_reason, "InvalidMutation");
     assert!(
-        condition
-            .message
-            .contains("spec.mutation.spec[0]: CEL expression"),
-        "{}",
-        condition.message
+        condition_message.contains("spec.mutation.spec[0]: CEL expression"),
+        "{condition_message}"
     );
 
     // So is a naming template the agent does not support.
-    let naming = poll_until("Syncing=False on the misnamed PR", TIMEOUT, async || {
-        let pr = prs.get(&misnamed).await.map_err(|e| e.to_string())?;
-        let conditions = pr.status.and_then(|s| s.conditions).unwrap_or_default();
-        conditions
-            .into_iter()
-            .find(|c| c.type_ == "Syncing" && c.status == "False")
-            .ok_or_else(|| "no Syncing=False condition".to_string())
-    })
-    .await
-    .expect("condition");
-    assert_eq!(naming.reason, "InvalidNaming");
+    let (naming_reason, naming_message) = provider
+        .wait_for_condition(&misnamed, "Syncing", "False")
+        .await
+        .expect("condition");
+    assert_eq!(naming_reason, "InvalidNaming");
     assert!(
-        naming.message.contains("spec.naming") && naming.message.contains("range"),
-        "{}",
-        naming.message
+        naming_message.contains("spec.naming") && naming_message.contains("range"),
+        "{naming_message}"
     );
 
     // A rule failing on an object is reported on the consumer's object.

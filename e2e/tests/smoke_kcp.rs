@@ -99,22 +99,9 @@ async fn consumer_objects_are_listed_through_the_virtual_workspace_with_their_cl
         .create(&PostParams::default(), &binding)
         .await
         .expect("APIBinding is accepted");
-    poll_until("the binding to be bound", DEFAULT_TIMEOUT, async || {
-        let phase = bindings
-            .get("widgets")
-            .await
-            .map_err(|e| e.to_string())?
-            .status
-            .map(|s| s.phase)
-            .unwrap_or_default();
-        if phase == "Bound" {
-            Ok(())
-        } else {
-            Err(format!("phase {phase:?}"))
-        }
-    })
-    .await
-    .expect("binding");
+    e2e::kcp::wait_for_bound(&bindings, "widgets")
+        .await
+        .expect("binding");
 
     let slices: Api<APIExportEndpointSlice> = Api::all(provider_client);
     let url = poll_until(
