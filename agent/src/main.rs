@@ -55,11 +55,17 @@ fn init_logging(options: &Options) {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("a SIGTERM handler can be installed");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(error) => {
+            warn!(%error, "Cannot handle SIGTERM; only Ctrl-C stops the agent gracefully");
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -170,7 +176,12 @@ async fn run(options: Options, stopped: watch::Receiver<bool>) -> anyhow::Result
                 _ = leading.wait_for(|l| !*l) => true,
                 _ = waiting_stop.wait_for(|s| *s) => false,
             };
-            drain(&mut controllers).await;
+            if lost {
+                // Another replica may lead already: stop writing at once.
+                controllers.abort_all();
+            } else {
+                drain(&mut controllers).await;
+            }
             drop(leading);
             release(task).await;
             if lost {

@@ -243,24 +243,20 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let mut changes = std::pin::pin!(stream::select(pr_changes, export_changes));
     let mut shutdown = std::pin::pin!(shutdown);
     let mut retry = Duration::from_secs(1);
-    let mut next = Instant::now() + RESYNC;
-    let mut dirty = false;
+    let mut next = Instant::now() + DEBOUNCE;
     loop {
-        let wait = if dirty {
-            DEBOUNCE
-        } else {
-            next.saturating_duration_since(Instant::now())
-        };
         tokio::select! {
             () = &mut shutdown => break,
             change = changes.next() => match change {
-                Some(Ok(())) => dirty = true,
+                // Gather the changes of the next moment into one reconcile;
+                // a steady stream of changes cannot push it back further.
+                Some(Ok(())) => next = next.min(Instant::now() + DEBOUNCE),
                 Some(Err(error)) => warn!(%error, "Watch failed; retrying"),
                 None => break,
             },
-            () = tokio::time::sleep(wait) => {
+            () = tokio::time::sleep_until(next.into()) => {
                 if !store_ready(&store) {
-                    dirty = true;
+                    next = Instant::now() + DEBOUNCE;
                     continue;
                 }
                 match reconcile(&ctx, &store.state()).await {
@@ -274,7 +270,6 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
                         retry = (retry * 2).min(Duration::from_secs(60));
                     }
                 }
-                dirty = false;
             }
         }
     }

@@ -111,9 +111,11 @@ async fn converge(
     let stale: Vec<String> = running
         .iter()
         .filter(|(uid, worker)| {
-            wanted
-                .get(*uid)
-                .is_none_or(|(f, _)| *f != worker.fingerprint)
+            // A worker that ended on its own is restarted.
+            worker.task.is_finished()
+                || wanted
+                    .get(*uid)
+                    .is_none_or(|(f, _)| *f != worker.fingerprint)
         })
         .map(|(uid, _)| uid.clone())
         .collect();
@@ -124,6 +126,9 @@ async fn converge(
     }
     for (uid, (fingerprint, pr)) in wanted {
         if running.contains_key(&uid) {
+            // Writes only when the condition changed (for example after a
+            // conflicting write was lost).
+            report(ctx, &pr, Ok(())).await;
             continue;
         }
         match worker_config(ctx, &pr, endpoints.clone()).await {
@@ -151,10 +156,19 @@ async fn converge(
         .set(i64::try_from(running.len()).unwrap_or(i64::MAX));
 }
 
+/// How long a stopping worker may take before it is aborted.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
 async fn stop(worker: Running) {
     let _ = worker.stop.send(true);
-    if let Err(error) = worker.task.await {
-        warn!(%error, "A sync worker ended abnormally");
+    let abort = worker.task.abort_handle();
+    match tokio::time::timeout(STOP_TIMEOUT, worker.task).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => warn!(%error, "A sync worker ended abnormally"),
+        Err(_) => {
+            warn!("A sync worker did not stop in time; aborting it");
+            abort.abort();
+        }
     }
 }
 

@@ -143,7 +143,18 @@ pub fn update_patch(remote: &Value, local: &Value, owner: Owner<'_>) -> Option<V
             &Value::Object(last.clone()),
             &Value::Object(desired.clone()),
         ),
-        None => Value::Object(desired.clone()),
+        // No state to diff against: restore what kcp says, field by field,
+        // and leave everything else alone (so it converges instead of
+        // resending the whole object every time).
+        None => Value::Object(
+            desired
+                .iter()
+                .filter_map(|(field, value)| {
+                    repair(local.get(field).unwrap_or(&Value::Null), value)
+                        .map(|fix| (field.clone(), fix))
+                })
+                .collect(),
+        ),
     };
     let patch_fields = patch.as_object_mut()?;
     // Values the consumer set that were changed on the service cluster are
@@ -209,6 +220,8 @@ fn repair(current: &Value, wanted: &Value) -> Option<Value> {
                 .collect();
             (!patch.is_empty()).then_some(Value::Object(patch))
         }
+        // A null the consumer wrote means "unset"; an absent value is that already.
+        (Value::Null, Value::Null) => None,
         (current, wanted) => (current != wanted).then(|| wanted.clone()),
     }
 }

@@ -16,7 +16,7 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tracing::{debug, info};
 
-use super::identity::{FINALIZER, RemoteKey};
+use super::identity::{AGENT_LABEL, FINALIZER, REMOTE_CLUSTER_LABEL, RemoteKey};
 use super::naming::{self, DEFAULT_NAME, DEFAULT_NAMESPACE, NamingContext, NamingError};
 use super::object::{Owner, new_local, update_patch};
 use super::worker::WorkerConfig;
@@ -48,6 +48,12 @@ pub enum SyncError {
     /// A mutation rule failed on this object.
     #[error(transparent)]
     Mutation(#[from] crate::mutation::MutationError),
+    /// The local name is used by the copy of another object.
+    #[error("the local name {0:?} belongs to the copy of another object; change the naming rules")]
+    NameTaken(String),
+    /// The reconcile took too long (a request hung).
+    #[error("gave up after {0:?}")]
+    Timeout(Duration),
     /// More than one local object claims to be the copy.
     #[error("{0} local objects carry the identity of this object; remove the extra ones")]
     Ambiguous(usize),
@@ -63,6 +69,8 @@ impl SyncError {
             SyncError::Ambiguous(_) => "ambiguous",
             SyncError::Malformed(_) => "malformed",
             SyncError::Mutation(_) => "mutation",
+            SyncError::Timeout(_) => "timeout",
+            SyncError::NameTaken(_) => "name_taken",
         }
     }
 }
@@ -171,7 +179,10 @@ async fn sync_object(
     remote_api: &Api<DynamicObject>,
     remote: DynamicObject,
 ) -> Result<Outcome, SyncError> {
-    let matches = filters_match(config, kcp_client, &remote).await?;
+    // A deleted object is cleaned up whatever the filters say (and even if
+    // they cannot be evaluated any more).
+    let matches = remote.metadata.deletion_timestamp.is_some()
+        || filters_match(config, kcp_client, &remote).await?;
     let events = KcpEvents {
         client: kcp_client,
         object: &remote,
@@ -256,7 +267,7 @@ async fn sync_object(
     };
     let mut wrote = false;
     if let Some(patch) = update_patch(&remote_value, &local_value, owner) {
-        local_ns_api
+        let patched = local_ns_api
             .patch(
                 &local.name_any(),
                 &PatchParams::default(),
@@ -264,18 +275,22 @@ async fn sync_object(
             )
             .await
             .map_err(SyncError::Service)?;
-        ctx.metrics
-            .objects_synced
-            .with_label_values(&[config.published_resource.as_str(), "update"])
-            .inc();
-        debug!(object = %key, "Updated the local copy");
-        events
-            .normal(
-                "ObjectSynced",
-                "the change was synced to the service cluster",
-            )
-            .await;
-        wrote = true;
+        // A patch that changed nothing on the server is not a write; coming
+        // back for it would only repeat it.
+        if patched.resource_version() != local.resource_version() {
+            ctx.metrics
+                .objects_synced
+                .with_label_values(&[config.published_resource.as_str(), "update"])
+                .inc();
+            debug!(object = %key, "Updated the local copy");
+            events
+                .normal(
+                    "ObjectSynced",
+                    "the change was synced to the service cluster",
+                )
+                .await;
+            wrote = true;
+        }
     }
 
     let mut for_status = local_value.clone();
@@ -407,8 +422,22 @@ async fn create(
                 .inc();
         }
         Err(kube::Error::Api(status)) if status.code == 409 => {
-            // Adopt an existing object of that name by giving it our identity.
+            // Adopt an existing object of that name by giving it our identity,
+            // unless it already is the copy of something else.
             let existing = api.get(&name).await.map_err(SyncError::Service)?;
+            let owner_labels = key.labels();
+            let foreign = existing
+                .labels()
+                .get(REMOTE_CLUSTER_LABEL)
+                .is_some_and(|_| {
+                    owner_labels
+                        .iter()
+                        .any(|(k, v)| existing.labels().get(k) != Some(v))
+                        || existing.labels().get(AGENT_LABEL) != Some(&ctx.agent_name)
+                });
+            if foreign {
+                return Err(SyncError::NameTaken(name));
+            }
             if existing.metadata.deletion_timestamp.is_none() {
                 let patch = json!({"metadata": {"labels": object.metadata.labels, "annotations": object.metadata.annotations}});
                 api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -474,7 +503,8 @@ async fn delete(
                 .with_label_values(&[config.published_resource.as_str(), "delete"])
                 .inc();
         }
-        return Ok(Outcome::wrote(Duration::from_secs(1)));
+        // The copy may have finalizers of its own; look again shortly.
+        return Ok(Outcome::wait(Duration::from_secs(2)));
     }
     if remote.finalizers().iter().any(|f| f == FINALIZER) {
         let finalizers: Vec<&String> = remote

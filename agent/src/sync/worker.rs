@@ -24,8 +24,12 @@ use crate::mutation::Mutator;
 
 /// Objects reconciled at the same time by one worker.
 const CONCURRENCY: usize = 4;
-/// Delay before a failed object is tried again.
-const RETRY: Duration = Duration::from_secs(5);
+/// Longest delay between retries of a failing object.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Longest time one object's reconcile may take.
+const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest time one discovery request may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything a worker needs to know about its PublishedResource.
 #[derive(Debug, Clone)]
@@ -58,58 +62,71 @@ pub struct WorkerConfig {
     pub status_mutator: Arc<Mutator>,
 }
 
+/// Keys waiting, running, or due again, shared by a worker's tasks.
+#[derive(Default)]
+struct Queue {
+    /// Which endpoint serves each logical cluster.
+    routes: HashMap<String, String>,
+    /// When a kcp change to a key was first seen (for the latency metric).
+    observed: HashMap<RemoteKey, Instant>,
+    /// Keys being reconciled now.
+    in_flight: HashSet<RemoteKey>,
+    /// Keys that changed while being reconciled.
+    dirty: HashSet<RemoteKey>,
+    /// Keys with a retry timer pending.
+    scheduled: HashSet<RemoteKey>,
+    /// Consecutive failures per key, for backoff.
+    failures: HashMap<RemoteKey, u32>,
+}
+
+type Shared = Arc<Mutex<Queue>>;
+
+fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Queue> {
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Clears a key's in-flight mark even if its reconcile panics.
+struct InFlight {
+    shared: Shared,
+    key: RemoteKey,
+    queue: mpsc::UnboundedSender<RemoteKey>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let rerun = {
+            let mut queue = lock(&self.shared);
+            queue.in_flight.remove(&self.key);
+            queue.dirty.remove(&self.key)
+        };
+        if rerun {
+            let _ = self.queue.send(self.key.clone());
+        }
+    }
+}
+
 /// Runs a worker until `stop` flips to true.
 pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Receiver<bool>) {
     info!(published_resource = %config.published_resource, endpoints = ?config.endpoints, "Starting sync worker");
     let (queue, mut keys) = mpsc::unbounded_channel::<RemoteKey>();
-    let routes: Arc<Mutex<HashMap<String, String>>> = Arc::default();
-    let observed: Arc<Mutex<HashMap<RemoteKey, Instant>>> = Arc::default();
+    let shared: Shared = Arc::default();
     let mut tasks = tokio::task::JoinSet::new();
 
-    for endpoint in &config.endpoints {
-        let Some(client) = wait_until_served(&ctx, &config, endpoint, stop.clone()).await else {
-            return;
-        };
-        let api: Api<DynamicObject> = Api::all_with(client, &config.remote);
-        let (queue, routes, endpoint, observed) = (
+    for endpoint in config.endpoints.clone() {
+        let (ctx, config, queue, shared, stop) = (
+            ctx.clone(),
+            config.clone(),
             queue.clone(),
-            routes.clone(),
-            endpoint.clone(),
-            observed.clone(),
+            shared.clone(),
+            stop.clone(),
         );
+        // Each endpoint on its own: one shard that is slow to serve the
+        // kind does not hold up the others.
         tasks.spawn(async move {
-            let mut events = std::pin::pin!(
-                watcher(api, watcher::Config::default())
-                    .default_backoff()
-                    .touched_objects()
-            );
-            while let Some(event) = events.next().await {
-                match event {
-                    Ok(object) => {
-                        let Some(cluster) = object.annotations().get(CLUSTER_ANNOTATION).cloned()
-                        else {
-                            continue;
-                        };
-                        routes
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(cluster.clone(), endpoint.clone());
-                        let key = RemoteKey {
-                            cluster,
-                            namespace: object.namespace().unwrap_or_default(),
-                            name: object.name_any(),
-                        };
-                        // The change is seen now; its latency runs until the local write.
-                        observed
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .entry(key.clone())
-                            .or_insert_with(Instant::now);
-                        let _ = queue.send(key);
-                    }
-                    Err(error) => warn!(%error, %endpoint, "Watching kcp objects failed; retrying"),
-                }
-            }
+            let Some(client) = wait_until_served(&ctx, &config, &endpoint, stop).await else {
+                return;
+            };
+            watch_endpoint(client, &config, &endpoint, &queue, &shared).await;
         });
     }
 
@@ -136,43 +153,37 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
     });
 
     let permits = Arc::new(Semaphore::new(CONCURRENCY));
-    let state: Arc<Mutex<(HashSet<RemoteKey>, HashSet<RemoteKey>)>> = Arc::default();
     let mut stop = stop;
     loop {
         let key = tokio::select! {
             key = keys.recv() => match key { Some(key) => key, None => break },
             _ = stop.wait_for(|s| *s) => break,
         };
-        {
-            let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
-            let (in_flight, dirty) = &mut *guard;
-            if in_flight.contains(&key) {
-                dirty.insert(key);
+        let endpoint = {
+            let mut guard = lock(&shared);
+            if guard.in_flight.contains(&key) {
+                guard.dirty.insert(key);
                 continue;
             }
-            in_flight.insert(key.clone());
-        }
-        let Some(endpoint) = routes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key.cluster)
-            .cloned()
-        else {
-            // Not seen through any endpoint (yet); the kcp watch will bring it.
-            state
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .0
-                .remove(&key);
-            continue;
+            // Unknown clusters are not seen through any endpoint yet; the
+            // kcp watch will bring them.
+            let Some(endpoint) = guard.routes.get(&key.cluster).cloned() else {
+                continue;
+            };
+            guard.in_flight.insert(key.clone());
+            endpoint
         };
-        let (ctx, config, permits, state, queue, observed) = (
+        let guard = InFlight {
+            shared: shared.clone(),
+            key: key.clone(),
+            queue: queue.clone(),
+        };
+        let (ctx, config, permits, shared, queue) = (
             ctx.clone(),
             config.clone(),
             permits.clone(),
-            state.clone(),
+            shared.clone(),
             queue.clone(),
-            observed.clone(),
         );
         tasks.spawn(async move {
             let Ok(_permit) = permits.acquire().await else {
@@ -182,16 +193,24 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
                 endpoint: &endpoint,
                 key: &key,
             };
-            let requeue = match reconcile::reconcile(&ctx, &config, &target).await {
+            let result = tokio::time::timeout(
+                RECONCILE_TIMEOUT,
+                reconcile::reconcile(&ctx, &config, &target),
+            )
+            .await
+            .unwrap_or(Err(reconcile::SyncError::Timeout(RECONCILE_TIMEOUT)));
+            let label = config.published_resource.as_str();
+            let requeue = match result {
                 Ok(outcome) => {
-                    let seen = observed
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&key);
+                    let seen = {
+                        let mut queue = lock(&shared);
+                        queue.failures.remove(&key);
+                        queue.observed.remove(&key)
+                    };
                     if let (true, Some(seen)) = (outcome.wrote, seen) {
                         ctx.metrics
                             .sync_latency
-                            .with_label_values(&[config.published_resource.as_str()])
+                            .with_label_values(&[label])
                             .observe(seen.elapsed().as_secs_f64());
                     }
                     outcome.requeue
@@ -200,29 +219,92 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
                     warn!(object = %key, reason = error.reason(), %error, "Syncing failed");
                     ctx.metrics
                         .sync_errors
-                        .with_label_values(&[config.published_resource.as_str(), error.reason()])
+                        .with_label_values(&[label, error.reason()])
                         .inc();
-                    Some(RETRY)
+                    let failures = {
+                        let mut queue = lock(&shared);
+                        let count = queue.failures.entry(key.clone()).or_default();
+                        *count = count.saturating_add(1);
+                        *count
+                    };
+                    Some(backoff(failures))
                 }
             };
-            let rerun = {
-                let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
-                guard.0.remove(&key);
-                guard.1.remove(&key)
-            };
-            if rerun {
-                let _ = queue.send(key);
-            } else if let Some(after) = requeue {
-                tokio::spawn(async move {
-                    tokio::time::sleep(after).await;
-                    let _ = queue.send(key);
-                });
+            drop(guard);
+            if let Some(after) = requeue {
+                schedule(&shared, &queue, key, after);
             }
         });
         while tasks.try_join_next().is_some() {}
     }
     tasks.shutdown().await;
     info!(published_resource = %config.published_resource, "Stopped sync worker");
+}
+
+/// Watches the projected kind at one endpoint and queues every change.
+async fn watch_endpoint(
+    client: Client,
+    config: &WorkerConfig,
+    endpoint: &str,
+    queue: &mpsc::UnboundedSender<RemoteKey>,
+    shared: &Shared,
+) {
+    let api: Api<DynamicObject> = Api::all_with(client, &config.remote);
+    let mut events = std::pin::pin!(
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .touched_objects()
+    );
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(object) => {
+                let Some(cluster) = object.annotations().get(CLUSTER_ANNOTATION).cloned() else {
+                    continue;
+                };
+                let key = RemoteKey {
+                    namespace: object.namespace().unwrap_or_default(),
+                    name: object.name_any(),
+                    cluster,
+                };
+                {
+                    let mut guard = lock(shared);
+                    guard
+                        .routes
+                        .insert(key.cluster.clone(), endpoint.to_string());
+                    // The change is seen now; its latency runs until the local write.
+                    guard
+                        .observed
+                        .entry(key.clone())
+                        .or_insert_with(Instant::now);
+                }
+                let _ = queue.send(key);
+            }
+            Err(error) => warn!(%error, %endpoint, "Watching kcp objects failed; retrying"),
+        }
+    }
+}
+
+/// Queues `key` again after `after`, unless a timer for it is already pending.
+fn schedule(
+    shared: &Shared,
+    queue: &mpsc::UnboundedSender<RemoteKey>,
+    key: RemoteKey,
+    after: Duration,
+) {
+    if !lock(shared).scheduled.insert(key.clone()) {
+        return;
+    }
+    let (shared, queue) = (shared.clone(), queue.clone());
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        lock(&shared).scheduled.remove(&key);
+        let _ = queue.send(key);
+    });
+}
+
+/// Retry delay after `failures` consecutive failures: 1 s, doubling up to 256 s.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.saturating_sub(1).min(8)).min(MAX_BACKOFF)
 }
 
 /// Waits until the projected kind is served at `<endpoint>/clusters/*`, so
@@ -250,9 +332,11 @@ async fn wait_until_served(
     };
     loop {
         let request = http::Request::get(&path).body(Vec::new()).ok()?;
-        match client
-            .request::<k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResourceList>(request)
+        let probe = client
+            .request::<k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResourceList>(request);
+        match tokio::time::timeout(PROBE_TIMEOUT, probe)
             .await
+            .unwrap_or_else(|_| Err(kube::Error::Service("discovery timed out".into())))
         {
             Ok(list)
                 if list
@@ -269,5 +353,20 @@ async fn wait_until_served(
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = stop.wait_for(|s| *s) => return None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_exponentially_with_a_cap() {
+        let delays: Vec<u64> = [1, 2, 3, 9, 50]
+            .into_iter()
+            .map(|n| backoff(n).as_secs())
+            .collect();
+        assert_eq!(delays, [1, 2, 4, 256, 256]);
+        assert!(backoff(u32::MAX) <= MAX_BACKOFF);
     }
 }

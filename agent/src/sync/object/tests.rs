@@ -100,14 +100,28 @@ fn a_provider_edit_of_a_consumer_field_is_reverted() {
 }
 
 #[test]
-fn without_a_last_known_state_every_field_is_sent_and_identity_repaired() {
-    let r = remote(json!({"size": 1}));
-    let local = json!({"metadata": {"labels": {}, "annotations": {}}, "spec": {"size": 1}});
+fn without_a_last_known_state_kcp_values_are_restored_and_identity_repaired() {
+    let r = remote(json!({"size": 1, "tier": "gold"}));
+    let local = json!({"metadata": {"labels": {}, "annotations": {}},
+                       "spec": {"size": 2, "tier": "gold", "providerField": true}});
     let patch = update_patch(&r, &local, owner(&key())).expect("a patch");
-    assert_eq!(patch["spec"], json!({"size": 1}));
+    assert_eq!(
+        patch["spec"],
+        json!({"size": 1}),
+        "only what differs from kcp, nothing removed"
+    );
     assert_eq!(patch["metadata"]["labels"][REMOTE_CLUSTER_LABEL], "c1");
     assert_eq!(patch["metadata"]["labels"][AGENT_LABEL], "a");
     assert!(patch["metadata"]["annotations"][LAST_KNOWN_ANNOTATION].is_string());
+
+    let mut repaired = local.clone();
+    repaired["spec"]["size"] = json!(1);
+    repaired["metadata"] = patch["metadata"].clone();
+    assert_eq!(
+        update_patch(&r, &repaired, owner(&key())),
+        None,
+        "it converges"
+    );
 }
 
 #[test]
