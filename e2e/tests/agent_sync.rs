@@ -1039,3 +1039,158 @@ async fn several_published_resources_sync_side_by_side_including_a_cluster_scope
     consumer.delete(&provider.kcp).await.expect("cleanup");
     provider.cleanup().await.expect("cleanup");
 }
+
+#[tokio::test]
+async fn related_objects_travel_both_ways_and_kcp_origin_ones_are_released_on_deletion() {
+    let scene = Scene::new(
+        "related",
+        json!({"related": [
+            {"identifier": "credentials", "origin": "service", "kind": "Secret",
+             "object": {"reference": {"path": "spec.secretName"}}},
+            {"identifier": "settings", "origin": "kcp", "version": "v1", "resource": "configmaps",
+             "object": {"reference": {"path": "spec.configName"}}}
+        ]}),
+    )
+    .await;
+    let (consumer, client) = scene.consumer("consumer").await;
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), "apps");
+    let settings: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "settings"}, "data": {"mode": "fast"}
+    }))
+    .expect("config map");
+    config_maps
+        .create(&PostParams::default(), &settings)
+        .await
+        .expect("consumer's config map");
+    let mut widget = DynamicObject::new("db", &scene.resource).within("apps");
+    widget.data =
+        json!({"spec": {"color": "c", "secretName": "db-credentials", "configName": "settings"}});
+    let widgets = scene.kcp_widgets(&client);
+    poll_until("a widget", TIMEOUT, async || {
+        widgets
+            .create(&PostParams::default(), &widget)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .expect("created");
+    let local = scene.local_copy(&consumer.cluster, "db").await;
+    let local_namespace = local.namespace().expect("namespaced copy");
+
+    // kcp → service: the consumer's ConfigMap reaches the copy's namespace.
+    let local_config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(scene.provider.service.clone(), &local_namespace);
+    poll_until(
+        "the consumer's config map on the service cluster",
+        TIMEOUT,
+        async || {
+            let copy = local_config_maps
+                .get_opt("settings")
+                .await
+                .map_err(|e| e.to_string())?;
+            match copy.and_then(|c| c.data) {
+                Some(data) if data.get("mode").map(String::as_str) == Some("fast") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+    .expect("copied down");
+    let origin = config_maps.get("settings").await.expect("origin");
+    assert!(
+        origin
+            .finalizers()
+            .contains(&"syncagent.kcp.io/cleanup".to_string())
+    );
+
+    // service → kcp: the provider's Secret reaches the consumer.
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": "db-credentials"}, "stringData": {"password": "s3cret"}
+    }))
+    .expect("secret");
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(
+        scene.provider.service.clone(),
+        &local_namespace,
+    )
+    .create(&PostParams::default(), &secret)
+    .await
+    .expect("provider's secret");
+    let kcp_secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), "apps");
+    poll_until(
+        "the provider's secret in the workspace",
+        TIMEOUT,
+        async || {
+            let copy = kcp_secrets
+                .get_opt("db-credentials")
+                .await
+                .map_err(|e| e.to_string())?;
+            match copy
+                .and_then(|s| s.data)
+                .and_then(|d| d.get("password").cloned())
+            {
+                Some(password) if password.0 == b"s3cret" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+    .expect("copied up");
+    let primary = widgets.get("db").await.expect("primary");
+    let announced = primary
+        .annotations()
+        .get("related-resources.syncagent.kcp.io/credentials.0")
+        .cloned()
+        .expect("the copy is announced on the primary");
+    let announced: serde_json::Value = serde_json::from_str(&announced).expect("JSON");
+    assert_eq!(
+        announced,
+        json!({"namespace": "apps", "name": "db-credentials", "apiVersion": "v1", "kind": "Secret"})
+    );
+
+    // Deleting the primary removes the kcp-origin copy and releases the origin.
+    widgets
+        .delete("db", &DeleteParams::default())
+        .await
+        .expect("consumer deletes");
+    poll_until(
+        "the primary, the config map copy and the finalizer to go",
+        TIMEOUT,
+        async || {
+            let primary = widgets.get_opt("db").await.map_err(|e| e.to_string())?;
+            let copy = local_config_maps
+                .get_opt("settings")
+                .await
+                .map_err(|e| e.to_string())?;
+            let origin = config_maps
+                .get("settings")
+                .await
+                .map_err(|e| e.to_string())?;
+            if primary.is_none() && copy.is_none() && origin.finalizers().is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "primary {}, copy {}, finalizers {:?}",
+                    primary.is_some(),
+                    copy.is_some(),
+                    origin.finalizers()
+                ))
+            }
+        },
+    )
+    .await
+    .expect("deleted");
+    assert!(
+        kcp_secrets
+            .get_opt("db-credentials")
+            .await
+            .expect("get")
+            .is_some(),
+        "without cleanup the provider's secret stays"
+    );
+
+    consumer.delete(&scene.provider.kcp).await.expect("cleanup");
+    scene.provider.cleanup().await.expect("cleanup");
+}

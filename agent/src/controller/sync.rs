@@ -264,6 +264,8 @@ async fn worker_config(
             .as_ref()
             .is_some_and(|s| s.status.is_some()),
         naming,
+        related: pr.spec.related.clone().unwrap_or_default(),
+        kinds: Arc::default(),
         resource_filter,
         namespace_filter,
         spec_mutator: Arc::new(Mutator::compile(

@@ -4,4 +4,5 @@ pub mod identity;
 pub mod naming;
 pub mod object;
 pub mod reconcile;
+pub mod related;
 pub mod worker;

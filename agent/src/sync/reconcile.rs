@@ -19,10 +19,14 @@ use tracing::{debug, info};
 use super::identity::{AGENT_LABEL, FINALIZER, REMOTE_CLUSTER_LABEL, RemoteKey};
 use super::naming::{self, DEFAULT_NAME, DEFAULT_NAMESPACE, NamingContext, NamingError};
 use super::object::{Owner, new_local, update_patch};
+use super::related;
 use super::worker::WorkerConfig;
 use crate::controller::{Context, FIELD_MANAGER};
 use crate::dns;
 use crate::kcp::retarget_url;
+
+/// How often objects with related resources are looked at again.
+const RELATED_RESYNC: Duration = Duration::from_secs(5);
 
 /// Requeue after a write, to confirm the result (as upstream).
 const AFTER_WRITE: Duration = Duration::from_secs(5);
@@ -51,6 +55,9 @@ pub enum SyncError {
     /// The local name is used by the copy of another object.
     #[error("the local name {0:?} belongs to the copy of another object; change the naming rules")]
     NameTaken(String),
+    /// A related object cannot be synced.
+    #[error("related resources: {0}")]
+    Related(String),
     /// The reconcile took too long (a request hung).
     #[error("gave up after {0:?}")]
     Timeout(Duration),
@@ -70,6 +77,7 @@ impl SyncError {
             SyncError::Malformed(_) => "malformed",
             SyncError::Mutation(_) => "mutation",
             SyncError::Timeout(_) => "timeout",
+            SyncError::Related(_) => "related",
             SyncError::NameTaken(_) => "name_taken",
         }
     }
@@ -209,7 +217,7 @@ async fn sync_object(
             return Ok(Outcome::DONE);
         }
         // Deleted in kcp, or no longer selected: the copy goes, then the finalizer.
-        return delete(ctx, config, remote_api, &remote, local, &events).await;
+        return delete(ctx, config, kcp_client, remote_api, &remote, local, &events).await;
     }
     let remote = if remote.finalizers().iter().any(|f| f == FINALIZER) {
         remote
@@ -332,11 +340,53 @@ async fn sync_object(
             )
             .await;
     }
+    if !config.related.is_empty() {
+        let primaries = related::Primaries {
+            kcp: kcp_client,
+            service: &ctx.service,
+            remote: &original,
+            local: &local_value,
+            cluster: &key.cluster,
+            cluster_path: owner.workspace_path.unwrap_or_default(),
+        };
+        let (annotations, related_wrote) =
+            related::sync(&config.related, &config.kinds, &primaries).await?;
+        wrote |= related_wrote;
+        let current = remote.annotations();
+        let missing: serde_json::Map<String, Value> = annotations
+            .into_iter()
+            .filter(|(k, v)| current.get(k).map(String::as_str) != v.as_str())
+            .collect();
+        if !missing.is_empty() {
+            remote_api
+                .patch(
+                    &key.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({"metadata": {"annotations": missing}})),
+                )
+                .await
+                .map_err(SyncError::Kcp)?;
+        }
+        // Without watches on related objects, look again soon for changes
+        // on their origin side.
+        return Ok(Outcome {
+            requeue: Some(RELATED_RESYNC),
+            wrote,
+        });
+    }
     Ok(if wrote {
         Outcome::wrote(AFTER_WRITE)
     } else {
         Outcome::DONE
     })
+}
+
+fn remote_cluster(remote: &DynamicObject) -> String {
+    remote
+        .annotations()
+        .get(crate::api::kcp::CLUSTER_ANNOTATION)
+        .cloned()
+        .unwrap_or_default()
 }
 
 async fn create(
@@ -472,6 +522,7 @@ async fn ensure_namespace(client: &Client, name: &str) -> Result<(), SyncError> 
 async fn delete(
     ctx: &Context,
     config: &WorkerConfig,
+    kcp_client: &Client,
     remote_api: &Api<DynamicObject>,
     remote: &DynamicObject,
     local: Option<DynamicObject>,
@@ -483,6 +534,24 @@ async fn delete(
         return Ok(Outcome::wait(AFTER_WRITE));
     }
     if let Some(local) = local {
+        if !config.related.is_empty() && local.metadata.deletion_timestamp.is_none() {
+            // Related objects first: their copies may need both primaries.
+            let (remote_value, local_value) = (
+                serde_json::to_value(remote).unwrap_or_default(),
+                serde_json::to_value(&local).unwrap_or_default(),
+            );
+            let primaries = related::Primaries {
+                kcp: kcp_client,
+                service: &ctx.service,
+                remote: &remote_value,
+                local: &local_value,
+                cluster: &remote_cluster(remote),
+                cluster_path: "",
+            };
+            if !related::cleanup(&config.related, &config.kinds, &primaries).await? {
+                return Ok(Outcome::wait(Duration::from_secs(2)));
+            }
+        }
         if local.metadata.deletion_timestamp.is_none() {
             let api: Api<DynamicObject> = match local.namespace() {
                 Some(ns) => Api::namespaced_with(ctx.service.clone(), &ns, &config.local),

@@ -17,10 +17,11 @@ use tracing::{debug, info, warn};
 use super::identity::{AGENT_LABEL, RemoteKey};
 use super::reconcile::{self, Target};
 use crate::api::kcp::CLUSTER_ANNOTATION;
-use crate::api::published_resource::ResourceNaming;
+use crate::api::published_resource::{RelatedResourceSpec, ResourceNaming};
 use crate::controller::Context;
 use crate::kcp::retarget_url;
 use crate::mutation::Mutator;
+use crate::sync::related::KindCache;
 
 /// Objects reconciled at the same time by one worker.
 const CONCURRENCY: usize = 4;
@@ -60,6 +61,10 @@ pub struct WorkerConfig {
     pub spec_mutator: Arc<Mutator>,
     /// Rules applied to local copies before their status goes to kcp.
     pub status_mutator: Arc<Mutator>,
+    /// Related resources.
+    pub related: Vec<RelatedResourceSpec>,
+    /// Kinds of related resources, resolved once.
+    pub kinds: Arc<KindCache>,
 }
 
 /// Keys waiting, running, or due again, shared by a worker's tasks.

@@ -1,0 +1,581 @@
+//! Related objects (`spec.related`): Secrets, ConfigMaps or any other
+//! resource that travels with a synced object, from the service cluster to
+//! the consumer's workspace (origin `service`) or the other way (origin
+//! `kcp`).
+//!
+//! Objects are found by a `reference` (a path into the primary object on
+//! each side, arrays allowed, optional regex) or a `template`; namespaces the
+//! same way, defaulting to each primary's namespace. The copy is made or
+//! updated on the destination side; kcp-origin objects carry the agent's
+//! finalizer until their copy is gone; service-origin copies are announced
+//! on the kcp primary in `related-resources.syncagent.kcp.io/<id>.<index>`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::GroupVersion;
+use kube::{Client, ResourceExt};
+use regex::Regex;
+use serde_json::{Map, Value, json};
+use tracing::{debug, info};
+
+use super::identity::FINALIZER;
+use super::naming;
+use super::object::merge_diff;
+use super::reconcile::SyncError;
+use crate::api::published_resource::{
+    RelatedResourceKind, RelatedResourceObjectSpec, RelatedResourceOrigin, RelatedResourceSpec,
+};
+use crate::mutation::{get, split_path};
+
+/// Annotation prefix on kcp primaries naming their service-origin related objects.
+pub const ANNOTATION_PREFIX: &str = "related-resources.syncagent.kcp.io/";
+
+/// Keys that are not copied between sides.
+const NOT_COPIED: &[&str] = &["apiVersion", "kind", "metadata", "status"];
+
+/// Which side an object lives on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Side {
+    Kcp,
+    Service,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Side::Kcp => "kcp",
+            Side::Service => "service",
+        }
+    }
+}
+
+/// Resolved kinds per (side, group, version, resource), shared by a worker.
+#[derive(Debug, Default)]
+pub struct KindCache(Mutex<HashMap<(bool, String, String, String), ApiResource>>);
+
+/// The two primaries and how to reach each side.
+pub struct Primaries<'a> {
+    /// Client for the consumer's workspace (through the virtual workspace).
+    pub kcp: &'a Client,
+    /// Client for the service cluster.
+    pub service: &'a Client,
+    /// The kcp primary.
+    pub remote: &'a Value,
+    /// The local copy of the primary.
+    pub local: &'a Value,
+    /// Logical cluster name of the workspace.
+    pub cluster: &'a str,
+    /// Workspace path, when known.
+    pub cluster_path: &'a str,
+}
+
+impl std::fmt::Debug for Primaries<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Primaries")
+            .field("cluster", &self.cluster)
+            .finish()
+    }
+}
+
+impl Primaries<'_> {
+    fn client(&self, side: Side) -> &Client {
+        match side {
+            Side::Kcp => self.kcp,
+            Side::Service => self.service,
+        }
+    }
+
+    fn primary(&self, side: Side) -> &Value {
+        match side {
+            Side::Kcp => self.remote,
+            Side::Service => self.local,
+        }
+    }
+}
+
+/// One related object, located on both sides.
+#[derive(Debug, Clone)]
+struct Pair {
+    origin_namespace: Option<String>,
+    origin_name: String,
+    destination_namespace: Option<String>,
+    destination_name: String,
+}
+
+fn sides(spec: &RelatedResourceSpec) -> (Side, Side) {
+    match spec.origin {
+        RelatedResourceOrigin::Service => (Side::Service, Side::Kcp),
+        RelatedResourceOrigin::Kcp => (Side::Kcp, Side::Service),
+    }
+}
+
+/// Origin and destination (group, version, resource).
+fn gvrs(spec: &RelatedResourceSpec) -> ((String, String, String), (String, String, String)) {
+    let origin = match spec.kind {
+        Some(RelatedResourceKind::ConfigMap) => (String::new(), "v1".into(), "configmaps".into()),
+        Some(RelatedResourceKind::Secret) => (String::new(), "v1".into(), "secrets".into()),
+        None => (
+            spec.group.clone().unwrap_or_default(),
+            spec.version.clone().unwrap_or_default(),
+            spec.resource.clone().unwrap_or_default(),
+        ),
+    };
+    let projection = spec.projection.clone().unwrap_or_default();
+    let pick = |over: Option<String>, base: &String| {
+        over.filter(|v| !v.is_empty())
+            .unwrap_or_else(|| base.clone())
+    };
+    let destination = (
+        pick(projection.group, &origin.0),
+        pick(projection.version, &origin.1),
+        pick(projection.resource, &origin.2),
+    );
+    (origin, destination)
+}
+
+impl KindCache {
+    async fn resolve(
+        &self,
+        client: &Client,
+        side: Side,
+        gvr: &(String, String, String),
+    ) -> Result<ApiResource, SyncError> {
+        let key = (
+            side == Side::Kcp,
+            gvr.0.clone(),
+            gvr.1.clone(),
+            gvr.2.clone(),
+        );
+        if let Some(found) = self.0.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok(found.clone());
+        }
+        let gv = GroupVersion::gv(&gvr.0, &gvr.1);
+        let group = kube::discovery::oneshot::pinned_group(client, &gv)
+            .await
+            .map_err(|e| match side {
+                Side::Kcp => SyncError::Kcp(e),
+                Side::Service => SyncError::Service(e),
+            })?;
+        let (resource, _) = group
+            .recommended_resources()
+            .into_iter()
+            .find(|(r, _)| r.plural == gvr.2)
+            .ok_or_else(|| {
+                SyncError::Related(format!("{} does not serve {}", side.name(), gvr.2))
+            })?;
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, resource.clone());
+        Ok(resource)
+    }
+}
+
+/// Values a locator yields on one side: reference (strings, arrays of
+/// strings; empty items kept as empty to keep pairs aligned) or template.
+fn locate(
+    spec: &RelatedResourceObjectSpec,
+    side: Side,
+    primaries: &Primaries<'_>,
+) -> Result<Option<Vec<String>>, SyncError> {
+    let primary = primaries.primary(side);
+    if let Some(reference) = &spec.reference {
+        let found = query(primary, &split_path(&reference.path));
+        let values: Vec<String> = match found.as_slice() {
+            [] | [Value::Null] => return Ok(None),
+            [Value::Array(items)] => items.iter().map(text).collect(),
+            many => many.iter().map(text).collect(),
+        };
+        let Some(regex) = &reference.regex else {
+            return Ok(Some(values));
+        };
+        let replacement = regex.replacement.clone().unwrap_or_default();
+        let values = match regex.pattern.as_deref().filter(|p| !p.is_empty()) {
+            None => values.iter().map(|_| replacement.clone()).collect(),
+            Some(pattern) => {
+                let compiled = Regex::new(pattern)
+                    .map_err(|e| SyncError::Related(format!("invalid regex {pattern:?}: {e}")))?;
+                values
+                    .iter()
+                    .map(|v| compiled.replace_all(v, replacement.as_str()).into_owned())
+                    .collect()
+            }
+        };
+        return Ok(Some(values));
+    }
+    if let Some(template) = &spec.template {
+        let pattern = template.template.clone().unwrap_or_default();
+        let translated = naming::translate(&pattern)?;
+        let data = json!({
+            "Side": side.name(),
+            "Object": primary,
+            "ClusterName": primaries.cluster,
+            "ClusterPath": primaries.cluster_path,
+        });
+        let rendered = naming::registry()
+            .render_template(&translated, &data)
+            .map_err(|e| SyncError::Related(format!("template {pattern:?}: {e}")))?;
+        let rendered = rendered.trim().to_string();
+        return Ok((!rendered.is_empty()).then(|| vec![rendered]));
+    }
+    Err(SyncError::Related(
+        "only reference and template locate related objects in this version".into(),
+    ))
+}
+
+/// The values at a path; a `#` segment (gjson's "every item") fans out over
+/// an array, so `spec.users.#.secret` yields one value per user.
+fn query(value: &Value, segments: &[String]) -> Vec<Value> {
+    match segments.split_first() {
+        None => vec![value.clone()],
+        Some((first, rest)) if first == "#" => match value {
+            Value::Array(items) => items
+                .iter()
+                .map(|item| query(item, rest).into_iter().next().unwrap_or(Value::Null))
+                .collect(),
+            _ => Vec::new(),
+        },
+        Some((first, rest)) => get(value, std::slice::from_ref(first))
+            .map(|child| query(child, rest))
+            .unwrap_or_default(),
+    }
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        Value::Object(map) if map.len() == 1 => map.values().next().map(text).unwrap_or_default(),
+        other => other.to_string(),
+    }
+}
+
+async fn pairs(
+    spec: &RelatedResourceSpec,
+    primaries: &Primaries<'_>,
+) -> Result<Vec<Pair>, SyncError> {
+    let (origin, destination) = sides(spec);
+    let namespace = |side: Side| -> Result<Option<String>, SyncError> {
+        match &spec.object.namespace {
+            Some(locator) => Ok(locate(locator, side, primaries)?
+                .and_then(|v| v.into_iter().next())
+                .filter(|v| !v.is_empty())),
+            None => Ok(primaries.primary(side)["metadata"]["namespace"]
+                .as_str()
+                .map(str::to_string)),
+        }
+    };
+    let (origin_namespace, destination_namespace) = (namespace(origin)?, namespace(destination)?);
+    let origin_names = locate(&spec.object.spec, origin, primaries)?.unwrap_or_default();
+    let destination_names = locate(&spec.object.spec, destination, primaries)?.unwrap_or_default();
+    Ok(origin_names
+        .into_iter()
+        .zip(destination_names)
+        .filter(|(o, d)| !o.is_empty() && !d.is_empty())
+        .map(|(origin_name, destination_name)| Pair {
+            origin_namespace: origin_namespace.clone(),
+            origin_name,
+            destination_namespace: destination_namespace.clone(),
+            destination_name,
+        })
+        .collect())
+}
+
+fn api(client: &Client, resource: &ApiResource, namespace: Option<&str>) -> Api<DynamicObject> {
+    match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, resource),
+        None => Api::all_with(client.clone(), resource),
+    }
+}
+
+fn side_error(side: Side) -> impl Fn(kube::Error) -> SyncError {
+    move |e| match side {
+        Side::Kcp => SyncError::Kcp(e),
+        Side::Service => SyncError::Service(e),
+    }
+}
+
+fn copied_fields(object: &Value) -> Map<String, Value> {
+    object
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter(|(k, _)| !NOT_COPIED.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Syncs every related object of a primary. Returns the annotations the kcp
+/// primary should carry, and whether something was written.
+pub async fn sync(
+    related: &[RelatedResourceSpec],
+    kinds: &KindCache,
+    primaries: &Primaries<'_>,
+) -> Result<(Map<String, Value>, bool), SyncError> {
+    let mut annotations = Map::new();
+    let mut wrote = false;
+    for spec in related {
+        let (origin, destination) = sides(spec);
+        let (origin_gvr, destination_gvr) = gvrs(spec);
+        let origin_kind = kinds
+            .resolve(primaries.client(origin), origin, &origin_gvr)
+            .await?;
+        let destination_kind = kinds
+            .resolve(primaries.client(destination), destination, &destination_gvr)
+            .await?;
+        for (index, pair) in pairs(spec, primaries).await?.into_iter().enumerate() {
+            let origin_api = api(
+                primaries.client(origin),
+                &origin_kind,
+                pair.origin_namespace.as_deref(),
+            );
+            let Some(source) = origin_api
+                .get_opt(&pair.origin_name)
+                .await
+                .map_err(side_error(origin))?
+            else {
+                debug!(identifier = %spec.identifier, name = %pair.origin_name, "The related object does not exist yet");
+                continue;
+            };
+            if origin == Side::Kcp && !source.finalizers().iter().any(|f| f == FINALIZER) {
+                let mut finalizers = source.finalizers().to_vec();
+                finalizers.push(FINALIZER.into());
+                let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": source.resource_version()}});
+                origin_api
+                    .patch(
+                        &pair.origin_name,
+                        &PatchParams::default(),
+                        &Patch::Merge(&patch),
+                    )
+                    .await
+                    .map_err(side_error(origin))?;
+            }
+            if let Some(namespace) = &pair.destination_namespace {
+                ensure_namespace(primaries.client(destination), namespace)
+                    .await
+                    .map_err(side_error(destination))?;
+            }
+            let destination_api = api(
+                primaries.client(destination),
+                &destination_kind,
+                pair.destination_namespace.as_deref(),
+            );
+            let source_value = serde_json::to_value(&source).unwrap_or_default();
+            let fields = copied_fields(&source_value);
+            match destination_api
+                .get_opt(&pair.destination_name)
+                .await
+                .map_err(side_error(destination))?
+            {
+                None => {
+                    let mut object = Map::new();
+                    object.insert(
+                        "apiVersion".into(),
+                        destination_kind.api_version.clone().into(),
+                    );
+                    object.insert("kind".into(), destination_kind.kind.clone().into());
+                    let mut metadata = json!({"name": pair.destination_name});
+                    if let Some(ns) = &pair.destination_namespace {
+                        metadata["namespace"] = ns.clone().into();
+                    }
+                    object.insert("metadata".into(), metadata);
+                    object.extend(fields.clone());
+                    let object: DynamicObject = serde_json::from_value(Value::Object(object))
+                        .map_err(|e| SyncError::Malformed(e.to_string()))?;
+                    destination_api
+                        .create(&PostParams::default(), &object)
+                        .await
+                        .map_err(side_error(destination))?;
+                    info!(identifier = %spec.identifier, name = %pair.destination_name, to = destination.name(), "Copied a related object");
+                    wrote = true;
+                }
+                Some(existing) => {
+                    let current =
+                        copied_fields(&serde_json::to_value(&existing).unwrap_or_default());
+                    let patch = merge_diff(&Value::Object(current), &Value::Object(fields.clone()));
+                    if patch != json!({}) {
+                        destination_api
+                            .patch(
+                                &pair.destination_name,
+                                &PatchParams::default(),
+                                &Patch::Merge(&patch),
+                            )
+                            .await
+                            .map_err(side_error(destination))?;
+                        debug!(identifier = %spec.identifier, name = %pair.destination_name, "Updated a related object");
+                        wrote = true;
+                    }
+                }
+            }
+            if spec.sync_status == Some(true)
+                && let Some(status) = source_value.get("status")
+            {
+                let patch = json!({"status": status});
+                if let Err(error) = destination_api
+                    .patch_status(
+                        &pair.destination_name,
+                        &PatchParams::default(),
+                        &Patch::Merge(&patch),
+                    )
+                    .await
+                {
+                    debug!(%error, "The related kind has no status subresource; status not copied");
+                }
+            }
+            if origin == Side::Service {
+                annotations.insert(
+                    format!("{ANNOTATION_PREFIX}{}.{index}", spec.identifier),
+                    json!({
+                        "namespace": pair.destination_namespace.clone().unwrap_or_default(),
+                        "name": pair.destination_name,
+                        "apiVersion": source_value["apiVersion"],
+                        "kind": source_value["kind"],
+                    })
+                    .to_string()
+                    .into(),
+                );
+            }
+        }
+    }
+    Ok((annotations, wrote))
+}
+
+/// On deletion of the primary: removes destination copies that must go
+/// (`cleanup`, or kcp-origin) and releases kcp-origin objects. Returns
+/// whether everything is done.
+pub async fn cleanup(
+    related: &[RelatedResourceSpec],
+    kinds: &KindCache,
+    primaries: &Primaries<'_>,
+) -> Result<bool, SyncError> {
+    let mut done = true;
+    for spec in related {
+        let (origin, destination) = sides(spec);
+        if !(spec.cleanup == Some(true) || origin == Side::Kcp) {
+            continue;
+        }
+        let (origin_gvr, destination_gvr) = gvrs(spec);
+        let origin_kind = kinds
+            .resolve(primaries.client(origin), origin, &origin_gvr)
+            .await?;
+        let destination_kind = kinds
+            .resolve(primaries.client(destination), destination, &destination_gvr)
+            .await?;
+        for pair in pairs(spec, primaries).await? {
+            let destination_api = api(
+                primaries.client(destination),
+                &destination_kind,
+                pair.destination_namespace.as_deref(),
+            );
+            if let Some(copy) = destination_api
+                .get_opt(&pair.destination_name)
+                .await
+                .map_err(side_error(destination))?
+            {
+                if copy.metadata.deletion_timestamp.is_none() {
+                    destination_api
+                        .delete(&pair.destination_name, &DeleteParams::background())
+                        .await
+                        .map_err(side_error(destination))?;
+                }
+                done = false;
+                continue;
+            }
+            if origin == Side::Kcp {
+                let origin_api = api(
+                    primaries.client(origin),
+                    &origin_kind,
+                    pair.origin_namespace.as_deref(),
+                );
+                if let Some(source) = origin_api
+                    .get_opt(&pair.origin_name)
+                    .await
+                    .map_err(side_error(origin))?
+                    && source.finalizers().iter().any(|f| f == FINALIZER)
+                {
+                    let finalizers: Vec<&String> = source
+                        .finalizers()
+                        .iter()
+                        .filter(|f| *f != FINALIZER)
+                        .collect();
+                    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": source.resource_version()}});
+                    origin_api
+                        .patch(
+                            &pair.origin_name,
+                            &PatchParams::default(),
+                            &Patch::Merge(&patch),
+                        )
+                        .await
+                        .map_err(side_error(origin))?;
+                }
+            }
+        }
+    }
+    Ok(done)
+}
+
+async fn ensure_namespace(client: &Client, name: &str) -> Result<(), kube::Error> {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    if api.get_opt(name).await?.is_some() {
+        return Ok(());
+    }
+    let namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap_or_default();
+    match api.create(&PostParams::default(), &namespace).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legacy_kinds_and_projections_give_the_gvr_of_each_side() {
+        let spec: RelatedResourceSpec = serde_json::from_value(json!({
+            "identifier": "ca", "origin": "service", "version": "v1", "resource": "configmaps",
+            "projection": {"resource": "secrets"}, "object": {"reference": {"path": "spec.ca"}}
+        }))
+        .expect("spec");
+        let (origin, destination) = gvrs(&spec);
+        assert_eq!(origin, (String::new(), "v1".into(), "configmaps".into()));
+        assert_eq!(destination, (String::new(), "v1".into(), "secrets".into()));
+        let legacy: RelatedResourceSpec = serde_json::from_value(json!({
+            "identifier": "c", "origin": "kcp", "kind": "Secret", "object": {"reference": {"path": "a"}}
+        }))
+        .expect("spec");
+        assert_eq!(gvrs(&legacy).0.2, "secrets");
+        assert_eq!(sides(&legacy), (Side::Kcp, Side::Service));
+    }
+
+    #[tokio::test]
+    async fn references_read_arrays_and_apply_a_regex() {
+        let remote = json!({"spec": {"users": [{"secret": "a"}, {"secret": ""}, {"secret": "c"}]}});
+        let primaries = Primaries {
+            kcp: &dummy_client(),
+            service: &dummy_client(),
+            remote: &remote,
+            local: &remote,
+            cluster: "c1",
+            cluster_path: "",
+        };
+        let locator: RelatedResourceObjectSpec = serde_json::from_value(json!({
+            "reference": {"path": "spec.users.#.secret", "regex": {"pattern": "^(.+)$", "replacement": "user-$1"}}
+        }))
+        .expect("locator");
+        let found = locate(&locator, Side::Kcp, &primaries)
+            .expect("located")
+            .expect("some");
+        assert_eq!(found, ["user-a", "", "user-c"]);
+    }
+
+    fn dummy_client() -> Client {
+        let config = kube::Config::new("http://127.0.0.1:1".parse().expect("url"));
+        Client::try_from(config).expect("client")
+    }
+}
