@@ -140,15 +140,7 @@ async fn run(options: Options, stopped: watch::Receiver<bool>) -> anyhow::Result
         None
     };
 
-    let ctx = Context::new(
-        service,
-        kcp,
-        agent_name,
-        options.published_resource_selector.clone(),
-        metrics,
-        identity,
-        options.wait_for_foreign_finalizers,
-    );
+    let ctx = Context::new(service, kcp, &options, metrics, identity);
     let mut controllers = JoinSet::new();
     if options.runs(ControllerName::ApiResourceSchema) {
         controllers.spawn(controller::schemas::run(

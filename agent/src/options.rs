@@ -95,6 +95,13 @@ pub struct Options {
     #[arg(long, default_value_t = false)]
     pub wait_for_foreign_finalizers: bool,
 
+    /// Put a finalizer of this agent's own (`syncagent.kcp.io/cleanup-<agent-name>`)
+    /// on kcp-origin related objects instead of the shared
+    /// `syncagent.kcp.io/cleanup`, so two agents sharing an object never block
+    /// its deletion (upstream #172).
+    #[arg(long, default_value_t = false)]
+    pub per_agent_related_finalizer: bool,
+
     /// Log format.
     #[arg(long, value_enum, ignore_case = true, default_value = "json")]
     pub log_format: LogFormat,
@@ -130,6 +137,15 @@ impl Options {
             .clone()
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| format!("{}-syncagent", self.endpoint_slice))
+    }
+
+    /// The finalizer put on kcp-origin related objects.
+    pub fn related_finalizer(&self) -> String {
+        if self.per_agent_related_finalizer {
+            format!("{}-{}", crate::sync::identity::FINALIZER, self.agent_name())
+        } else {
+            crate::sync::identity::FINALIZER.to_string()
+        }
     }
 
     /// Whether a controller runs.

@@ -1194,3 +1194,211 @@ async fn related_objects_travel_both_ways_and_kcp_origin_ones_are_released_on_de
     consumer.delete(&scene.provider.kcp).await.expect("cleanup");
     scene.provider.cleanup().await.expect("cleanup");
 }
+
+#[tokio::test]
+async fn related_objects_by_selector_array_reference_and_projection_with_cleanup() {
+    let scene = Scene::with_agent_args(
+        "relsel",
+        json!({"related": [
+            {"identifier": "by-selector", "origin": "service", "version": "v1", "resource": "configmaps",
+             "object": {"selector": {"matchLabels": {"owner": "{{ .ClusterName }}"},
+                                     "rewrite": {"template": {"template": "{{ .Value }}-copy"}}}}},
+            {"identifier": "users", "origin": "kcp", "kind": "Secret",
+             "object": {"reference": {"path": "spec.users.#.secret"}}},
+            {"identifier": "ca", "origin": "service", "version": "v1", "resource": "configmaps",
+             "projection": {"resource": "secrets"}, "cleanup": true,
+             "object": {"template": {"template": "ca"},
+                        "namespace": {"template": {"template": "{{ .ClusterName }}-ca"}}}}
+        ]}),
+        &["--per-agent-related-finalizer"],
+    )
+    .await;
+    let provider = &scene.provider;
+    let (consumer, client) = scene.consumer("consumer").await;
+    let secrets = |c: &Client, ns: &str| -> Api<k8s_openapi::api::core::v1::Secret> {
+        Api::namespaced(c.clone(), ns)
+    };
+    for name in ["u1", "u2"] {
+        let secret = serde_json::from_value(
+            json!({"metadata": {"name": name}, "stringData": {"user": name}}),
+        )
+        .expect("secret");
+        secrets(&client, "apps")
+            .create(&PostParams::default(), &secret)
+            .await
+            .expect("consumer's secret");
+    }
+    let mut widget = DynamicObject::new("db", &scene.resource).within("apps");
+    widget.data = json!({"spec": {"color": "c", "users": [{"secret": "u1"}, {"secret": ""}, {"secret": "u2"}]}});
+    let widgets = scene.kcp_widgets(&client);
+    poll_until("a widget", TIMEOUT, async || {
+        widgets
+            .create(&PostParams::default(), &widget)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .expect("created");
+    let local = scene.local_copy(&consumer.cluster, "db").await;
+    let local_ns = local.namespace().expect("namespaced");
+
+    // Array reference: both consumer secrets reach the service cluster, the empty item is skipped.
+    let wait_for_user = async |name: &str, value: &str| {
+        poll_until(
+            &format!("secret {name} on the service cluster"),
+            TIMEOUT,
+            async || {
+                let copy = secrets(&provider.service, &local_ns)
+                    .get_opt(name)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match copy
+                    .and_then(|s| s.data)
+                    .and_then(|d| d.get("user").cloned())
+                {
+                    Some(v) if v.0 == value.as_bytes() => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        )
+        .await
+    };
+    wait_for_user("u1", "u1").await.expect("u1");
+    wait_for_user("u2", "u2").await.expect("u2");
+    let per_agent = format!("syncagent.kcp.io/cleanup-{}", provider.agent_name);
+    let origin = secrets(&client, "apps").get("u1").await.expect("origin");
+    assert!(
+        origin.finalizers().contains(&per_agent),
+        "{:?}",
+        origin.finalizers()
+    );
+
+    // An edit on the origin side reaches the copy within seconds.
+    secrets(&client, "apps")
+        .patch(
+            "u1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"user": "changed"}})),
+        )
+        .await
+        .expect("consumer edits");
+    wait_for_user("u1", "changed")
+        .await
+        .expect("edit propagated");
+
+    // Selector with a templated label: the provider's ConfigMap labelled for
+    // this workspace reaches kcp under its rewritten name.
+    let labelled: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "endpoint", "labels": {"owner": consumer.cluster}}, "data": {"url": "https://db"}
+    }))
+    .expect("config map");
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(provider.service.clone(), &local_ns)
+        .create(&PostParams::default(), &labelled)
+        .await
+        .expect("provider's config map");
+    let kcp_config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), "apps");
+    poll_until("the selected config map in kcp", TIMEOUT, async || {
+        let copy = kcp_config_maps
+            .get_opt("endpoint-copy")
+            .await
+            .map_err(|e| e.to_string())?;
+        match copy.and_then(|c| c.data) {
+            Some(data) if data.get("url").map(String::as_str) == Some("https://db") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .expect("selected");
+
+    // Projection ConfigMap → Secret, into a kcp namespace that does not exist yet.
+    let ca_ns = format!("{}-ca", consumer.cluster);
+    let namespace = Namespace {
+        metadata: ObjectMeta {
+            name: Some(ca_ns.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(provider.service.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .expect("provider's ca namespace");
+    let ca: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "ca"}, "data": {"ca.crt": "Q0E="}
+    }))
+    .expect("ca");
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(provider.service.clone(), &ca_ns)
+        .create(&PostParams::default(), &ca)
+        .await
+        .expect("provider's ca");
+    poll_until(
+        "the ca as a Secret in a new kcp namespace",
+        TIMEOUT,
+        async || {
+            let copy = secrets(&client, &ca_ns)
+                .get_opt("ca")
+                .await
+                .map_err(|e| e.to_string())?;
+            match copy
+                .and_then(|s| s.data)
+                .and_then(|d| d.get("ca.crt").cloned())
+            {
+                Some(v) if v.0 == b"CA" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+    .expect("projected");
+
+    // Deleting the primary: kcp-origin copies go, origins are released, and
+    // the ca copy goes too (cleanup: true); the selected copy stays.
+    widgets
+        .delete("db", &DeleteParams::default())
+        .await
+        .expect("consumer deletes");
+    poll_until("cleanup after the primary", TIMEOUT, async || {
+        let primary = widgets.get_opt("db").await.map_err(|e| e.to_string())?;
+        let u1_copy = secrets(&provider.service, &local_ns)
+            .get_opt("u1")
+            .await
+            .map_err(|e| e.to_string())?;
+        let ca_copy = secrets(&client, &ca_ns)
+            .get_opt("ca")
+            .await
+            .map_err(|e| e.to_string())?;
+        let origin = secrets(&client, "apps")
+            .get("u1")
+            .await
+            .map_err(|e| e.to_string())?;
+        if primary.is_none()
+            && u1_copy.is_none()
+            && ca_copy.is_none()
+            && origin.finalizers().is_empty()
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "primary {} u1 copy {} ca copy {} finalizers {:?}",
+                primary.is_some(),
+                u1_copy.is_some(),
+                ca_copy.is_some(),
+                origin.finalizers()
+            ))
+        }
+    })
+    .await
+    .expect("cleaned up");
+    assert!(
+        kcp_config_maps
+            .get_opt("endpoint-copy")
+            .await
+            .expect("get")
+            .is_some()
+    );
+
+    consumer.delete(&provider.kcp).await.expect("cleanup");
+    provider.cleanup().await.expect("cleanup");
+}

@@ -12,6 +12,7 @@ use kube_runtime::events::{Recorder, Reporter};
 
 use crate::kcp::KcpTarget;
 use crate::metrics::Metrics;
+use crate::options::Options;
 
 /// Field manager and event reporter of everything the agent writes.
 pub const FIELD_MANAGER: &str = "sync-agent";
@@ -35,6 +36,9 @@ pub struct Context {
     pub kcp_events: Recorder,
     /// Wait for other finalizers on kcp objects before deleting copies.
     pub wait_for_foreign_finalizers: bool,
+    /// Finalizer on kcp-origin related objects: `syncagent.kcp.io/cleanup`,
+    /// or one per agent with `--per-agent-related-finalizer`.
+    pub related_finalizer: String,
 }
 
 impl std::fmt::Debug for Context {
@@ -52,11 +56,9 @@ impl Context {
     pub fn new(
         service: Client,
         kcp: KcpTarget,
-        agent_name: String,
-        selector: String,
+        options: &Options,
         metrics: Metrics,
         instance: String,
-        wait_for_foreign_finalizers: bool,
     ) -> Arc<Self> {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
@@ -67,10 +69,11 @@ impl Context {
             kcp_events: Recorder::new(kcp.export_client.clone(), reporter),
             service,
             kcp,
-            agent_name,
-            selector,
+            agent_name: options.agent_name(),
+            selector: options.published_resource_selector.clone(),
             metrics,
-            wait_for_foreign_finalizers,
+            wait_for_foreign_finalizers: options.wait_for_foreign_finalizers,
+            related_finalizer: options.related_finalizer(),
         })
     }
 }

@@ -349,11 +349,25 @@ async fn sync_object(
             cluster: &key.cluster,
             cluster_path: owner.workspace_path.unwrap_or_default(),
         };
-        let (annotations, related_wrote) =
-            related::sync(&config.related, &config.kinds, &primaries).await?;
-        wrote |= related_wrote;
+        let synced = related::sync(
+            &config.related,
+            &config.kinds,
+            &primaries,
+            &ctx.related_finalizer,
+        )
+        .await?;
+        wrote |= synced.wrote;
+        if !synced.missing.is_empty() {
+            events
+                .normal(
+                    "RelatedResourceMissing",
+                    &format!("waiting for related objects: {}", synced.missing.join(", ")),
+                )
+                .await;
+        }
         let current = remote.annotations();
-        let missing: serde_json::Map<String, Value> = annotations
+        let missing: serde_json::Map<String, Value> = synced
+            .annotations
             .into_iter()
             .filter(|(k, v)| current.get(k).map(String::as_str) != v.as_str())
             .collect();
@@ -548,7 +562,14 @@ async fn delete(
                 cluster: &remote_cluster(remote),
                 cluster_path: "",
             };
-            if !related::cleanup(&config.related, &config.kinds, &primaries).await? {
+            if !related::cleanup(
+                &config.related,
+                &config.kinds,
+                &primaries,
+                &ctx.related_finalizer,
+            )
+            .await?
+            {
                 return Ok(Outcome::wait(Duration::from_secs(2)));
             }
         }

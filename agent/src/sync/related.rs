@@ -20,12 +20,12 @@ use regex::Regex;
 use serde_json::{Map, Value, json};
 use tracing::{debug, info};
 
-use super::identity::FINALIZER;
 use super::naming;
 use super::object::merge_diff;
 use super::reconcile::SyncError;
 use crate::api::published_resource::{
-    RelatedResourceKind, RelatedResourceObjectSpec, RelatedResourceOrigin, RelatedResourceSpec,
+    RelatedResourceKind, RelatedResourceObjectSelector, RelatedResourceObjectSpec,
+    RelatedResourceOrigin, RelatedResourceSpec,
 };
 use crate::mutation::{get, split_path};
 
@@ -255,6 +255,7 @@ fn text(value: &Value) -> String {
 async fn pairs(
     spec: &RelatedResourceSpec,
     primaries: &Primaries<'_>,
+    origin_kind: &ApiResource,
 ) -> Result<Vec<Pair>, SyncError> {
     let (origin, destination) = sides(spec);
     let namespace = |side: Side| -> Result<Option<String>, SyncError> {
@@ -268,8 +269,20 @@ async fn pairs(
         }
     };
     let (origin_namespace, destination_namespace) = (namespace(origin)?, namespace(destination)?);
-    let origin_names = locate(&spec.object.spec, origin, primaries)?.unwrap_or_default();
-    let destination_names = locate(&spec.object.spec, destination, primaries)?.unwrap_or_default();
+    let (origin_names, destination_names) = match &spec.object.spec.selector {
+        Some(selector) => {
+            let origin_api = api(
+                primaries.client(origin),
+                origin_kind,
+                origin_namespace.as_deref(),
+            );
+            select(selector, &origin_api, origin, primaries).await?
+        }
+        None => (
+            locate(&spec.object.spec, origin, primaries)?.unwrap_or_default(),
+            locate(&spec.object.spec, destination, primaries)?.unwrap_or_default(),
+        ),
+    };
     Ok(origin_names
         .into_iter()
         .zip(destination_names)
@@ -281,6 +294,84 @@ async fn pairs(
             destination_name,
         })
         .collect())
+}
+
+/// Objects found by a label selector on the origin side, and their names on
+/// the destination side after the rewrite rule. Label keys and values may be
+/// templates over `.LocalObject`, `.RemoteObject`, `.ClusterName` and
+/// `.ClusterPath`; a pair whose key renders empty is dropped.
+async fn select(
+    selector: &RelatedResourceObjectSelector,
+    origin_api: &Api<DynamicObject>,
+    origin: Side,
+    primaries: &Primaries<'_>,
+) -> Result<(Vec<String>, Vec<String>), SyncError> {
+    let data = json!({
+        "LocalObject": primaries.local,
+        "RemoteObject": primaries.remote,
+        "ClusterName": primaries.cluster,
+        "ClusterPath": primaries.cluster_path,
+    });
+    let render = |text: &str| -> Result<String, SyncError> {
+        if !text.contains("{{") {
+            return Ok(text.to_string());
+        }
+        let template = naming::translate(text)?;
+        naming::registry()
+            .render_template(&template, &data)
+            .map(|r| r.trim().to_string())
+            .map_err(|e| SyncError::Related(format!("selector template {text:?}: {e}")))
+    };
+    let mut labels = std::collections::BTreeMap::new();
+    for (key, value) in selector.match_labels.clone().unwrap_or_default() {
+        let key = render(&key)?;
+        if !key.is_empty() {
+            labels.insert(key, render(&value)?);
+        }
+    }
+    let label_selector = k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+        match_labels: Some(labels),
+        match_expressions: selector.match_expressions.clone(),
+    };
+    let selector_text = kube::core::Selector::try_from(label_selector)
+        .map_err(|e| SyncError::Related(format!("invalid selector: {e}")))?
+        .to_string();
+    let found = origin_api
+        .list(&kube::api::ListParams::default().labels(&selector_text))
+        .await
+        .map_err(side_error(origin))?;
+    let mut origin_names: Vec<String> = found.items.iter().map(|o| o.name_any()).collect();
+    origin_names.sort();
+    let rewrite = &selector.rewrite;
+    let destination_names = origin_names
+        .iter()
+        .map(|name| {
+            if let Some(regex) = &rewrite.regex {
+                let replacement = regex.replacement.clone().unwrap_or_default();
+                return match regex.pattern.as_deref().filter(|p| !p.is_empty()) {
+                    None => Ok(replacement),
+                    Some(pattern) => Regex::new(pattern)
+                        .map(|r| r.replace_all(name, replacement.as_str()).into_owned())
+                        .map_err(|e| SyncError::Related(format!("invalid regex {pattern:?}: {e}"))),
+                };
+            }
+            match rewrite.template.as_ref().and_then(|t| t.template.clone()) {
+                Some(template) => {
+                    let translated = naming::translate(&template)?;
+                    let mut data = data.clone();
+                    data["Value"] = name.clone().into();
+                    naming::registry()
+                        .render_template(&translated, &data)
+                        .map(|r| r.trim().to_string())
+                        .map_err(|e| {
+                            SyncError::Related(format!("rewrite template {template:?}: {e}"))
+                        })
+                }
+                None => Ok(name.clone()),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((origin_names, destination_names))
 }
 
 fn api(client: &Client, resource: &ApiResource, namespace: Option<&str>) -> Api<DynamicObject> {
@@ -309,15 +400,27 @@ fn copied_fields(object: &Value) -> Map<String, Value> {
         .unwrap_or_default()
 }
 
-/// Syncs every related object of a primary. Returns the annotations the kcp
-/// primary should carry, and whether something was written.
+/// What syncing the related objects of one primary did.
+#[derive(Debug, Default)]
+pub struct Synced {
+    /// Annotations the kcp primary should carry.
+    pub annotations: Map<String, Value>,
+    /// Whether something was written.
+    pub wrote: bool,
+    /// Identifiers of related resources whose origin object is missing.
+    pub missing: Vec<String>,
+}
+
+/// Syncs every related object of a primary.
 pub async fn sync(
     related: &[RelatedResourceSpec],
     kinds: &KindCache,
     primaries: &Primaries<'_>,
-) -> Result<(Map<String, Value>, bool), SyncError> {
+    finalizer: &str,
+) -> Result<Synced, SyncError> {
     let mut annotations = Map::new();
     let mut wrote = false;
+    let mut missing = Vec::new();
     for spec in related {
         let (origin, destination) = sides(spec);
         let (origin_gvr, destination_gvr) = gvrs(spec);
@@ -327,7 +430,11 @@ pub async fn sync(
         let destination_kind = kinds
             .resolve(primaries.client(destination), destination, &destination_gvr)
             .await?;
-        for (index, pair) in pairs(spec, primaries).await?.into_iter().enumerate() {
+        let found = pairs(spec, primaries, &origin_kind).await?;
+        if found.is_empty() {
+            missing.push(spec.identifier.clone());
+        }
+        for (index, pair) in found.into_iter().enumerate() {
             let origin_api = api(
                 primaries.client(origin),
                 &origin_kind,
@@ -339,11 +446,12 @@ pub async fn sync(
                 .map_err(side_error(origin))?
             else {
                 debug!(identifier = %spec.identifier, name = %pair.origin_name, "The related object does not exist yet");
+                missing.push(spec.identifier.clone());
                 continue;
             };
-            if origin == Side::Kcp && !source.finalizers().iter().any(|f| f == FINALIZER) {
+            if origin == Side::Kcp && !source.finalizers().iter().any(|f| f == finalizer) {
                 let mut finalizers = source.finalizers().to_vec();
-                finalizers.push(FINALIZER.into());
+                finalizers.push(finalizer.into());
                 let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": source.resource_version()}});
                 origin_api
                     .patch(
@@ -441,7 +549,11 @@ pub async fn sync(
             }
         }
     }
-    Ok((annotations, wrote))
+    Ok(Synced {
+        annotations,
+        wrote,
+        missing,
+    })
 }
 
 /// On deletion of the primary: removes destination copies that must go
@@ -451,6 +563,7 @@ pub async fn cleanup(
     related: &[RelatedResourceSpec],
     kinds: &KindCache,
     primaries: &Primaries<'_>,
+    finalizer: &str,
 ) -> Result<bool, SyncError> {
     let mut done = true;
     for spec in related {
@@ -465,7 +578,7 @@ pub async fn cleanup(
         let destination_kind = kinds
             .resolve(primaries.client(destination), destination, &destination_gvr)
             .await?;
-        for pair in pairs(spec, primaries).await? {
+        for pair in pairs(spec, primaries, &origin_kind).await? {
             let destination_api = api(
                 primaries.client(destination),
                 &destination_kind,
@@ -495,12 +608,12 @@ pub async fn cleanup(
                     .get_opt(&pair.origin_name)
                     .await
                     .map_err(side_error(origin))?
-                    && source.finalizers().iter().any(|f| f == FINALIZER)
+                    && source.finalizers().iter().any(|f| f == finalizer)
                 {
                     let finalizers: Vec<&String> = source
                         .finalizers()
                         .iter()
-                        .filter(|f| *f != FINALIZER)
+                        .filter(|f| *f != finalizer)
                         .collect();
                     let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": source.resource_version()}});
                     origin_api
