@@ -1402,3 +1402,115 @@ async fn related_objects_by_selector_array_reference_and_projection_with_cleanup
     consumer.delete(&provider.kcp).await.expect("cleanup");
     provider.cleanup().await.expect("cleanup");
 }
+
+#[tokio::test]
+async fn related_status_is_copied_only_when_asked() {
+    let scene = Scene::new("relstatus", json!({})).await;
+    let provider = &scene.provider;
+    let group = provider.group.clone();
+    provider
+        .apply_crd("Cert", &[("v1", true, true)], "host")
+        .await
+        .expect("CRD");
+    let certs_pr = provider
+        .create_pr("certs", json!({"resource": {"apiGroup": group, "kind": "Cert"}, "synchronization": {"enabled": false}}))
+        .await
+        .expect("PR");
+    provider
+        .wait_for_schema_name(&certs_pr, None)
+        .await
+        .expect("schema");
+    let widgets_pr = format!("{}-widgets", provider.agent_name);
+    provider
+        .prs()
+        .patch(&widgets_pr, &PatchParams::default(), &Patch::Merge(json!({"spec": {"related": [
+            {"identifier": "with-status", "origin": "service", "group": group, "version": "v1", "resource": "certs",
+             "syncStatus": true, "watch": {"byOwner": {}}, "object": {"reference": {"path": "spec.certName"}}},
+            {"identifier": "without-status", "origin": "service", "group": group, "version": "v1", "resource": "certs",
+             "object": {"reference": {"path": "spec.otherCertName"}}}
+        ]}})))
+        .await
+        .expect("related added");
+    provider
+        .wait_for_export("both schemas", |e| {
+            if e.spec.resources.len() == 2 {
+                Ok(())
+            } else {
+                Err(format!("{}", e.spec.resources.len()))
+            }
+        })
+        .await
+        .expect("export");
+    let (consumer, client) = scene.consumer("consumer").await;
+    let mut widget = DynamicObject::new("site", &scene.resource).within("apps");
+    widget.data = json!({"spec": {"color": "c", "certName": "tls", "otherCertName": "tls-other"}});
+    let widgets = scene.kcp_widgets(&client);
+    poll_until("a widget", TIMEOUT, async || {
+        widgets
+            .create(&PostParams::default(), &widget)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .expect("created");
+    let local = scene.local_copy(&consumer.cluster, "site").await;
+    let local_ns = local.namespace().expect("namespaced");
+
+    let cert_resource =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(&group, "v1", "Cert"), "certs");
+    let local_certs: Api<DynamicObject> =
+        Api::namespaced_with(provider.service.clone(), &local_ns, &cert_resource);
+    for name in ["tls", "tls-other"] {
+        let mut cert = DynamicObject::new(name, &cert_resource).within(&local_ns);
+        cert.data = json!({"spec": {"host": "db.example"}});
+        local_certs
+            .create(&PostParams::default(), &cert)
+            .await
+            .expect("provider's cert");
+        local_certs
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"ready": true}})),
+            )
+            .await
+            .expect("provider's status");
+    }
+    let kcp_certs: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), "apps", &cert_resource);
+    poll_until("the cert with its status in kcp", TIMEOUT, async || {
+        let copy = kcp_certs
+            .get_opt("tls")
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("no copy")?;
+        if copy.data["status"]["ready"] == true {
+            Ok(())
+        } else {
+            Err(copy.data.to_string())
+        }
+    })
+    .await
+    .expect("status copied");
+    let other = poll_until("the other cert in kcp", TIMEOUT, async || {
+        kcp_certs
+            .get_opt("tls-other")
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "no copy".to_string())
+    })
+    .await
+    .expect("copied");
+    assert_eq!(other.data["spec"]["host"], "db.example");
+    assert!(
+        other
+            .data
+            .get("status")
+            .is_none_or(|s| s.get("ready").is_none()),
+        "status is not copied by default"
+    );
+
+    consumer.delete(&provider.kcp).await.expect("cleanup");
+    provider.cleanup().await.expect("cleanup");
+}
