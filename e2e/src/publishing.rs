@@ -274,6 +274,13 @@ impl Provider {
     /// until the binding is bound.
     pub async fn bind_consumer(&self, prefix: &str) -> anyhow::Result<TestWorkspace> {
         let consumer = self.kcp.create_workspace("root", prefix).await?;
+        self.bind(&consumer).await?;
+        Ok(consumer)
+    }
+
+    /// Binds an existing workspace to the export, accepting every claim the
+    /// export makes now, and waits until the binding is bound.
+    pub async fn bind(&self, consumer: &TestWorkspace) -> anyhow::Result<()> {
         let export = self.export().await?;
         let claims: Vec<Value> = export
             .spec
@@ -296,7 +303,7 @@ impl Provider {
             .await
             .context("creating the APIBinding")?;
         crate::kcp::wait_for_bound(&api, &self.export).await?;
-        Ok(consumer)
+        Ok(())
     }
 
     /// Deletes what the provider made: PublishedResources, CRDs, namespace

@@ -1514,3 +1514,150 @@ async fn related_status_is_copied_only_when_asked() {
     consumer.delete(&provider.kcp).await.expect("cleanup");
     provider.cleanup().await.expect("cleanup");
 }
+
+#[tokio::test]
+async fn a_related_kind_from_another_export_is_claimed_with_its_identity_hash_and_synced() {
+    // Another provider exports `Thing`; its export's identity hash names it.
+    let other = Provider::new("foreignexp").await.expect("other provider");
+    other
+        .apply_crd("Thing", &[("v1", true, true)], "value")
+        .await
+        .expect("CRD");
+    let schema_name = format!("v1.things.{}", other.group);
+    let schema: sync_agent::api::kcp::apis_v1alpha1::APIResourceSchema = serde_json::from_value(json!({
+        "apiVersion": "apis.kcp.io/v1alpha1", "kind": "APIResourceSchema",
+        "metadata": {"name": schema_name},
+        "spec": {"group": other.group, "scope": "Namespaced",
+                 "names": {"plural": "things", "singular": "thing", "kind": "Thing", "listKind": "ThingList"},
+                 "versions": [{"name": "v1", "served": true, "storage": true,
+                               "schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}]}
+    }))
+    .expect("schema");
+    Api::<sync_agent::api::kcp::apis_v1alpha1::APIResourceSchema>::all(other.kcp_client.clone())
+        .create(&PostParams::default(), &schema)
+        .await
+        .expect("schema created");
+    let mut export = other.export().await.expect("export");
+    export.spec.resources =
+        vec![serde_json::from_value(json!({
+        "group": other.group, "name": "things", "schema": schema_name, "storage": {"crd": {}}
+    }))
+    .expect("resource")];
+    Api::<sync_agent::api::kcp::apis_v1alpha2::APIExport>::all(other.kcp_client.clone())
+        .replace(&other.export, &PostParams::default(), &export)
+        .await
+        .expect("export serves things");
+    let identity_hash = other
+        .wait_for_export("an identity hash", |e| {
+            match e.status.as_ref().map(|s| s.identity_hash.clone()) {
+                Some(hash) if !hash.is_empty() => Ok(()),
+                _ => Err("none".into()),
+            }
+        })
+        .await
+        .expect("hash")
+        .status
+        .map(|s| s.identity_hash)
+        .unwrap_or_default();
+
+    let scene = Scene::new(
+        "idhash",
+        json!({"related": [{"identifier": "thing", "origin": "kcp", "group": other.group, "version": "v1",
+                            "resource": "things", "identityHash": identity_hash,
+                            "object": {"reference": {"path": "spec.thingName"}}}]}),
+    )
+    .await;
+    let provider = &scene.provider;
+    let claimed = provider.export().await.expect("export");
+    assert!(
+        claimed
+            .spec
+            .permission_claims
+            .iter()
+            .any(|c| c.resource == "things" && c.identity_hash == identity_hash),
+        "the agent claims the foreign kind with its identity hash: {:?}",
+        claimed.spec.permission_claims
+    );
+
+    let consumer = provider
+        .kcp
+        .create_workspace("root", "consumer")
+        .await
+        .expect("workspace");
+    other
+        .bind(&consumer)
+        .await
+        .expect("bound to the other export");
+    provider
+        .bind(&consumer)
+        .await
+        .expect("bound to the offering, claims accepted");
+    let client = provider.kcp.client(&consumer.path).expect("client");
+    let namespace = Namespace {
+        metadata: ObjectMeta {
+            name: Some("apps".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .expect("namespace");
+    let thing_resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(&other.group, "v1", "Thing"),
+        "things",
+    );
+    let mut thing = DynamicObject::new("t1", &thing_resource).within("apps");
+    thing.data = json!({"spec": {"value": "42"}});
+    let things: Api<DynamicObject> = Api::namespaced_with(client.clone(), "apps", &thing_resource);
+    poll_until("a thing", TIMEOUT, async || {
+        things
+            .create(&PostParams::default(), &thing)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .expect("thing");
+    let mut widget = DynamicObject::new("w", &scene.resource).within("apps");
+    widget.data = json!({"spec": {"color": "c", "thingName": "t1"}});
+    let widgets = scene.kcp_widgets(&client);
+    poll_until("a widget", TIMEOUT, async || {
+        widgets
+            .create(&PostParams::default(), &widget)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .expect("widget");
+    let local = scene.local_copy(&consumer.cluster, "w").await;
+    let local_things: Api<DynamicObject> = Api::namespaced_with(
+        provider.service.clone(),
+        &local.namespace().expect("ns"),
+        &thing_resource,
+    );
+    poll_until(
+        "the foreign thing on the service cluster",
+        TIMEOUT,
+        async || {
+            let copy = local_things
+                .get_opt("t1")
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("no copy")?;
+            if copy.data["spec"]["value"] == "42" {
+                Ok(())
+            } else {
+                Err(copy.data.to_string())
+            }
+        },
+    )
+    .await
+    .expect("synced");
+
+    consumer.delete(&provider.kcp).await.expect("cleanup");
+    provider.cleanup().await.expect("cleanup");
+    other.cleanup().await.expect("cleanup");
+}
