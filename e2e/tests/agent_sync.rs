@@ -1661,3 +1661,81 @@ async fn a_related_kind_from_another_export_is_claimed_with_its_identity_hash_an
     provider.cleanup().await.expect("cleanup");
     other.cleanup().await.expect("cleanup");
 }
+
+#[tokio::test]
+async fn a_watched_related_object_wakes_its_primary_at_once() {
+    let scene = Scene::new(
+        "relwatch",
+        json!({"related": [{"identifier": "endpoint", "origin": "service", "version": "v1", "resource": "configmaps",
+                            "watch": {"byOwner": {}}, "object": {"reference": {"path": "spec.configName"}}}]}),
+    )
+    .await;
+    let provider = &scene.provider;
+    let (consumer, client) = scene.consumer("consumer").await;
+    let mut widget = DynamicObject::new("w", &scene.resource).within("apps");
+    widget.data = json!({"spec": {"color": "c", "configName": "endpoint"}});
+    let widgets = scene.kcp_widgets(&client);
+    poll_until("a widget", TIMEOUT, async || {
+        widgets
+            .create(&PostParams::default(), &widget)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .expect("widget");
+    let local = scene.local_copy(&consumer.cluster, "w").await;
+    let local_ns = local.namespace().expect("ns");
+    let owned: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "endpoint", "ownerReferences": [{
+            "apiVersion": format!("{}/v1", provider.group), "kind": "Widget",
+            "name": local.name_any(), "uid": local.uid().expect("uid")}]},
+        "data": {"url": "one"}
+    }))
+    .expect("config map");
+    let local_config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(provider.service.clone(), &local_ns);
+    local_config_maps
+        .create(&PostParams::default(), &owned)
+        .await
+        .expect("provider's config map");
+    let kcp_config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), "apps");
+    let url = async |expected: &str| {
+        poll_until(
+            &format!("url {expected} in kcp"),
+            Duration::from_secs(15),
+            async || {
+                let copy = kcp_config_maps
+                    .get_opt("endpoint")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match copy
+                    .and_then(|c| c.data)
+                    .and_then(|d| d.get("url").cloned())
+                {
+                    Some(url) if url == expected => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        )
+        .await
+    };
+    url("one").await.expect("copied");
+    // With every related resource watched, the agent only re-examines the
+    // primary once a minute; the watch must bring the edit much sooner.
+    local_config_maps
+        .patch(
+            "endpoint",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"url": "two"}})),
+        )
+        .await
+        .expect("provider edits");
+    url("two")
+        .await
+        .expect("the edit arrived through the watch");
+
+    consumer.delete(&provider.kcp).await.expect("cleanup");
+    provider.cleanup().await.expect("cleanup");
+}

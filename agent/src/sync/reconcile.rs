@@ -25,8 +25,10 @@ use crate::controller::{Context, FIELD_MANAGER};
 use crate::dns;
 use crate::kcp::retarget_url;
 
-/// How often objects with related resources are looked at again.
+/// How often objects with unwatched related resources are looked at again.
 const RELATED_RESYNC: Duration = Duration::from_secs(5);
+/// How often objects whose related resources are all watched are looked at again.
+const WATCHED_RELATED_RESYNC: Duration = Duration::from_secs(60);
 
 /// Requeue after a write, to confirm the result (as upstream).
 const AFTER_WRITE: Duration = Duration::from_secs(5);
@@ -381,10 +383,16 @@ async fn sync_object(
                 .await
                 .map_err(SyncError::Kcp)?;
         }
-        // Without watches on related objects, look again soon for changes
-        // on their origin side.
+        // Related resources without a watch are only noticed by looking
+        // again; watched ones wake their primary up, with a slow safety net.
+        let every_one_watched = config.related.iter().all(|r| r.watch.is_some());
+        let requeue = if every_one_watched {
+            WATCHED_RELATED_RESYNC
+        } else {
+            RELATED_RESYNC
+        };
         return Ok(Outcome {
-            requeue: Some(RELATED_RESYNC),
+            requeue: Some(requeue),
             wrote,
         });
     }

@@ -173,6 +173,17 @@ impl KindCache {
     }
 }
 
+/// The kind of a related resource on its origin side, resolved with
+/// `client` (the service cluster, or a kcp virtual workspace client).
+pub async fn origin_kind(
+    kinds: &KindCache,
+    client: &Client,
+    spec: &RelatedResourceSpec,
+) -> Result<ApiResource, SyncError> {
+    let (origin, _) = sides(spec);
+    kinds.resolve(client, origin, &gvrs(spec).0).await
+}
+
 /// Values a locator yields on one side: reference (strings, arrays of
 /// strings; empty items kept as empty to keep pairs aligned) or template.
 fn locate(

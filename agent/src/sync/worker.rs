@@ -17,10 +17,11 @@ use tracing::{debug, info, warn};
 use super::identity::{AGENT_LABEL, RemoteKey};
 use super::reconcile::{self, Target};
 use crate::api::kcp::CLUSTER_ANNOTATION;
-use crate::api::published_resource::{RelatedResourceSpec, ResourceNaming};
+use crate::api::published_resource::{RelatedResourceOrigin, RelatedResourceSpec, ResourceNaming};
 use crate::controller::Context;
 use crate::kcp::retarget_url;
 use crate::mutation::Mutator;
+use crate::sync::related;
 use crate::sync::related::KindCache;
 
 /// Objects reconciled at the same time by one worker.
@@ -133,6 +134,32 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
             };
             watch_endpoint(client, &config, &endpoint, &queue, &shared).await;
         });
+    }
+
+    for spec in config.related.iter().filter(|r| r.watch.is_some()) {
+        match spec.origin {
+            RelatedResourceOrigin::Service => {
+                let (ctx, config, spec, queue) =
+                    (ctx.clone(), config.clone(), spec.clone(), queue.clone());
+                tasks.spawn(
+                    async move { watch_service_related(&ctx, &config, &spec, &queue).await },
+                );
+            }
+            RelatedResourceOrigin::Kcp => {
+                for endpoint in config.endpoints.clone() {
+                    let (ctx, config, spec, queue, shared) = (
+                        ctx.clone(),
+                        config.clone(),
+                        spec.clone(),
+                        queue.clone(),
+                        shared.clone(),
+                    );
+                    tasks.spawn(async move {
+                        watch_kcp_related(&ctx, &config, &spec, &endpoint, &queue, &shared).await
+                    });
+                }
+            }
+        }
     }
 
     let local: Api<DynamicObject> = Api::all_with(ctx.service.clone(), &config.local);
@@ -285,6 +312,148 @@ async fn watch_endpoint(
                 let _ = queue.send(key);
             }
             Err(error) => warn!(%error, %endpoint, "Watching kcp objects failed; retrying"),
+        }
+    }
+}
+
+/// Watches a service-origin related kind and wakes up the primaries its
+/// objects belong to: by owner reference to the local primary, or every
+/// local primary in the namespace matching `watch.bySelector`.
+async fn watch_service_related(
+    ctx: &Context,
+    config: &WorkerConfig,
+    spec: &RelatedResourceSpec,
+    queue: &mpsc::UnboundedSender<RemoteKey>,
+) {
+    let kind = match related::origin_kind(&config.kinds, &ctx.service, spec).await {
+        Ok(kind) => kind,
+        Err(error) => {
+            warn!(identifier = %spec.identifier, %error, "Cannot watch related objects");
+            return;
+        }
+    };
+    let api: Api<DynamicObject> = Api::all_with(ctx.service.clone(), &kind);
+    let mut events = std::pin::pin!(
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .touched_objects()
+    );
+    while let Some(event) = events.next().await {
+        let Ok(object) = event else { continue };
+        let Some(namespace) = object.namespace() else {
+            continue;
+        };
+        let primaries: Api<DynamicObject> =
+            Api::namespaced_with(ctx.service.clone(), &namespace, &config.local);
+        let mut found = Vec::new();
+        if let Some(watch) = &spec.watch {
+            if watch.by_owner.is_some() {
+                for owner in object
+                    .owner_references()
+                    .iter()
+                    .filter(|o| o.kind == config.local.kind)
+                {
+                    if let Ok(Some(primary)) = primaries.get_opt(&owner.name).await {
+                        found.push(primary);
+                    }
+                }
+            }
+            if let Some(selector) = watch
+                .by_selector
+                .clone()
+                .and_then(|s| kube::core::Selector::try_from(s).ok())
+            {
+                let params = kube::api::ListParams::default()
+                    .labels(&format!("{selector},{AGENT_LABEL}={}", ctx.agent_name));
+                if let Ok(list) = primaries.list(&params).await {
+                    found.extend(list.items);
+                }
+            }
+        }
+        for primary in found {
+            if let Some(key) = RemoteKey::from_local(primary.labels(), primary.annotations()) {
+                let _ = queue.send(key);
+            }
+        }
+    }
+}
+
+/// Watches a kcp-origin related kind through one endpoint and wakes up the
+/// primaries its objects belong to: by owner reference, or every primary in
+/// the namespace matching `watch.bySelector`.
+async fn watch_kcp_related(
+    ctx: &Context,
+    config: &WorkerConfig,
+    spec: &RelatedResourceSpec,
+    endpoint: &str,
+    queue: &mpsc::UnboundedSender<RemoteKey>,
+    shared: &Shared,
+) {
+    let client_at = |url: String| {
+        retarget_url(&ctx.kcp.slice_config, &url)
+            .ok()
+            .and_then(|c| Client::try_from(c).ok())
+    };
+    let Some(wildcard) = client_at(format!("{endpoint}/clusters/*")) else {
+        return;
+    };
+    let kind = match related::origin_kind(&config.kinds, &wildcard, spec).await {
+        Ok(kind) => kind,
+        Err(error) => {
+            warn!(identifier = %spec.identifier, %error, "Cannot watch related objects");
+            return;
+        }
+    };
+    let api: Api<DynamicObject> = Api::all_with(wildcard, &kind);
+    let mut events = std::pin::pin!(
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .touched_objects()
+    );
+    while let Some(event) = events.next().await {
+        let Ok(object) = event else { continue };
+        let (Some(cluster), Some(namespace)) = (
+            object.annotations().get(CLUSTER_ANNOTATION).cloned(),
+            object.namespace(),
+        ) else {
+            continue;
+        };
+        lock(shared)
+            .routes
+            .insert(cluster.clone(), endpoint.to_string());
+        let mut names: Vec<String> = Vec::new();
+        if let Some(watch) = &spec.watch {
+            if watch.by_owner.is_some() {
+                names.extend(
+                    object
+                        .owner_references()
+                        .iter()
+                        .filter(|o| o.kind == config.remote.kind)
+                        .map(|o| o.name.clone()),
+                );
+            }
+            if let Some(selector) = watch
+                .by_selector
+                .clone()
+                .and_then(|s| kube::core::Selector::try_from(s).ok())
+                && let Some(client) = client_at(format!("{endpoint}/clusters/{cluster}"))
+            {
+                let primaries: Api<DynamicObject> =
+                    Api::namespaced_with(client, &namespace, &config.remote);
+                if let Ok(list) = primaries
+                    .list(&kube::api::ListParams::default().labels(&selector.to_string()))
+                    .await
+                {
+                    names.extend(list.items.iter().map(|p| p.name_any()));
+                }
+            }
+        }
+        for name in names {
+            let _ = queue.send(RemoteKey {
+                cluster: cluster.clone(),
+                namespace: namespace.clone(),
+                name,
+            });
         }
     }
 }
