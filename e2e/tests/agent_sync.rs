@@ -1105,6 +1105,26 @@ async fn related_objects_travel_both_ways_and_kcp_origin_ones_are_released_on_de
             .contains(&"syncagent.kcp.io/cleanup".to_string())
     );
 
+    // The provider's Secret does not exist yet: the consumer is told.
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "apps");
+    let waiting = poll_until(
+        "RelatedResourceMissing on the consumer's object",
+        TIMEOUT,
+        async || {
+            let list = events
+                .list(&ListParams::default().fields("involvedObject.name=db"))
+                .await
+                .map_err(|e| e.to_string())?;
+            list.items
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("RelatedResourceMissing"))
+                .ok_or_else(|| "no event".to_string())
+        },
+    )
+    .await
+    .expect("event");
+    assert!(waiting.message.unwrap_or_default().contains("credentials"));
+
     // service → kcp: the provider's Secret reaches the consumer.
     let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
         "metadata": {"name": "db-credentials"}, "stringData": {"password": "s3cret"}
