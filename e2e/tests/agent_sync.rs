@@ -1424,7 +1424,7 @@ async fn related_objects_by_selector_array_reference_and_projection_with_cleanup
 }
 
 #[tokio::test]
-async fn related_status_is_copied_only_when_asked() {
+async fn related_status_is_copied_in_both_directions_only_when_asked() {
     let scene = Scene::new("relstatus", json!({})).await;
     let provider = &scene.provider;
     let group = provider.group.clone();
@@ -1447,7 +1447,9 @@ async fn related_status_is_copied_only_when_asked() {
             {"identifier": "with-status", "origin": "service", "group": group, "version": "v1", "resource": "certs",
              "syncStatus": true, "watch": {"byOwner": {}}, "object": {"reference": {"path": "spec.certName"}}},
             {"identifier": "without-status", "origin": "service", "group": group, "version": "v1", "resource": "certs",
-             "object": {"reference": {"path": "spec.otherCertName"}}}
+             "object": {"reference": {"path": "spec.otherCertName"}}},
+            {"identifier": "from-consumer", "origin": "kcp", "group": group, "version": "v1", "resource": "certs",
+             "syncStatus": true, "object": {"reference": {"path": "spec.consumerCertName"}}}
         ]}})))
         .await
         .expect("related added");
@@ -1463,7 +1465,7 @@ async fn related_status_is_copied_only_when_asked() {
         .expect("export");
     let (consumer, client) = scene.consumer("consumer").await;
     let mut widget = DynamicObject::new("site", &scene.resource).within("apps");
-    widget.data = json!({"spec": {"color": "c", "certName": "tls", "otherCertName": "tls-other"}});
+    widget.data = json!({"spec": {"color": "c", "certName": "tls", "otherCertName": "tls-other", "consumerCertName": "mine"}});
     let widgets = scene.kcp_widgets(&client);
     poll_until("a widget", TIMEOUT, async || {
         widgets
@@ -1530,6 +1532,44 @@ async fn related_status_is_copied_only_when_asked() {
             .is_none_or(|s| s.get("ready").is_none()),
         "status is not copied by default"
     );
+
+    // kcp → service: the consumer's own Cert and its status reach the copy.
+    let consumer_certs: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), "apps", &cert_resource);
+    let mut mine = DynamicObject::new("mine", &cert_resource).within("apps");
+    mine.data = json!({"spec": {"host": "consumer.example"}});
+    consumer_certs
+        .create(&PostParams::default(), &mine)
+        .await
+        .expect("consumer's cert");
+    consumer_certs
+        .patch_status(
+            "mine",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"approved": "yes"}})),
+        )
+        .await
+        .expect("consumer's status");
+    poll_until(
+        "the consumer's cert with its status on the service cluster",
+        TIMEOUT,
+        async || {
+            let copy = local_certs
+                .get_opt("mine")
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("no copy")?;
+            if copy.data["status"]["approved"] == "yes"
+                && copy.data["spec"]["host"] == "consumer.example"
+            {
+                Ok(())
+            } else {
+                Err(copy.data.to_string())
+            }
+        },
+    )
+    .await
+    .expect("status copied down");
 
     consumer.delete(&provider.kcp).await.expect("cleanup");
     provider.cleanup().await.expect("cleanup");
