@@ -1228,7 +1228,11 @@ async fn related_objects_by_selector_array_reference_and_projection_with_cleanup
             {"identifier": "ca", "origin": "service", "version": "v1", "resource": "configmaps",
              "projection": {"resource": "secrets"}, "cleanup": true,
              "object": {"template": {"template": "ca"},
-                        "namespace": {"template": {"template": "{{ .ClusterName }}-ca"}}}}
+                        "namespace": {"template": {"template": "{{ .ClusterName }}-ca"}}}},
+            {"identifier": "shared", "origin": "service", "version": "v1", "resource": "configmaps",
+             "object": {"template": {"template": "shared"},
+                        "namespace": {"selector": {"matchLabels": {"tenant": "{{ .ClusterName }}"},
+                                                   "rewrite": {"template": {"template": "apps"}}}}}}
         ]}),
         &["--per-agent-related-finalizer"],
     )
@@ -1372,6 +1376,44 @@ async fn related_objects_by_selector_array_reference_and_projection_with_cleanup
     )
     .await
     .expect("projected");
+
+    // A namespace chosen by a templated label selector, renamed by its rewrite.
+    let shared_ns = format!("{}-shared", consumer.cluster);
+    let namespace = Namespace {
+        metadata: ObjectMeta {
+            name: Some(shared_ns.clone()),
+            labels: Some([("tenant".to_string(), consumer.cluster.clone())].into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(provider.service.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .expect("labelled namespace");
+    let shared: k8s_openapi::api::core::v1::ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "shared"}, "data": {"k": "v"}}))
+            .expect("config map");
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(provider.service.clone(), &shared_ns)
+        .create(&PostParams::default(), &shared)
+        .await
+        .expect("provider's shared config map");
+    poll_until(
+        "the config map from the selected namespace in kcp",
+        TIMEOUT,
+        async || {
+            let copy = kcp_config_maps
+                .get_opt("shared")
+                .await
+                .map_err(|e| e.to_string())?;
+            match copy.and_then(|c| c.data) {
+                Some(data) if data.get("k").map(String::as_str) == Some("v") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+    .expect("namespace selector");
 
     // Deleting the primary: kcp-origin copies go, origins are released, and
     // the ca copy goes too (cleanup: true); the selected copy stays.

@@ -269,42 +269,67 @@ async fn pairs(
     origin_kind: &ApiResource,
 ) -> Result<Vec<Pair>, SyncError> {
     let (origin, destination) = sides(spec);
-    let namespace = |side: Side| -> Result<Option<String>, SyncError> {
-        match &spec.object.namespace {
-            Some(locator) => Ok(locate(locator, side, primaries)?
-                .and_then(|v| v.into_iter().next())
-                .filter(|v| !v.is_empty())),
-            None => Ok(primaries.primary(side)["metadata"]["namespace"]
-                .as_str()
-                .map(str::to_string)),
+    let namespaces: Vec<(Option<String>, Option<String>)> = match &spec.object.namespace {
+        // Namespaces chosen by label on the origin side, renamed by the rewrite rule.
+        Some(RelatedResourceObjectSpec {
+            selector: Some(selector),
+            ..
+        }) => {
+            let namespace_kind = ApiResource::erase::<k8s_openapi::api::core::v1::Namespace>(&());
+            let namespaces = api(primaries.client(origin), &namespace_kind, None);
+            let (from, to) = select(selector, &namespaces, origin, primaries).await?;
+            from.into_iter()
+                .zip(to)
+                .map(|(o, d)| (Some(o), Some(d)))
+                .collect()
+        }
+        Some(locator) => {
+            let one = |side: Side| -> Result<Option<String>, SyncError> {
+                Ok(locate(locator, side, primaries)?
+                    .and_then(|v| v.into_iter().next())
+                    .filter(|v| !v.is_empty()))
+            };
+            vec![(one(origin)?, one(destination)?)]
+        }
+        None => {
+            let own = |side: Side| {
+                primaries.primary(side)["metadata"]["namespace"]
+                    .as_str()
+                    .map(str::to_string)
+            };
+            vec![(own(origin), own(destination))]
         }
     };
-    let (origin_namespace, destination_namespace) = (namespace(origin)?, namespace(destination)?);
-    let (origin_names, destination_names) = match &spec.object.spec.selector {
-        Some(selector) => {
-            let origin_api = api(
-                primaries.client(origin),
-                origin_kind,
-                origin_namespace.as_deref(),
-            );
-            select(selector, &origin_api, origin, primaries).await?
-        }
-        None => (
-            locate(&spec.object.spec, origin, primaries)?.unwrap_or_default(),
-            locate(&spec.object.spec, destination, primaries)?.unwrap_or_default(),
-        ),
-    };
-    Ok(origin_names
-        .into_iter()
-        .zip(destination_names)
-        .filter(|(o, d)| !o.is_empty() && !d.is_empty())
-        .map(|(origin_name, destination_name)| Pair {
-            origin_namespace: origin_namespace.clone(),
-            origin_name,
-            destination_namespace: destination_namespace.clone(),
-            destination_name,
-        })
-        .collect())
+    let mut pairs = Vec::new();
+    for (origin_namespace, destination_namespace) in namespaces {
+        let (origin_names, destination_names) = match &spec.object.spec.selector {
+            Some(selector) => {
+                let origin_api = api(
+                    primaries.client(origin),
+                    origin_kind,
+                    origin_namespace.as_deref(),
+                );
+                select(selector, &origin_api, origin, primaries).await?
+            }
+            None => (
+                locate(&spec.object.spec, origin, primaries)?.unwrap_or_default(),
+                locate(&spec.object.spec, destination, primaries)?.unwrap_or_default(),
+            ),
+        };
+        pairs.extend(
+            origin_names
+                .into_iter()
+                .zip(destination_names)
+                .filter(|(o, d)| !o.is_empty() && !d.is_empty())
+                .map(|(origin_name, destination_name)| Pair {
+                    origin_namespace: origin_namespace.clone(),
+                    origin_name,
+                    destination_namespace: destination_namespace.clone(),
+                    destination_name,
+                }),
+        );
+    }
+    Ok(pairs)
 }
 
 /// Objects found by a label selector on the origin side, and their names on
