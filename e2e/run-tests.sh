@@ -20,5 +20,5 @@ step "building kcp, kube-apiserver and etcd (skipped when unchanged)"
 e2e/env/build.sh
 
 step "end-to-end tests against the real servers"
-cargo build --locked -p e2e --bin testenv -p sync-agent
+cargo build --locked --bin testenv --bin sync-agent
 target/debug/testenv run -- cargo test --locked -p e2e

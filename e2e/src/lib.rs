@@ -6,4 +6,5 @@ pub mod env;
 pub mod kcp;
 pub mod poll;
 pub mod publishing;
+pub mod scene;
 pub mod service;
