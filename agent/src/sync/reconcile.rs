@@ -456,7 +456,9 @@ async fn create(
         if !dns::is_dns1123_label(&namespace) {
             return Err(SyncError::InvalidName(namespace, "namespace name"));
         }
-        ensure_namespace(&ctx.service, &namespace).await?;
+        related::ensure_namespace(&ctx.service, &namespace)
+            .await
+            .map_err(SyncError::Service)?;
         Some(namespace)
     } else {
         None
@@ -521,24 +523,6 @@ async fn create(
         Err(error) => return Err(SyncError::Service(error)),
     }
     Ok(Outcome::wrote(AFTER_WRITE))
-}
-
-async fn ensure_namespace(client: &Client, name: &str) -> Result<(), SyncError> {
-    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    if api
-        .get_opt(name)
-        .await
-        .map_err(SyncError::Service)?
-        .is_some()
-    {
-        return Ok(());
-    }
-    let namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap_or_default();
-    match api.create(&PostParams::default(), &namespace).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
-        Err(error) => Err(SyncError::Service(error)),
-    }
 }
 
 async fn delete(

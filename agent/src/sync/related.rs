@@ -667,7 +667,8 @@ pub async fn cleanup(
     Ok(done)
 }
 
-async fn ensure_namespace(client: &Client, name: &str) -> Result<(), kube::Error> {
+/// Creates a namespace unless it exists.
+pub(crate) async fn ensure_namespace(client: &Client, name: &str) -> Result<(), kube::Error> {
     let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     if api.get_opt(name).await?.is_some() {
         return Ok(());
