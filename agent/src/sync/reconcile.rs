@@ -116,13 +116,29 @@ impl Outcome {
     }
 }
 
-/// Which object, through which endpoint.
-#[derive(Debug)]
+/// Which object, through which client.
 pub struct Target<'a> {
-    /// The virtual workspace endpoint serving the object's workspace.
-    pub endpoint: &'a str,
+    /// Client for the object's workspace through its virtual workspace endpoint.
+    pub client: &'a Client,
     /// The object.
     pub key: &'a RemoteKey,
+}
+
+impl std::fmt::Debug for Target<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target").field("key", self.key).finish()
+    }
+}
+
+/// A client for one consumer workspace behind a virtual workspace endpoint.
+pub fn workspace_client(ctx: &Context, endpoint: &str, cluster: &str) -> Result<Client, SyncError> {
+    retarget_url(
+        &ctx.kcp.slice_config,
+        &format!("{endpoint}/clusters/{cluster}"),
+    )
+    .ok()
+    .and_then(|c| Client::try_from(c).ok())
+    .ok_or_else(|| SyncError::Malformed(format!("endpoint URL {endpoint}")))
 }
 
 fn kcp_api(
@@ -145,13 +161,7 @@ pub async fn reconcile(
     target: &Target<'_>,
 ) -> Result<Outcome, SyncError> {
     let key = target.key;
-    let kcp_client: Client = retarget_url(
-        &ctx.kcp.slice_config,
-        &format!("{}/clusters/{}", target.endpoint, key.cluster),
-    )
-    .ok()
-    .and_then(|c| Client::try_from(c).ok())
-    .ok_or_else(|| SyncError::Malformed(format!("endpoint URL {}", target.endpoint)))?;
+    let kcp_client = target.client.clone();
     let remote_api = kcp_api(
         kcp_client.clone(),
         &config.remote,

@@ -83,6 +83,20 @@ struct Queue {
     scheduled: HashSet<RemoteKey>,
     /// Consecutive failures per key, for backoff.
     failures: HashMap<RemoteKey, u32>,
+    /// One client per workspace, reused across reconciles.
+    clients: HashMap<String, Client>,
+}
+
+impl Queue {
+    /// Records which endpoint serves a workspace; a workspace that moved to
+    /// another endpoint gets a new client.
+    fn route(&mut self, cluster: &str, endpoint: &str) {
+        if self.routes.get(cluster).map(String::as_str) != Some(endpoint) {
+            self.routes
+                .insert(cluster.to_string(), endpoint.to_string());
+            self.clients.remove(cluster);
+        }
+    }
 }
 
 type Shared = Arc<Mutex<Queue>>;
@@ -191,7 +205,7 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
             key = keys.recv() => match key { Some(key) => key, None => break },
             _ = stop.wait_for(|s| *s) => break,
         };
-        let endpoint = {
+        let client = {
             let mut guard = lock(&shared);
             if guard.in_flight.contains(&key) {
                 guard.dirty.insert(key);
@@ -202,8 +216,21 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
             let Some(endpoint) = guard.routes.get(&key.cluster).cloned() else {
                 continue;
             };
+            let client = match guard.clients.get(&key.cluster) {
+                Some(client) => client.clone(),
+                None => match reconcile::workspace_client(&ctx, &endpoint, &key.cluster) {
+                    Ok(client) => {
+                        guard.clients.insert(key.cluster.clone(), client.clone());
+                        client
+                    }
+                    Err(error) => {
+                        warn!(%error, "Cannot reach a consumer workspace");
+                        continue;
+                    }
+                },
+            };
             guard.in_flight.insert(key.clone());
-            endpoint
+            client
         };
         let guard = InFlight {
             shared: shared.clone(),
@@ -222,7 +249,7 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
                 return;
             };
             let target = Target {
-                endpoint: &endpoint,
+                client: &client,
                 key: &key,
             };
             let result = tokio::time::timeout(
@@ -300,9 +327,7 @@ async fn watch_endpoint(
                 };
                 {
                     let mut guard = lock(shared);
-                    guard
-                        .routes
-                        .insert(key.cluster.clone(), endpoint.to_string());
+                    guard.route(&key.cluster, endpoint);
                     // The change is seen now; its latency runs until the local write.
                     guard
                         .observed
@@ -418,9 +443,7 @@ async fn watch_kcp_related(
         ) else {
             continue;
         };
-        lock(shared)
-            .routes
-            .insert(cluster.clone(), endpoint.to_string());
+        lock(shared).route(&cluster, endpoint);
         let mut names: Vec<String> = Vec::new();
         if let Some(watch) = &spec.watch {
             if watch.by_owner.is_some() {
