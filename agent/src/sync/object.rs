@@ -226,6 +226,33 @@ fn repair(current: &Value, wanted: &Value) -> Option<Value> {
     }
 }
 
+/// The merge patch that adds (`present`) or removes `finalizer`, guarded by
+/// the object's resourceVersion so a concurrent change makes it fail rather
+/// than lose another finalizer; `None` when nothing needs to change.
+pub fn finalizer_patch(
+    object: &kube::api::DynamicObject,
+    finalizer: &str,
+    present: bool,
+) -> Option<Value> {
+    use kube::ResourceExt;
+    let current = object.finalizers();
+    if current.iter().any(|f| f == finalizer) == present {
+        return None;
+    }
+    let mut finalizers: Vec<String> = current
+        .iter()
+        .filter(|f| *f != finalizer)
+        .cloned()
+        .collect();
+    if present {
+        finalizers.push(finalizer.to_string());
+        finalizers.sort();
+    }
+    Some(
+        json!({"metadata": {"finalizers": finalizers, "resourceVersion": object.resource_version()}}),
+    )
+}
+
 /// RFC 7386 merge patch turning `from` into `to`.
 pub fn merge_diff(from: &Value, to: &Value) -> Value {
     match (from, to) {

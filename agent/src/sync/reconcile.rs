@@ -18,7 +18,7 @@ use tracing::{debug, info};
 
 use super::identity::{AGENT_LABEL, FINALIZER, REMOTE_CLUSTER_LABEL, RemoteKey};
 use super::naming::{self, DEFAULT_NAME, DEFAULT_NAMESPACE, NamingContext, NamingError};
-use super::object::{Owner, new_local, update_patch};
+use super::object::{Owner, finalizer_patch, new_local, update_patch};
 use super::related;
 use super::worker::WorkerConfig;
 use crate::controller::{Context, FIELD_MANAGER};
@@ -231,24 +231,21 @@ async fn sync_object(
         // Deleted in kcp, or no longer selected: the copy goes, then the finalizer.
         return delete(ctx, config, kcp_client, remote_api, &remote, local, &events).await;
     }
-    let remote = if remote.finalizers().iter().any(|f| f == FINALIZER) {
-        remote
-    } else {
-        let mut finalizers = remote.finalizers().to_vec();
-        finalizers.push(FINALIZER.into());
-        finalizers.sort();
-        let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": remote.resource_version()}});
-        let patched = remote_api
-            .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(SyncError::Kcp)?;
-        events
-            .normal(
-                "ObjectAccepted",
-                "the object will be synced to the service cluster",
-            )
-            .await;
-        patched
+    let remote = match finalizer_patch(&remote, FINALIZER, true) {
+        None => remote,
+        Some(patch) => {
+            let patched = remote_api
+                .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(SyncError::Kcp)?;
+            events
+                .normal(
+                    "ObjectAccepted",
+                    "the object will be synced to the service cluster",
+                )
+                .await;
+            patched
+        }
     };
     let events = KcpEvents {
         client: kcp_client,
@@ -598,13 +595,7 @@ async fn delete(
         // The copy may have finalizers of its own; look again shortly.
         return Ok(Outcome::wait(Duration::from_secs(2)));
     }
-    if remote.finalizers().iter().any(|f| f == FINALIZER) {
-        let finalizers: Vec<&String> = remote
-            .finalizers()
-            .iter()
-            .filter(|f| *f != FINALIZER)
-            .collect();
-        let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": remote.resource_version()}});
+    if let Some(patch) = finalizer_patch(remote, FINALIZER, false) {
         remote_api
             .patch(
                 &remote.name_any(),

@@ -21,7 +21,7 @@ use serde_json::{Map, Value, json};
 use tracing::{debug, info};
 
 use super::naming;
-use super::object::merge_diff;
+use super::object::{finalizer_patch, merge_diff};
 use super::reconcile::SyncError;
 use crate::api::published_resource::{
     RelatedResourceKind, RelatedResourceObjectSelector, RelatedResourceObjectSpec,
@@ -485,10 +485,9 @@ pub async fn sync(
                 missing.push(spec.identifier.clone());
                 continue;
             };
-            if origin == Side::Kcp && !source.finalizers().iter().any(|f| f == finalizer) {
-                let mut finalizers = source.finalizers().to_vec();
-                finalizers.push(finalizer.into());
-                let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": source.resource_version()}});
+            if origin == Side::Kcp
+                && let Some(patch) = finalizer_patch(&source, finalizer, true)
+            {
                 origin_api
                     .patch(
                         &pair.origin_name,
@@ -644,14 +643,8 @@ pub async fn cleanup(
                     .get_opt(&pair.origin_name)
                     .await
                     .map_err(side_error(origin))?
-                    && source.finalizers().iter().any(|f| f == finalizer)
+                    && let Some(patch) = finalizer_patch(&source, finalizer, false)
                 {
-                    let finalizers: Vec<&String> = source
-                        .finalizers()
-                        .iter()
-                        .filter(|f| *f != finalizer)
-                        .collect();
-                    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": source.resource_version()}});
                     origin_api
                         .patch(
                             &pair.origin_name,

@@ -149,3 +149,29 @@ fn the_workspace_path_is_recorded_when_known() {
     );
     assert!(local["metadata"].get("namespace").is_none());
 }
+
+#[test]
+fn finalizer_patches_add_sorted_remove_and_carry_the_resource_version() {
+    let object: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "K",
+        "metadata": {"name": "x", "resourceVersion": "7", "finalizers": ["z.io/other"]}
+    }))
+    .expect("object");
+    let add = finalizer_patch(&object, "a.io/mine", true).expect("adds");
+    assert_eq!(
+        add,
+        json!({"metadata": {"finalizers": ["a.io/mine", "z.io/other"], "resourceVersion": "7"}})
+    );
+    assert_eq!(
+        finalizer_patch(&object, "a.io/mine", false),
+        None,
+        "nothing to remove"
+    );
+    assert_eq!(
+        finalizer_patch(&object, "z.io/other", true),
+        None,
+        "already there"
+    );
+    let remove = finalizer_patch(&object, "z.io/other", false).expect("removes");
+    assert_eq!(remove["metadata"]["finalizers"], json!([]));
+}
