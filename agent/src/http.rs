@@ -1,4 +1,4 @@
-//! The agent's HTTP endpoints: `/healthz` and `/readyz` on the health
+//! The HTTP endpoints of the agent and the operator: `/healthz` and `/readyz` on the health
 //! address, `/metrics` on the metrics address. Both serve from start-up,
 //! whether or not this replica leads.
 
@@ -8,8 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use warp::Filter;
 use warp::http::StatusCode;
-
-use crate::metrics::Metrics;
 
 /// Readiness, flipped by the start-up sequence.
 #[derive(Debug, Default)]
@@ -51,18 +49,15 @@ pub async fn serve_health(
         .await;
 }
 
-/// Serves `/metrics` until `shutdown` resolves.
+/// Serves `/metrics`, rendered by `render` on each scrape, until `shutdown`
+/// resolves.
 pub async fn serve_metrics(
     address: SocketAddr,
-    metrics: Metrics,
+    render: impl Fn() -> String + Clone + Send + Sync + 'static,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let route = warp::path!("metrics").and(warp::get()).map(move || {
-        warp::reply::with_header(
-            metrics.render(),
-            "content-type",
-            "text/plain; version=0.0.4",
-        )
+        warp::reply::with_header(render(), "content-type", "text/plain; version=0.0.4")
     });
     warp::serve(route)
         .bind(address)

@@ -12,6 +12,7 @@ pub mod kcp;
 pub mod metrics;
 pub mod mutation;
 pub mod options;
+pub mod process;
 pub mod schema;
 pub mod source;
 pub mod sync;

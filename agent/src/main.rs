@@ -1,37 +1,30 @@
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
-use kube_lease_manager::LeaseManagerBuilder;
+use std::sync::Arc;
+use std::time::Duration;
 use sync_agent::controller::{self, Context};
 use sync_agent::http::{self, Health};
 use sync_agent::kcp::{KcpTarget, workspace_of};
 use sync_agent::metrics::Metrics;
-use sync_agent::options::{ControllerName, LogFormat, Options};
+use sync_agent::options::{ControllerName, Options};
+use sync_agent::process::{self, Leadership, TermEnd, stopping};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
-/// How long a leader's Lease is valid without renewal.
-const LEASE_SECONDS: u64 = 15;
-/// How long before expiry the leader renews.
-const LEASE_GRACE_SECONDS: u64 = 5;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let options = Options::parse();
-    init_logging(&options);
+    process::init_logging(
+        options.log_format,
+        if options.log_debug { "debug" } else { "info" },
+    );
     options.validate()?;
-    let (stop, stopped) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        info!("Shutting down");
-        let _ = stop.send(true);
-    });
+    let stopped = process::shutdown_flag();
     match run(options, stopped).await {
         Ok(()) => Ok(()),
         Err(error) => {
@@ -39,39 +32,6 @@ async fn main() -> anyhow::Result<()> {
             Err(error)
         }
     }
-}
-
-fn init_logging(options: &Options) {
-    let default = if options.log_debug { "debug" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match options.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
-async fn shutdown_signal() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(error) => {
-            warn!(%error, "Cannot handle SIGTERM; only Ctrl-C stops the agent gracefully");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
-/// Resolves when the shutdown flag is raised.
-async fn stopping(mut stopped: watch::Receiver<bool>) {
-    let _ = stopped.wait_for(|s| *s).await;
 }
 
 async fn run(options: Options, stopped: watch::Receiver<bool>) -> anyhow::Result<()> {
@@ -86,9 +46,10 @@ async fn run(options: Options, stopped: watch::Receiver<bool>) -> anyhow::Result
         ));
     }
     if let Some(address) = options.metrics_address()? {
+        let metrics = metrics.clone();
         tokio::spawn(http::serve_metrics(
             address,
-            metrics.clone(),
+            move || metrics.render(),
             stopping(stopped.clone()),
         ));
     }
@@ -111,31 +72,22 @@ async fn run(options: Options, stopped: watch::Receiver<bool>) -> anyhow::Result
     info!(export = %kcp.export_name, path = %kcp.export_path, cluster = %kcp.export_cluster, "Found the APIExport");
     health.set_ready(true);
 
-    let identity = instance_name();
+    let identity = process::instance_name("sync-agent");
     let lease = if options.enable_leader_election {
-        let manager = LeaseManagerBuilder::new(service.clone(), format!("syncagent.{agent_name}"))
-            .with_namespace(&options.namespace)
-            .with_identity(&identity)
-            .with_duration(LEASE_SECONDS)
-            .with_grace(LEASE_GRACE_SECONDS)
-            .with_field_manager(format!("{}-{identity}", controller::FIELD_MANAGER))
-            .build()
-            .await
-            .context("setting up leader election")?;
-        let (mut leading, task) = manager.watch().await;
-        info!(lease = %format!("syncagent.{agent_name}"), "Waiting for leadership");
-        let mut waiting_stop = stopped.clone();
-        let became_leader = tokio::select! {
-            result = leading.wait_for(|l| *l) => { result.context("leader election ended")?; true }
-            _ = waiting_stop.wait_for(|s| *s) => false,
-        };
-        if !became_leader {
-            drop(leading);
-            release(task).await;
-            return Ok(());
+        let lease_name = format!("syncagent.{agent_name}");
+        match Leadership::acquire(
+            service.clone(),
+            &options.namespace,
+            &lease_name,
+            &identity,
+            controller::FIELD_MANAGER,
+            stopped.clone(),
+        )
+        .await?
+        {
+            Some(leadership) => Some(leadership),
+            None => return Ok(()),
         }
-        info!("Became the leader");
-        Some((leading, task))
     } else {
         None
     };
@@ -162,21 +114,16 @@ async fn run(options: Options, stopped: watch::Receiver<bool>) -> anyhow::Result
     }
 
     match lease {
-        Some((mut leading, task)) => {
-            let mut waiting_stop = stopped.clone();
-            let lost = tokio::select! {
-                _ = leading.wait_for(|l| !*l) => true,
-                _ = waiting_stop.wait_for(|s| *s) => false,
-            };
-            if lost {
+        Some(mut leadership) => {
+            let end = leadership.term(stopped.clone()).await;
+            if end == TermEnd::Lost {
                 // Another replica may lead already: stop writing at once.
                 controllers.abort_all();
             } else {
-                drain(&mut controllers).await;
+                process::drain(&mut controllers).await;
             }
-            drop(leading);
-            release(task).await;
-            if lost {
+            leadership.release().await;
+            if end == TermEnd::Lost {
                 Err(anyhow::anyhow!(
                     "lost leadership; exiting so that only one replica writes"
                 ))
@@ -185,41 +132,10 @@ async fn run(options: Options, stopped: watch::Receiver<bool>) -> anyhow::Result
             }
         }
         None => {
-            let _ = stopped.clone().wait_for(|s| *s).await;
-            drain(&mut controllers).await;
+            stopping(stopped.clone()).await;
+            process::drain(&mut controllers).await;
             Ok(())
         }
-    }
-}
-
-async fn drain(controllers: &mut JoinSet<()>) {
-    let deadline = tokio::time::sleep(Duration::from_secs(20));
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            next = controllers.join_next() => if next.is_none() { break },
-            () = &mut deadline => {
-                warn!("Controllers did not stop in time; aborting them");
-                controllers.abort_all();
-                break;
-            }
-        }
-    }
-}
-
-async fn release(
-    task: tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>,
-) {
-    match task.await {
-        Ok(Ok(manager)) => {
-            if let Err(error) = manager.release().await {
-                warn!(%error, "Releasing the Lease failed");
-            } else {
-                info!("Released the Lease");
-            }
-        }
-        Ok(Err(error)) => warn!(%error, "Leader election failed"),
-        Err(error) => warn!(%error, "Leader election task failed"),
     }
 }
 
@@ -288,12 +204,4 @@ fn pem_certificates(bundle: &[u8]) -> anyhow::Result<Vec<Vec<u8>>> {
         anyhow::bail!("--kubeconfig-ca-file-override holds no certificate");
     }
     Ok(certificates)
-}
-
-/// Names this replica in events and the Lease: the pod name when set.
-fn instance_name() -> String {
-    let host = std::env::var("POD_NAME")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()))
-        .unwrap_or_else(|_| "sync-agent".into());
-    format!("{host}-{}", std::process::id())
 }

@@ -1,19 +1,26 @@
 //! Prometheus metrics: controller-runtime's reconcile metrics under their
-//! usual names, and the agent's own `sync_agent_*` metrics.
+//! usual names (shared with the operator), and the agent's own
+//! `sync_agent_*` metrics.
 
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
+
+/// controller-runtime's reconcile metrics, by controller.
+#[derive(Clone, Debug)]
+pub struct ControllerMetrics {
+    reconcile_total: IntCounterVec,
+    reconcile_errors: IntCounterVec,
+    reconcile_time: HistogramVec,
+}
 
 /// The agent's metrics, registered in their own registry.
 #[derive(Clone, Debug)]
 pub struct Metrics {
     registry: Registry,
-    reconcile_total: IntCounterVec,
-    reconcile_errors: IntCounterVec,
-    reconcile_time: HistogramVec,
+    controllers: ControllerMetrics,
     /// Number of PublishedResources matching the agent's selector.
     pub published_resources: IntGauge,
     /// Running sync workers (one per enabled PublishedResource).
@@ -53,10 +60,9 @@ impl Default for Metrics {
     }
 }
 
-impl Metrics {
-    /// Creates and registers every metric.
-    pub fn new() -> Self {
-        let registry = Registry::new();
+impl ControllerMetrics {
+    /// Creates the reconcile metrics and registers them in `registry`.
+    pub fn register(registry: &Registry) -> Self {
         let reconcile_total = IntCounterVec::new(
             Opts::new(
                 "controller_runtime_reconcile_total",
@@ -84,6 +90,57 @@ impl Metrics {
             &["controller"],
         )
         .expect("valid metric");
+        for collector in [
+            Box::new(reconcile_total.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(reconcile_errors.clone()),
+            Box::new(reconcile_time.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric registered once");
+        }
+        Self {
+            reconcile_total,
+            reconcile_errors,
+            reconcile_time,
+        }
+    }
+
+    /// Records one reconcile of `controller`.
+    pub fn reconciled(&self, controller: &str, result: ReconcileResult, took: Duration) {
+        self.reconcile_total
+            .with_label_values(&[controller, result.label()])
+            .inc();
+        self.reconcile_time
+            .with_label_values(&[controller])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records a failed reconcile of `controller` by error category.
+    pub fn failed(&self, controller: &str, category: &str) {
+        self.reconcile_errors
+            .with_label_values(&[controller, category])
+            .inc();
+    }
+}
+
+/// The metrics of `registry` in Prometheus' text format.
+pub fn render(registry: &Registry) -> String {
+    let mut buffer = Vec::new();
+    if TextEncoder::new()
+        .encode(&registry.gather(), &mut buffer)
+        .is_err()
+    {
+        return String::new();
+    }
+    String::from_utf8(buffer).unwrap_or_default()
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let controllers = ControllerMetrics::register(&registry);
         let published_resources = IntGauge::new(
             "sync_agent_published_resource",
             "Number of PublishedResources handled by this agent",
@@ -116,10 +173,7 @@ impl Metrics {
         )
         .expect("valid metric");
         for collector in [
-            Box::new(reconcile_total.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(reconcile_errors.clone()),
-            Box::new(reconcile_time.clone()),
-            Box::new(published_resources.clone()),
+            Box::new(published_resources.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(sync_workers.clone()),
             Box::new(objects_synced.clone()),
             Box::new(sync_errors.clone()),
@@ -131,9 +185,7 @@ impl Metrics {
         }
         Self {
             registry,
-            reconcile_total,
-            reconcile_errors,
-            reconcile_time,
+            controllers,
             published_resources,
             sync_workers,
             objects_synced,
@@ -144,32 +196,17 @@ impl Metrics {
 
     /// Records one reconcile of `controller`.
     pub fn reconciled(&self, controller: &str, result: ReconcileResult, took: Duration) {
-        self.reconcile_total
-            .with_label_values(&[controller, result.label()])
-            .inc();
-        self.reconcile_time
-            .with_label_values(&[controller])
-            .observe(took.as_secs_f64());
+        self.controllers.reconciled(controller, result, took);
     }
 
     /// Records a failed reconcile of `controller` by error category.
     pub fn failed(&self, controller: &str, category: &str) {
-        self.reconcile_errors
-            .with_label_values(&[controller, category])
-            .inc();
+        self.controllers.failed(controller, category);
     }
 
     /// The metrics in Prometheus' text format.
     pub fn render(&self) -> String {
-        let mut buffer = Vec::new();
-        let encoder = TextEncoder::new();
-        if encoder
-            .encode(&self.registry.gather(), &mut buffer)
-            .is_err()
-        {
-            return String::new();
-        }
-        String::from_utf8(buffer).unwrap_or_default()
+        render(&self.registry)
     }
 }
 
