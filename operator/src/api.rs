@@ -99,6 +99,13 @@ pub struct ExportSettings {
     /// namespaces and the related resources of the published kinds).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub permission_claims: Vec<ExtraPermissionClaim>,
+    /// Groups of kcp users allowed to bind the export from their own
+    /// workspaces (the `bind` verb on the APIExport). Unset: every
+    /// authenticated user (`system:authenticated`), as for kcp's own exports;
+    /// empty: only the operator binds, in the consumer workspaces listed
+    /// under `consumers`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind_groups: Option<Vec<String>>,
 }
 
 /// A permission claim on resources in consumer workspaces.
@@ -277,4 +284,8 @@ pub struct ConsumerCounts {
     pub bound: i32,
     /// Consumer workspaces whose binding could not be created or is not Ready.
     pub failed: i32,
+    /// Paths of the consumer workspaces holding an APIBinding this offering
+    /// created; `deletionPolicy: Delete` removes these bindings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workspaces: Vec<String>,
 }

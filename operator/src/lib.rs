@@ -3,4 +3,13 @@
 //! one sync-agent Deployment per offering, and consumer APIBindings.
 
 pub mod api;
+pub mod cleanup;
+pub mod consumers;
+pub mod controller;
 pub mod crdgen;
+pub mod credentials;
+pub mod desired;
+pub mod error;
+pub mod names;
+pub mod provision;
+pub mod status;

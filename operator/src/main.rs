@@ -1,8 +1,21 @@
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Context;
-use clap::{Parser, Subcommand};
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use offering_operator::controller::{self, Context, Metrics};
 use offering_operator::crdgen;
+use offering_operator::credentials::{Rotation, SecretLocation};
+use offering_operator::names::{FIELD_MANAGER, KUBECONFIG_KEY};
+use offering_operator::provision::Settings;
+use sync_agent::http::{self, Health};
+use sync_agent::options::LogFormat;
+use sync_agent::process::{self, Leadership, TermEnd, stopping};
+use tracing::{error, info};
 
 /// Provisions kcp APIExports, sync agents and consumer bindings from
 /// PublishedOffering objects.
@@ -22,12 +35,226 @@ enum Command {
         #[arg(long)]
         output_dir: Option<PathBuf>,
     },
+    /// Run the operator.
+    Run(Box<RunOptions>),
 }
 
-fn main() -> anyhow::Result<()> {
+#[derive(Args, Debug)]
+struct RunOptions {
+    /// Kubeconfig of the service cluster; `$KUBECONFIG` or the in-cluster
+    /// configuration when unset.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Only reconcile offerings in this namespace; all namespaces when unset.
+    #[arg(long)]
+    watch_namespace: Option<String>,
+    /// Namespace of the operator's leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// Compete for a Lease so that only one replica reconciles.
+    #[arg(long, default_value_t = false)]
+    enable_leader_election: bool,
+    /// `NAMESPACE/NAME` of the Secret with the kcp kubeconfig for offerings
+    /// that set no `spec.kcp.kubeconfigSecretRef`.
+    #[arg(long)]
+    default_kcp_secret: Option<String>,
+    /// Key of the kubeconfig in the default kcp Secret.
+    #[arg(long, default_value = KUBECONFIG_KEY)]
+    default_kcp_secret_key: String,
+    /// Agent image for offerings that set none (the chart passes the
+    /// operator's own image).
+    #[arg(long, env = "AGENT_IMAGE")]
+    agent_image: String,
+    /// kcp URL written into agents' kubeconfigs, when agents reach kcp by
+    /// another address than the operator.
+    #[arg(long)]
+    agent_kcp_url: Option<String>,
+    /// Lifetime of agent tokens, like `24h`, `90m` or `3600s` (at least 10m).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    agent_token_lifetime: Duration,
+    /// How long before expiry an agent token is replaced.
+    #[arg(long, default_value = "8h", value_parser = parse_duration)]
+    agent_token_renew_before: Duration,
+    /// Address of `/healthz` and `/readyz`; empty disables them.
+    #[arg(long, default_value = "0.0.0.0:8081")]
+    health_address: String,
+    /// Address of `/metrics`; empty disables it.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    metrics_address: String,
+    /// Log format.
+    #[arg(long, value_enum, ignore_case = true, default_value = "json")]
+    log_format: LogFormat,
+    /// Log level (`RUST_LOG` overrides it).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+/// `<n>s`, `<n>m` or `<n>h`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(format!("{text:?}: give a number and s, m or h, like 90m")),
+    };
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: give a number and s, m or h, like 90m"))?;
+    Ok(Duration::from_secs(number * seconds))
+}
+
+fn address(flag: &str, value: &str) -> anyhow::Result<Option<SocketAddr>> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .with_context(|| format!("{flag}={value} is not an address like 0.0.0.0:8080"))
+}
+
+impl RunOptions {
+    fn settings(&self) -> anyhow::Result<Settings> {
+        if self.agent_token_lifetime < Duration::from_secs(600) {
+            anyhow::bail!(
+                "--agent-token-lifetime must be at least 10m, the shortest token kcp issues"
+            );
+        }
+        if self.agent_token_renew_before >= self.agent_token_lifetime {
+            anyhow::bail!("--agent-token-renew-before must be shorter than --agent-token-lifetime");
+        }
+        let default_kcp_secret = match &self.default_kcp_secret {
+            None => None,
+            Some(reference) => {
+                let (namespace, name) = reference
+                    .split_once('/')
+                    .filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
+                    .with_context(|| {
+                        format!("--default-kcp-secret={reference} is not NAMESPACE/NAME")
+                    })?;
+                Some(SecretLocation {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                    key: self.default_kcp_secret_key.clone(),
+                })
+            }
+        };
+        Ok(Settings {
+            default_kcp_secret,
+            agent_image: self.agent_image.clone(),
+            agent_kcp_url: self.agent_kcp_url.clone(),
+            rotation: Rotation {
+                lifetime: self.agent_token_lifetime,
+                renew_before: self.agent_token_renew_before,
+            },
+        })
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crds { output_dir } => write_crds(output_dir),
+        Command::Run(options) => {
+            process::init_logging(options.log_format, &options.log_level);
+            match run(*options).await {
+                Ok(()) => Ok(()),
+                Err(error) => {
+                    error!(error = format!("{error:#}"), "The operator stopped");
+                    Err(error)
+                }
+            }
+        }
     }
+}
+
+async fn run(options: RunOptions) -> anyhow::Result<()> {
+    let settings = options.settings()?;
+    let stopped = process::shutdown_flag();
+    let metrics = Metrics::new();
+    let health = Arc::new(Health::default());
+    if let Some(address) = address("--health-address", &options.health_address)? {
+        tokio::spawn(http::serve_health(
+            address,
+            health.clone(),
+            stopping(stopped.clone()),
+        ));
+    }
+    if let Some(address) = address("--metrics-address", &options.metrics_address)? {
+        let registry = metrics.registry.clone();
+        tokio::spawn(http::serve_metrics(
+            address,
+            move || sync_agent::metrics::render(&registry),
+            stopping(stopped.clone()),
+        ));
+    }
+    let client = service_client(options.kubeconfig.as_deref()).await?;
+    client
+        .apiserver_version()
+        .await
+        .context("reaching the service cluster")?;
+    // Standby replicas are healthy and ready: they take over on failover.
+    health.set_ready(true);
+    let identity = process::instance_name(FIELD_MANAGER);
+    let leadership = if options.enable_leader_election {
+        match Leadership::acquire(
+            client.clone(),
+            &options.namespace,
+            FIELD_MANAGER,
+            &identity,
+            FIELD_MANAGER,
+            stopped.clone(),
+        )
+        .await?
+        {
+            Some(leadership) => Some(leadership),
+            None => return Ok(()),
+        }
+    } else {
+        None
+    };
+    info!(namespace = ?options.watch_namespace, "Reconciling PublishedOfferings");
+    let ctx = Context::new(client, settings, metrics, identity);
+    let controller = tokio::spawn(controller::run(
+        ctx,
+        options.watch_namespace.clone(),
+        stopping(stopped.clone()),
+    ));
+    match leadership {
+        Some(mut leadership) => {
+            let end = leadership.term(stopped.clone()).await;
+            if end == TermEnd::Lost {
+                controller.abort();
+            } else {
+                let _ = tokio::time::timeout(Duration::from_secs(20), controller).await;
+            }
+            leadership.release().await;
+            if end == TermEnd::Lost {
+                anyhow::bail!("lost leadership; exiting so that only one replica writes");
+            }
+        }
+        None => {
+            let _ = controller.await;
+        }
+    }
+    Ok(())
+}
+
+async fn service_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kubeconfig = Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("loading kubeconfig {}", path.display()))?
+        }
+        None => Config::infer()
+            .await
+            .context("finding the service cluster's configuration")?,
+    };
+    Client::try_from(config).context("building the service-cluster client")
 }
 
 fn write_crds(output_dir: Option<PathBuf>) -> anyhow::Result<()> {

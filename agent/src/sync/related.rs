@@ -111,6 +111,17 @@ fn sides(spec: &RelatedResourceSpec) -> (Side, Side) {
     }
 }
 
+/// The (group, resource) of a related resource on the service cluster: its
+/// origin for `origin: service`, its destination for `origin: kcp`.
+pub fn service_group_resource(spec: &RelatedResourceSpec) -> (String, String) {
+    let (origin, destination) = gvrs(spec);
+    let (group, _, resource) = match spec.origin {
+        RelatedResourceOrigin::Service => origin,
+        RelatedResourceOrigin::Kcp => destination,
+    };
+    (group, resource)
+}
+
 /// Origin and destination (group, version, resource).
 fn gvrs(spec: &RelatedResourceSpec) -> ((String, String, String), (String, String, String)) {
     let origin = match spec.kind {
@@ -677,6 +688,30 @@ pub(crate) async fn ensure_namespace(client: &Client, name: &str) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_service_side_of_a_related_resource_follows_its_origin() {
+        let from_kcp: RelatedResourceSpec = serde_json::from_value(json!({
+            "identifier": "creds", "origin": "kcp", "group": "", "version": "v1",
+            "resource": "configmaps", "projection": {"resource": "secrets"},
+            "object": {"reference": {"path": "spec.secretName"}}
+        }))
+        .unwrap();
+        assert_eq!(
+            service_group_resource(&from_kcp),
+            (String::new(), "secrets".into())
+        );
+        let from_service: RelatedResourceSpec = serde_json::from_value(json!({
+            "identifier": "creds", "origin": "service", "kind": "Secret",
+            "projection": {"resource": "configmaps"},
+            "object": {"reference": {"path": "spec.secretName"}}
+        }))
+        .unwrap();
+        assert_eq!(
+            service_group_resource(&from_service),
+            (String::new(), "secrets".into())
+        );
+    }
 
     #[test]
     fn legacy_kinds_and_projections_give_the_gvr_of_each_side() {

@@ -1,0 +1,215 @@
+//! Deleting an offering: consumer bindings and the export first (only with
+//! `deletionPolicy: Delete`, while the agent still runs to release its
+//! finalizers on consumer objects), then the agent's kcp identity, then
+//! everything on the service cluster.
+
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use kube::api::{Api, ListParams};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use sync_agent::api::kcp::apis_v1alpha1::APIResourceSchema;
+use sync_agent::api::kcp::apis_v1alpha2::APIExport;
+
+use crate::api::{DeletionPolicy, PublishedOffering};
+use crate::consumers;
+use crate::credentials;
+use crate::error::Error;
+use crate::names::{KCP_NAMESPACE, Names, OFFERING_NAME_LABEL, OFFERING_NAMESPACE_LABEL};
+use crate::provision::{Kcp, Settings, delete_if_present, delete_owned, kcp_secret_location};
+use sync_agent::api::published_resource::PublishedResource;
+
+/// Removes what `offering` provisioned. `Ok(Some(why))` when the kcp side
+/// was skipped because the operator cannot reach it any more (its
+/// credentials are gone); the caller reports that as a Warning event.
+pub async fn cleanup(
+    client: &Client,
+    offering: &PublishedOffering,
+    settings: &Settings,
+) -> Result<Option<String>, Error> {
+    let Ok(names) = Names::of(offering) else {
+        // An offering that never had names never provisioned anything.
+        return Ok(None);
+    };
+    let skipped = match load_kcp(client, offering, settings).await {
+        Ok(kcp) => cleanup_kcp(&kcp, offering, &names).await?,
+        Err(error @ (Error::KcpSecretMissing(_) | Error::InvalidKcpKubeconfig(_))) => {
+            Some(format!(
+                "{error}; the agent's ServiceAccount and ClusterRoles named syncagent:{} stay in {} and must be removed by hand",
+                names.export, offering.spec.kcp.workspace
+            ))
+        }
+        Err(error) => return Err(error),
+    };
+    cleanup_cluster(client, &names).await?;
+    Ok(skipped)
+}
+
+async fn load_kcp(
+    client: &Client,
+    offering: &PublishedOffering,
+    settings: &Settings,
+) -> Result<Kcp, Error> {
+    let location = kcp_secret_location(offering, settings)?;
+    Ok(Kcp::new(credentials::load(client, &location).await?))
+}
+
+async fn cleanup_kcp(
+    kcp: &Kcp,
+    offering: &PublishedOffering,
+    names: &Names,
+) -> Result<Option<String>, Error> {
+    let path = offering.spec.kcp.workspace.as_str();
+    let provider = kcp.client(path)?;
+    match kcp.logical_cluster(&provider, path).await {
+        Ok(_) => {}
+        // Nothing of ours can exist in a workspace that does not.
+        Err(Error::WorkspaceNotFound(_)) => return Ok(None),
+        Err(error) => return Err(error),
+    }
+    let kcp_error = |what: &str| {
+        let what = format!("{what} in {path}");
+        move |error| Error::kcp(&what, error)
+    };
+    if offering.spec.deletion_policy == DeletionPolicy::Delete {
+        let mut paths: BTreeSet<String> = offering
+            .status
+            .as_ref()
+            .and_then(|s| s.consumers.as_ref())
+            .map(|c| c.workspaces.iter().cloned().collect())
+            .unwrap_or_default();
+        paths.extend(consumers::desired(kcp, offering).await.0);
+        let mut remaining = Vec::new();
+        for consumer in &paths {
+            if !consumers::unbind(kcp, consumer, names).await? {
+                remaining.push(consumer.clone());
+            }
+        }
+        if !remaining.is_empty() {
+            return Err(Error::Deleting(format!(
+                "waiting for kcp to delete the APIBindings in {}; kcp deletes the consumers' objects first, and the agent must run to release them",
+                remaining.join(", ")
+            )));
+        }
+        delete_export(&provider, names)
+            .await
+            .map_err(kcp_error("deleting the APIExport and its schemas"))?;
+    }
+    let bindings: Api<ClusterRoleBinding> = Api::all(provider.clone());
+    let roles: Api<ClusterRole> = Api::all(provider.clone());
+    for name in [
+        &names.kcp_agent_role,
+        &names.kcp_access_binding,
+        &names.kcp_bind_role,
+    ] {
+        delete_owned(&bindings, name, names)
+            .await
+            .map_err(kcp_error("deleting the agent's ClusterRoleBindings"))?;
+    }
+    for name in [&names.kcp_agent_role, &names.kcp_bind_role] {
+        delete_owned(&roles, name, names)
+            .await
+            .map_err(kcp_error("deleting the agent's ClusterRoles"))?;
+    }
+    let accounts: Api<ServiceAccount> = Api::namespaced(provider.clone(), KCP_NAMESPACE);
+    delete_owned(&accounts, &names.kcp_service_account, names)
+        .await
+        .map_err(kcp_error("deleting the agent's ServiceAccount"))?;
+    Ok(None)
+}
+
+/// Deletes the export (if this offering's) and then its schemas that no
+/// other export in the workspace refers to.
+async fn delete_export(provider: &kube::Client, names: &Names) -> Result<(), kube::Error> {
+    let exports: Api<APIExport> = Api::all(provider.clone());
+    let Some(export) = exports.get_opt(&names.export).await? else {
+        return Ok(());
+    };
+    if export.annotations().get(crate::names::OWNER_ANNOTATION) != Some(&names.owner) {
+        return Ok(());
+    }
+    delete_if_present(&exports, &names.export).await?;
+    let in_use: BTreeSet<String> = exports
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .filter(|other| other.name_any() != names.export)
+        .flat_map(|other| other.spec.resources.iter().map(|r| r.schema.clone()))
+        .collect();
+    let schemas: Api<APIResourceSchema> = Api::all(provider.clone());
+    for resource in &export.spec.resources {
+        if !in_use.contains(&resource.schema) {
+            delete_if_present(&schemas, &resource.schema).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes `name` when its labels name this offering.
+async fn delete_labelled<K>(api: &Api<K>, name: &str, names: &Names) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    match api.get_opt(name).await? {
+        Some(object)
+            if object.labels().get(OFFERING_NAMESPACE_LABEL) == Some(&names.namespace)
+                && object.labels().get(OFFERING_NAME_LABEL) == Some(&names.offering) =>
+        {
+            delete_if_present(api, name).await
+        }
+        _ => Ok(()),
+    }
+}
+
+async fn cleanup_cluster(client: &Client, names: &Names) -> Result<(), Error> {
+    let err = |what: &'static str| move |error| Error::service(what, error);
+    let published: Api<PublishedResource> = Api::all(client.clone());
+    for resource in published
+        .list(&ListParams::default().labels(&names.children_selector()))
+        .await
+        .map_err(err("listing the offering's PublishedResources"))?
+    {
+        delete_if_present(&published, &resource.name_any())
+            .await
+            .map_err(err("deleting a PublishedResource"))?;
+    }
+    let ns = names.namespace.as_str();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    delete_labelled(&deployments, &names.agent_workload, names)
+        .await
+        .map_err(err("deleting the agent's Deployment"))?;
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    delete_labelled(&services, &names.metrics_service, names)
+        .await
+        .map_err(err("deleting the metrics Service"))?;
+    let cluster_bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
+    delete_labelled(&cluster_bindings, &names.cluster_role, names)
+        .await
+        .map_err(err("deleting the agent's ClusterRoleBinding"))?;
+    let cluster_roles: Api<ClusterRole> = Api::all(client.clone());
+    delete_labelled(&cluster_roles, &names.cluster_role, names)
+        .await
+        .map_err(err("deleting the agent's ClusterRole"))?;
+    let role_bindings: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
+    delete_labelled(&role_bindings, &names.agent_workload, names)
+        .await
+        .map_err(err("deleting the agent's RoleBinding"))?;
+    let roles: Api<Role> = Api::namespaced(client.clone(), ns);
+    delete_labelled(&roles, &names.agent_workload, names)
+        .await
+        .map_err(err("deleting the agent's Role"))?;
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    delete_labelled(&accounts, &names.agent_workload, names)
+        .await
+        .map_err(err("deleting the agent's ServiceAccount"))?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    delete_labelled(&secrets, &names.kcp_secret, names)
+        .await
+        .map_err(err("deleting the agent's kcp Secret"))?;
+    Ok(())
+}

@@ -1,0 +1,213 @@
+//! Consumer workspaces: which ones the offering binds (listed, and selected
+//! among a parent's children), their APIBindings, and their removal.
+
+use std::collections::BTreeSet;
+
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+use sync_agent::api::kcp::apis_v1alpha2::{APIBinding, APIExport};
+use sync_agent::api::kcp::tenancy_v1alpha1::Workspace;
+
+use crate::api::{DeletionPolicy, PublishedOffering};
+use crate::desired::consumer::binding;
+use crate::error::{Error, is_not_found};
+use crate::names::{Names, OWNER_ANNOTATION};
+use crate::provision::{Kcp, apply, delete_if_present};
+use crate::status::ConsumerReport;
+
+/// The consumer workspaces the spec asks for, and the selectors that could
+/// not be evaluated (with why).
+pub async fn desired(
+    kcp: &Kcp,
+    offering: &PublishedOffering,
+) -> (BTreeSet<String>, Vec<(String, String)>) {
+    let mut paths = BTreeSet::new();
+    let mut failed = Vec::new();
+    let Some(consumers) = &offering.spec.consumers else {
+        return (paths, failed);
+    };
+    paths.extend(consumers.workspaces.iter().cloned());
+    if let Some(selector) = &consumers.selector {
+        match children(kcp, &selector.parent, selector.label_selector.clone()).await {
+            Ok(children) => paths.extend(children),
+            Err(error) => failed.push((selector.parent.clone(), error.to_string())),
+        }
+    }
+    (paths, failed)
+}
+
+/// Ready child workspaces of `parent` matching `selector`.
+async fn children(
+    kcp: &Kcp,
+    parent: &str,
+    selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+) -> Result<Vec<String>, Error> {
+    let client = kcp.client(parent)?;
+    let workspaces: Api<Workspace> = Api::all(client);
+    let mut params = ListParams::default();
+    if let Some(selector) = selector {
+        let selector = kube::core::Selector::try_from(selector).map_err(|error| {
+            Error::InvalidSpec(format!("spec.consumers.selector.labelSelector: {error}"))
+        })?;
+        params = params.labels_from(&selector);
+    }
+    let list = workspaces.list(&params).await.map_err(|error| match &error {
+        kube::Error::Api(status) if status.code == 403 || status.code == 404 => Error::WorkspaceNotFound(format!(
+            "parent workspace {parent} does not exist or the operator may not list its workspaces"
+        )),
+        _ => Error::kcp(&format!("listing the workspaces of {parent}"), error),
+    })?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|ws| ws.status.as_ref().is_some_and(|s| s.phase == "Ready"))
+        .map(|ws| format!("{parent}:{}", ws.name_any()))
+        .collect())
+}
+
+/// Binds every desired consumer workspace and reports how each stands.
+/// Workspaces no longer desired lose their binding only under
+/// `deletionPolicy: Delete`; otherwise the binding stays, unmanaged.
+pub async fn reconcile(
+    kcp: &Kcp,
+    offering: &PublishedOffering,
+    names: &Names,
+    export: &APIExport,
+) -> ConsumerReport {
+    let (paths, failed) = desired(kcp, offering).await;
+    let mut report = ConsumerReport {
+        failed,
+        ..Default::default()
+    };
+    let claims = export.spec.permission_claims.clone();
+    let accepted = offering
+        .spec
+        .consumers
+        .as_ref()
+        .and_then(|c| c.accepted_claims.clone());
+    let desired = binding(
+        names,
+        &offering.spec.kcp.workspace,
+        &claims,
+        accepted.as_deref(),
+    );
+    for path in &paths {
+        match bind(kcp, path, names, &desired).await {
+            Ok(Some(true)) => {
+                report.bound.push(path.clone());
+                report.managed.push(path.clone());
+            }
+            Ok(Some(false)) => {
+                report.pending.push(path.clone());
+                report.managed.push(path.clone());
+            }
+            Ok(None) => report.failed.push((
+                path.clone(),
+                format!(
+                    "an APIBinding named {} exists and was not created by this offering; delete or rename it",
+                    names.export
+                ),
+            )),
+            Err(error) => report.failed.push((path.clone(), error.to_string())),
+        }
+    }
+    let previously: Vec<String> = offering
+        .status
+        .as_ref()
+        .and_then(|s| s.consumers.as_ref())
+        .map(|c| c.workspaces.clone())
+        .unwrap_or_default();
+    if offering.spec.deletion_policy == DeletionPolicy::Delete {
+        for path in previously.iter().filter(|p| !paths.contains(*p)) {
+            match unbind(kcp, path, names).await {
+                Ok(true) => {}
+                Ok(false) => report.managed.push(path.clone()),
+                Err(error) => {
+                    report.failed.push((path.clone(), error.to_string()));
+                    report.managed.push(path.clone());
+                }
+            }
+        }
+    }
+    report
+}
+
+/// Applies the binding in `path`: `Some(bound)` when it is this offering's,
+/// `None` when a foreign binding holds the name.
+async fn bind(
+    kcp: &Kcp,
+    path: &str,
+    names: &Names,
+    desired: &serde_json::Value,
+) -> Result<Option<bool>, Error> {
+    let client = kcp.client(path)?;
+    let bindings: Api<APIBinding> = Api::all(client);
+    let existing = bindings
+        .get_opt(&names.export)
+        .await
+        .map_err(|error| access_error(path, error))?;
+    if let Some(existing) = &existing
+        && existing.annotations().get(OWNER_ANNOTATION) != Some(&names.owner)
+    {
+        return Ok(None);
+    }
+    let applied = apply(&bindings, &names.export, desired)
+        .await
+        .map_err(|error| {
+            Error::kcp(
+                &format!("applying APIBinding {} in {path}", names.export),
+                error,
+            )
+        })?;
+    let bound = applied.status.as_ref().is_some_and(|s| {
+        s.phase == "Bound"
+            && !s
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "False")
+    });
+    Ok(Some(bound))
+}
+
+fn access_error(path: &str, error: kube::Error) -> Error {
+    match &error {
+        kube::Error::Api(status) if status.code == 403 => Error::WorkspaceNotFound(format!(
+            "workspace {path} does not exist or the operator may not enter it"
+        )),
+        _ => Error::kcp(&format!("reading APIBindings in {path}"), error),
+    }
+}
+
+/// Deletes this offering's binding in `path`; `Ok(true)` once it is gone.
+pub async fn unbind(kcp: &Kcp, path: &str, names: &Names) -> Result<bool, Error> {
+    let client = kcp.client(path)?;
+    let bindings: Api<APIBinding> = Api::all(client);
+    let existing = match bindings.get_opt(&names.export).await {
+        Ok(existing) => existing,
+        Err(kube::Error::Api(status)) if status.code == 403 || status.code == 404 => {
+            return Ok(true);
+        }
+        Err(error) => return Err(Error::kcp(&format!("reading APIBinding in {path}"), error)),
+    };
+    let Some(existing) = existing else {
+        return Ok(true);
+    };
+    if existing.annotations().get(OWNER_ANNOTATION) != Some(&names.owner) {
+        return Ok(true);
+    }
+    if existing.metadata.deletion_timestamp.is_none() {
+        delete_if_present(&bindings, &names.export)
+            .await
+            .map_err(|error| {
+                Error::kcp(
+                    &format!("deleting APIBinding {} in {path}", names.export),
+                    error,
+                )
+            })?;
+    }
+    match bindings.get_opt(&names.export).await {
+        Ok(remaining) => Ok(remaining.is_none()),
+        Err(error) if is_not_found(&error) => Ok(true),
+        Err(error) => Err(Error::kcp(&format!("reading APIBinding in {path}"), error)),
+    }
+}

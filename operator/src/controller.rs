@@ -1,0 +1,373 @@
+//! The PublishedOffering controller: wraps the apply pipeline and the
+//! cleanup in kube-runtime's finalizer, writes the status and events, and
+//! backs off per offering on errors.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use prometheus::{IntCounter, Registry};
+use serde_json::json;
+use sync_agent::api::published_resource::PublishedResource;
+use sync_agent::metrics::{ControllerMetrics, ReconcileResult};
+use tracing::{info, instrument, warn};
+
+use crate::api::{ConsumerCounts, PublishedOffering, PublishedOfferingStatus};
+use crate::cleanup::cleanup;
+use crate::error::Error;
+use crate::names::{FIELD_MANAGER, FINALIZER, OFFERING_NAME_LABEL, OFFERING_NAMESPACE_LABEL};
+use crate::provision::{Provisioned, Settings, provision};
+use crate::status;
+
+/// The controller's name in metrics and logs.
+pub const NAME: &str = "publishedoffering";
+/// How often a Ready offering is looked at again (new child workspaces,
+/// export claims the agent added, drift in kcp).
+const RESYNC: Duration = Duration::from_secs(60);
+/// How often an offering that waits for something is looked at again.
+const WAITING: Duration = Duration::from_secs(5);
+/// First and longest delay after a failed reconcile.
+const BACKOFF_MIN: Duration = Duration::from_secs(2);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// The operator's metrics.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    controllers: ControllerMetrics,
+    /// Agent tokens minted, first ones included.
+    pub tokens_issued: IntCounter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let controllers = ControllerMetrics::register(&registry);
+        let tokens_issued = IntCounter::new(
+            "offering_operator_agent_tokens_issued_total",
+            "kcp tokens minted for sync agents, first ones and rotations",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(tokens_issued.clone()))
+            .expect("metric registered once");
+        Self {
+            registry,
+            controllers,
+            tokens_issued,
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    client: Client,
+    recorder: Recorder,
+    settings: Settings,
+    metrics: Metrics,
+    failures: Mutex<HashMap<ObjectRef<PublishedOffering>, u32>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// A context writing through `client`.
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        metrics: Metrics,
+        instance: String,
+    ) -> Arc<Self> {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some(instance),
+        };
+        Arc::new(Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            settings,
+            metrics,
+            failures: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn backoff(&self, offering: &PublishedOffering) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let count = failures.entry(ObjectRef::from_obj(offering)).or_insert(0);
+        *count = count.saturating_add(1);
+        BACKOFF_MIN
+            .saturating_mul(2u32.saturating_pow(count.saturating_sub(1).min(16)))
+            .min(BACKOFF_MAX)
+    }
+
+    fn succeeded(&self, offering: &PublishedOffering) {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        failures.remove(&ObjectRef::from_obj(offering));
+    }
+
+    async fn event(
+        &self,
+        offering: &PublishedOffering,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(error) = self
+            .recorder
+            .publish(&event, &offering.object_ref(&()))
+            .await
+        {
+            warn!(%error, "Cannot record an event");
+        }
+    }
+}
+
+/// Runs the controller over `offerings` until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let (offerings, deployments): (Api<PublishedOffering>, Api<Deployment>) = match &namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let managed =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
+    let published: Api<PublishedResource> = Api::all(client);
+    Controller::new(offerings, watcher::Config::default())
+        .owns(deployments, managed.clone())
+        .watches(published, managed, |resource| {
+            let labels = resource.labels();
+            Some(
+                ObjectRef::new(labels.get(OFFERING_NAME_LABEL)?)
+                    .within(labels.get(OFFERING_NAMESPACE_LABEL)?),
+            )
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}
+
+/// One reconcile: the finalizer decides between apply and cleanup.
+#[instrument(skip_all, fields(offering = %offering.name_any(), namespace = offering.namespace().unwrap_or_default()))]
+async fn reconcile(
+    offering: Arc<PublishedOffering>,
+    ctx: Arc<Context>,
+) -> Result<Action, finalizer::Error<Error>> {
+    let started = Instant::now();
+    let namespace = offering.namespace().unwrap_or_default();
+    let api: Api<PublishedOffering> = Api::namespaced(ctx.client.clone(), &namespace);
+    let result = finalizer(&api, FINALIZER, offering, |event| async {
+        match event {
+            finalizer::Event::Apply(offering) => apply(&offering, &ctx).await,
+            finalizer::Event::Cleanup(offering) => remove(&offering, &ctx).await,
+        }
+    })
+    .await;
+    let label = match &result {
+        Ok(_) => ReconcileResult::Success,
+        Err(_) => ReconcileResult::Error,
+    };
+    ctx.metrics
+        .controllers
+        .reconciled(NAME, label, started.elapsed());
+    result
+}
+
+fn error_policy(
+    offering: Arc<PublishedOffering>,
+    error: &finalizer::Error<Error>,
+    ctx: Arc<Context>,
+) -> Action {
+    let category = match error {
+        finalizer::Error::ApplyFailed(error) | finalizer::Error::CleanupFailed(error) => {
+            error.category()
+        }
+        _ => "finalizer",
+    };
+    ctx.metrics.controllers.failed(NAME, category);
+    let delay = ctx.backoff(&offering);
+    warn!(offering = %offering.name_any(), error = %error, retry_in = ?delay, "Reconcile failed");
+    Action::requeue(delay)
+}
+
+async fn apply(offering: &PublishedOffering, ctx: &Context) -> Result<Action, Error> {
+    match provision(&ctx.client, offering, &ctx.settings).await {
+        Ok(provisioned) => {
+            ctx.succeeded(offering);
+            let action = write_provisioned(offering, ctx, &provisioned).await?;
+            Ok(action)
+        }
+        Err(error) => {
+            report_error(offering, ctx, &error).await;
+            Err(error)
+        }
+    }
+}
+
+fn ready_condition(offering: &PublishedOffering) -> Option<(String, String, String)> {
+    offering
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == status::READY)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+async fn write_provisioned(
+    offering: &PublishedOffering,
+    ctx: &Context,
+    provisioned: &Provisioned,
+) -> Result<Action, Error> {
+    let generation = offering.metadata.generation;
+    let mut next = offering.status.clone().unwrap_or_default();
+    status::set_all(&mut next.conditions, &provisioned.parts, generation);
+    next.observed_generation = generation;
+    next.export = Some(provisioned.export.clone());
+    next.consumers = Some(ConsumerCounts {
+        bound: count(provisioned.consumers.bound.len()),
+        failed: count(provisioned.consumers.failed.len()),
+        workspaces: provisioned.consumers.managed.clone(),
+    });
+    if provisioned.rotated {
+        ctx.metrics.tokens_issued.inc();
+        info!(renew_at = %provisioned.renew_at, "Issued the agent a new kcp token");
+        ctx.event(
+            offering,
+            EventType::Normal,
+            "TokenIssued",
+            format!(
+                "Issued the agent a kcp token; it is renewed at {}",
+                provisioned.renew_at
+            ),
+        )
+        .await;
+    }
+    announce(offering, ctx, &next).await;
+    write_status(offering, ctx, &next).await?;
+    let ready = next.conditions.first().is_some_and(|c| c.status == "True");
+    let until_renewal = provisioned
+        .renew_at
+        .duration_since(Timestamp::now())
+        .try_into()
+        .unwrap_or(Duration::ZERO)
+        .max(Duration::from_secs(1));
+    let wait = if ready { RESYNC } else { WAITING };
+    Ok(Action::requeue(wait.min(until_renewal)))
+}
+
+/// Events when `Ready` changes: Normal when it holds, Warning with the
+/// reason when it does not.
+async fn announce(offering: &PublishedOffering, ctx: &Context, next: &PublishedOfferingStatus) {
+    let Some(ready) = next.conditions.iter().find(|c| c.type_ == status::READY) else {
+        return;
+    };
+    let now = (
+        ready.status.clone(),
+        ready.reason.clone(),
+        ready.message.clone(),
+    );
+    if ready_condition(offering).as_ref() == Some(&now) {
+        return;
+    }
+    let type_ = if ready.status == "True" {
+        EventType::Normal
+    } else {
+        EventType::Warning
+    };
+    ctx.event(offering, type_, &ready.reason, ready.message.clone())
+        .await;
+}
+
+fn count(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+async fn report_error(offering: &PublishedOffering, ctx: &Context, error: &Error) {
+    let generation = offering.metadata.generation;
+    let mut next = offering.status.clone().unwrap_or_default();
+    status::set_error(&mut next.conditions, error, generation);
+    next.observed_generation = generation;
+    announce(offering, ctx, &next).await;
+    if let Err(write_error) = write_status(offering, ctx, &next).await {
+        warn!(error = %write_error, "Cannot write the status");
+    }
+}
+
+async fn write_status(
+    offering: &PublishedOffering,
+    ctx: &Context,
+    next: &PublishedOfferingStatus,
+) -> Result<(), Error> {
+    if offering.status.as_ref() == Some(next) {
+        return Ok(());
+    }
+    let api: Api<PublishedOffering> = Api::namespaced(
+        ctx.client.clone(),
+        &offering.namespace().unwrap_or_default(),
+    );
+    api.patch_status(
+        &offering.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": next})),
+    )
+    .await
+    .map_err(|error| Error::service("writing the offering's status", error))?;
+    Ok(())
+}
+
+async fn remove(offering: &PublishedOffering, ctx: &Context) -> Result<Action, Error> {
+    match cleanup(&ctx.client, offering, &ctx.settings).await {
+        Ok(skipped) => {
+            if let Some(why) = skipped {
+                warn!(reason = %why, "Skipped the kcp side of the cleanup");
+                ctx.event(offering, EventType::Warning, "KcpCleanupSkipped", why)
+                    .await;
+            }
+            info!("Removed the offering's objects");
+            Ok(Action::await_change())
+        }
+        Err(error) => {
+            report_error(offering, ctx, &error).await;
+            Err(error)
+        }
+    }
+}

@@ -1,0 +1,505 @@
+//! The objects an offering needs on the service cluster: the agent's
+//! identity and permissions, its PublishedResources, its Deployment and the
+//! metrics Service.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
+    SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
+    VolumeMount,
+};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+use kube::api::ObjectMeta;
+use sync_agent::api::published_resource::PublishedResource;
+
+use crate::api::{AgentSettings, LogFormat, PublishedOffering};
+use crate::names::{AGENT_LABEL, KCP_MOUNT_PATH, KUBECONFIG_KEY, Names, OWNER_ANNOTATION};
+
+/// Port of the agent's `/metrics`.
+pub const METRICS_PORT: i32 = 8085;
+/// Port of the agent's `/healthz` and `/readyz`.
+pub const HEALTH_PORT: i32 = 8086;
+/// Path of the agent binary in the project's image.
+pub const AGENT_COMMAND: &str = "/usr/local/bin/sync-agent";
+/// User and group the agent runs as (non-root).
+const AGENT_UID: i64 = 65532;
+/// Agent replicas when the offering does not say: one leads, one stands by.
+const DEFAULT_REPLICAS: i32 = 2;
+
+/// A kind the agent syncs on the service cluster, as RBAC names it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct GroupResource {
+    /// API group, empty for core.
+    pub group: String,
+    /// Plural resource name.
+    pub resource: String,
+}
+
+/// Namespaced children: named by the workload, owned by the offering.
+fn owned(offering: &PublishedOffering, names: &Names, name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some(names.namespace.clone()),
+        labels: Some(names.labels()),
+        owner_references: offering.controller_owner_ref(&()).map(|owner| vec![owner]),
+        ..Default::default()
+    }
+}
+
+/// Cluster-scoped children: found again by label, removed by the finalizer.
+fn cluster_meta(names: &Names, name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        labels: Some(names.labels()),
+        annotations: Some(BTreeMap::from([(
+            OWNER_ANNOTATION.into(),
+            names.owner.clone(),
+        )])),
+        ..Default::default()
+    }
+}
+
+fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
+    PolicyRule {
+        api_groups: Some(vec![group.into()]),
+        resources: Some(resources.iter().map(|r| r.to_string()).collect()),
+        verbs: verbs.iter().map(|v| v.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+const WRITE: &[&str] = &[
+    "get", "list", "watch", "create", "update", "patch", "delete",
+];
+
+/// The agent's ServiceAccount.
+pub fn service_account(offering: &PublishedOffering, names: &Names) -> ServiceAccount {
+    ServiceAccount {
+        metadata: owned(offering, names, &names.agent_workload),
+        ..Default::default()
+    }
+}
+
+/// What the agent does cluster-wide: read CRDs and its PublishedResources,
+/// write their status, create namespaces for copies, raise events, and
+/// manage copies of the published kinds (`synced`) and related objects
+/// (`related`).
+pub fn cluster_role(
+    names: &Names,
+    synced: &BTreeSet<GroupResource>,
+    related: &BTreeSet<GroupResource>,
+) -> ClusterRole {
+    let mut rules = vec![
+        rule(
+            "apiextensions.k8s.io",
+            &["customresourcedefinitions"],
+            &["get", "list", "watch"],
+        ),
+        rule(
+            "syncagent.kcp.io",
+            &["publishedresources"],
+            &["get", "list", "watch"],
+        ),
+        rule(
+            "syncagent.kcp.io",
+            &["publishedresources/status"],
+            &["get", "update", "patch"],
+        ),
+        rule("", &["namespaces"], &["get", "list", "watch", "create"]),
+        rule("", &["events"], &["create", "patch"]),
+        rule("events.k8s.io", &["events"], &["create", "patch"]),
+    ];
+    for kind in synced {
+        rules.push(rule(&kind.group, &[kind.resource.as_str()], WRITE));
+        rules.push(rule(
+            &kind.group,
+            &[format!("{}/status", kind.resource).as_str()],
+            &["get", "update", "patch"],
+        ));
+    }
+    for kind in related.difference(synced) {
+        rules.push(rule(&kind.group, &[kind.resource.as_str()], WRITE));
+    }
+    ClusterRole {
+        metadata: cluster_meta(names, &names.cluster_role),
+        rules: Some(rules),
+        ..Default::default()
+    }
+}
+
+fn agent_subject(names: &Names) -> Subject {
+    Subject {
+        kind: "ServiceAccount".into(),
+        name: names.agent_workload.clone(),
+        namespace: Some(names.namespace.clone()),
+        ..Default::default()
+    }
+}
+
+/// Binds [`cluster_role`] to the agent.
+pub fn cluster_role_binding(names: &Names) -> ClusterRoleBinding {
+    ClusterRoleBinding {
+        metadata: cluster_meta(names, &names.cluster_role),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "ClusterRole".into(),
+            name: names.cluster_role.clone(),
+        },
+        subjects: Some(vec![agent_subject(names)]),
+    }
+}
+
+/// The leader-election Lease in the offering's namespace.
+pub fn role(offering: &PublishedOffering, names: &Names) -> Role {
+    Role {
+        metadata: owned(offering, names, &names.agent_workload),
+        rules: Some(vec![rule(
+            "coordination.k8s.io",
+            &["leases"],
+            &["get", "list", "watch", "create", "update", "patch"],
+        )]),
+    }
+}
+
+/// Binds [`role`] to the agent.
+pub fn role_binding(offering: &PublishedOffering, names: &Names) -> RoleBinding {
+    RoleBinding {
+        metadata: owned(offering, names, &names.agent_workload),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "Role".into(),
+            name: names.agent_workload.clone(),
+        },
+        subjects: Some(vec![agent_subject(names)]),
+    }
+}
+
+/// One PublishedResource per offered resource, labelled for the agent.
+pub fn published_resources(offering: &PublishedOffering, names: &Names) -> Vec<PublishedResource> {
+    offering
+        .spec
+        .resources
+        .iter()
+        .map(|resource| {
+            let mut published = PublishedResource::new(
+                &names.published_resource(&resource.name),
+                resource.spec.clone(),
+            );
+            let mut meta = cluster_meta(names, &names.published_resource(&resource.name));
+            meta.labels
+                .get_or_insert_with(BTreeMap::new)
+                .insert(AGENT_LABEL.into(), names.agent.clone());
+            published.metadata = meta;
+            published
+        })
+        .collect()
+}
+
+/// The agent's `--published-resource-selector`.
+pub fn published_resource_selector(names: &Names) -> String {
+    format!("{AGENT_LABEL}={}", names.agent)
+}
+
+fn probe(path: &str) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("health".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(10),
+        failure_threshold: Some(3),
+        ..Default::default()
+    }
+}
+
+/// The agent's flags.
+fn agent_args(names: &Names, settings: &AgentSettings) -> Vec<String> {
+    let format = match settings.log_format.unwrap_or_default() {
+        LogFormat::Json => "json",
+        LogFormat::Text => "text",
+    };
+    let mut args = vec![
+        format!("--namespace={}", names.namespace),
+        format!("--agent-name={}", names.agent),
+        format!("--apiexportendpointslice-ref={}", names.export),
+        format!("--kcp-kubeconfig={KCP_MOUNT_PATH}/{KUBECONFIG_KEY}"),
+        format!(
+            "--published-resource-selector={}",
+            published_resource_selector(names)
+        ),
+        "--enable-leader-election".into(),
+        format!("--metrics-address=0.0.0.0:{METRICS_PORT}"),
+        format!("--health-address=0.0.0.0:{HEALTH_PORT}"),
+        format!("--log-format={format}"),
+    ];
+    if settings.log_level.as_deref() == Some("debug") {
+        args.push("--log-debug".into());
+    }
+    args
+}
+
+/// The agent Deployment running `image`.
+pub fn deployment(offering: &PublishedOffering, names: &Names, image: &str) -> Deployment {
+    let settings = offering.spec.agent.clone().unwrap_or_default();
+    let mut pod_labels = settings.pod_labels.clone();
+    pod_labels.extend(names.labels());
+    let mut env = vec![EnvVar {
+        name: "POD_NAME".into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "metadata.name".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    if let Some(level) = settings
+        .log_level
+        .as_ref()
+        .filter(|l| l.as_str() != "debug")
+    {
+        env.push(EnvVar {
+            name: "RUST_LOG".into(),
+            value: Some(level.clone()),
+            ..Default::default()
+        });
+    }
+    let container = Container {
+        name: "sync-agent".into(),
+        image: Some(image.into()),
+        command: Some(vec![AGENT_COMMAND.into()]),
+        args: Some(agent_args(names, &settings)),
+        env: Some(env),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("metrics".into()),
+                container_port: METRICS_PORT,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("health".into()),
+                container_port: HEALTH_PORT,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+        ]),
+        liveness_probe: Some(probe("/healthz")),
+        readiness_probe: Some(probe("/readyz")),
+        resources: settings.resources.clone(),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            run_as_user: Some(AGENT_UID),
+            run_as_group: Some(AGENT_UID),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "kcp-kubeconfig".into(),
+            mount_path: KCP_MOUNT_PATH.into(),
+            read_only: Some(true),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+    Deployment {
+        metadata: owned(offering, names, &names.agent_workload),
+        spec: Some(DeploymentSpec {
+            replicas: Some(settings.replicas.unwrap_or(DEFAULT_REPLICAS)),
+            selector: LabelSelector {
+                match_labels: Some(names.selector_labels()),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: (!settings.pod_annotations.is_empty())
+                        .then(|| settings.pod_annotations.clone()),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(names.agent_workload.clone()),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    containers: vec![container],
+                    volumes: Some(vec![Volume {
+                        name: "kcp-kubeconfig".into(),
+                        secret: Some(SecretVolumeSource {
+                            secret_name: Some(names.kcp_secret.clone()),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }]),
+                    node_selector: (!settings.node_selector.is_empty())
+                        .then(|| settings.node_selector.clone()),
+                    tolerations: (!settings.tolerations.is_empty())
+                        .then(|| settings.tolerations.clone()),
+                    affinity: settings.affinity.clone(),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The Service a Prometheus scrapes the agent through.
+pub fn metrics_service(offering: &PublishedOffering, names: &Names) -> Service {
+    Service {
+        metadata: owned(offering, names, &names.metrics_service),
+        spec: Some(ServiceSpec {
+            selector: Some(names.selector_labels()),
+            ports: Some(vec![ServicePort {
+                name: Some("metrics".into()),
+                port: METRICS_PORT,
+                target_port: Some(IntOrString::String("metrics".into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::PublishedOfferingSpec;
+    use serde_json::json;
+
+    fn offering(agent: serde_json::Value) -> (PublishedOffering, Names) {
+        let spec: PublishedOfferingSpec = serde_json::from_value(json!({
+            "kcp": {"workspace": "root:providers:db"},
+            "resources": [
+                {"name": "dbs", "resource": {"apiGroup": "db.example.io", "kind": "Database"}},
+                {"name": "backups", "resource": {"apiGroup": "db.example.io", "kind": "Backup"}}
+            ],
+            "agent": agent,
+        }))
+        .unwrap();
+        let mut offering = PublishedOffering::new("databases", spec);
+        offering.metadata.namespace = Some("team-a".into());
+        offering.metadata.uid = Some("0000-1111".into());
+        let names = Names::of(&offering).unwrap();
+        (offering, names)
+    }
+
+    #[test]
+    fn the_deployment_runs_non_root_with_the_spec_scheduling() {
+        let (offering, names) = offering(json!({
+            "replicas": 3,
+            "nodeSelector": {"pool": "agents"},
+            "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+            "podLabels": {"team": "a"},
+            "logFormat": "text",
+        }));
+        let deployment = deployment(&offering, &names, "example/sync-agent:1");
+        let spec = deployment.spec.unwrap();
+        assert_eq!(spec.replicas, Some(3));
+        let pod = spec.template.spec.unwrap();
+        assert_eq!(pod.node_selector.unwrap()["pool"], "agents");
+        assert_eq!(pod.tolerations.unwrap().len(), 1);
+        assert_eq!(spec.template.metadata.unwrap().labels.unwrap()["team"], "a");
+        let container = &pod.containers[0];
+        let security = container.security_context.clone().unwrap();
+        assert_eq!(security.run_as_non_root, Some(true));
+        assert_eq!(security.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            security.capabilities.unwrap().drop.unwrap(),
+            vec!["ALL".to_string()]
+        );
+        let args = container.args.clone().unwrap();
+        assert!(args.contains(&"--log-format=text".to_string()), "{args:?}");
+        assert!(args.contains(&"--apiexportendpointslice-ref=databases".to_string()));
+        assert!(
+            args.contains(
+                &"--published-resource-selector=offering.syncagent.dev/agent=team-a-databases"
+                    .to_string()
+            )
+        );
+        assert!(container.readiness_probe.is_some() && container.liveness_probe.is_some());
+        assert_eq!(
+            deployment.metadata.owner_references.unwrap()[0].uid,
+            "0000-1111"
+        );
+    }
+
+    #[test]
+    fn replicas_default_to_a_leader_and_a_standby() {
+        let (offering, names) = offering(json!(null));
+        let deployment = deployment(&offering, &names, "img");
+        assert_eq!(deployment.spec.unwrap().replicas, Some(2));
+    }
+
+    #[test]
+    fn the_cluster_role_covers_synced_and_related_kinds_only() {
+        let (_, names) = offering(json!(null));
+        let synced = BTreeSet::from([GroupResource {
+            group: "db.example.io".into(),
+            resource: "databases".into(),
+        }]);
+        let related = BTreeSet::from([GroupResource {
+            group: String::new(),
+            resource: "secrets".into(),
+        }]);
+        let role = cluster_role(&names, &synced, &related);
+        let rules = role.rules.unwrap();
+        let covers = |group: &str, resource: &str, verb: &str| {
+            rules.iter().any(|r| {
+                r.api_groups.as_deref() == Some(&[group.to_string()][..])
+                    && r.resources
+                        .as_ref()
+                        .is_some_and(|rs| rs.contains(&resource.to_string()))
+                    && r.verbs.contains(&verb.to_string())
+            })
+        };
+        assert!(covers("db.example.io", "databases", "delete"));
+        assert!(covers("db.example.io", "databases/status", "update"));
+        assert!(covers("", "secrets", "create"));
+        assert!(!covers("", "configmaps", "get"));
+        assert!(!covers("", "secrets/status", "update"));
+        assert!(!rules.iter().any(|r| r.verbs.contains(&"*".to_string())));
+    }
+
+    #[test]
+    fn published_resources_are_labelled_for_the_agent() {
+        let (offering, names) = offering(json!(null));
+        let published = published_resources(&offering, &names);
+        assert_eq!(published.len(), 2);
+        assert_eq!(
+            published[0].metadata.name.as_deref(),
+            Some("team-a.databases.dbs")
+        );
+        assert_eq!(
+            published[0].metadata.labels.as_ref().unwrap()[AGENT_LABEL],
+            "team-a-databases"
+        );
+    }
+}
