@@ -39,7 +39,7 @@ pub fn write_kcp_kubeconfig(env: &EnvFile, workspace: &str, name: &str) -> anyho
     Ok(path)
 }
 
-/// A running agent; killed when dropped.
+/// A running agent (or operator); killed when dropped.
 #[derive(Debug)]
 pub struct AgentProcess {
     child: Child,
@@ -66,6 +66,8 @@ pub struct AgentSettings {
     pub selector: String,
     /// Extra flags.
     pub extra_args: Vec<String>,
+    /// The agent's `RUST_LOG`.
+    pub log_filter: String,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -79,65 +81,104 @@ fn binary() -> PathBuf {
     )
 }
 
+/// A process to launch: binary, flags, environment, log and the addresses
+/// of its health and metrics endpoints.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// The executable.
+    pub binary: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// File receiving stdout and stderr.
+    pub log: PathBuf,
+    /// Address of `/metrics`.
+    pub metrics_address: String,
+    /// Address of `/healthz` and `/readyz`.
+    pub health_address: String,
+}
+
+/// A free loopback address.
+pub fn free_address() -> anyhow::Result<String> {
+    Ok(format!("127.0.0.1:{}", free_port()?))
+}
+
+/// The project binary `name` (`<repo>/target/debug/<name>`).
+pub fn project_binary(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/debug")
+        .join(name)
+}
+
 impl AgentProcess {
     /// Starts an agent and waits until it reports ready.
     pub async fn start(env: &EnvFile, settings: &AgentSettings) -> anyhow::Result<Self> {
         let kcp_kubeconfig = write_kcp_kubeconfig(env, &settings.workspace, &settings.name)?;
-        let metrics_address = format!("127.0.0.1:{}", free_port()?);
-        let health_address = format!("127.0.0.1:{}", free_port()?);
+        let metrics_address = free_address()?;
+        let health_address = free_address()?;
         let log = env
             .log_dir
             .join(format!("agent-{}-{}.log", settings.name, free_port()?));
-        let file = std::fs::File::create(&log)?;
-        let binary = binary();
-        let child = Command::new(&binary)
-            .arg(format!("--kcp-kubeconfig={}", kcp_kubeconfig.display()))
-            .arg(format!("--kubeconfig={}", env.service_kubeconfig.display()))
-            .arg(format!("--namespace={}", settings.namespace))
-            .arg(format!("--agent-name={}", settings.name))
-            .arg(format!(
-                "--apiexportendpointslice-ref={}",
-                settings.endpoint_slice
-            ))
-            .arg(format!(
-                "--published-resource-selector={}",
-                settings.selector
-            ))
-            .arg(format!("--metrics-address={metrics_address}"))
-            .arg(format!("--health-address={health_address}"))
-            .arg("--log-format=text")
-            .args(&settings.extra_args)
-            .env("RUST_LOG", "info,sync_agent=debug")
+        let mut args = vec![
+            format!("--kcp-kubeconfig={}", kcp_kubeconfig.display()),
+            format!("--kubeconfig={}", env.service_kubeconfig.display()),
+            format!("--namespace={}", settings.namespace),
+            format!("--agent-name={}", settings.name),
+            format!("--apiexportendpointslice-ref={}", settings.endpoint_slice),
+            format!("--published-resource-selector={}", settings.selector),
+            format!("--metrics-address={metrics_address}"),
+            format!("--health-address={health_address}"),
+            "--log-format=text".into(),
+        ];
+        args.extend(settings.extra_args.iter().cloned());
+        Self::launch(Launch {
+            binary: binary(),
+            args,
+            env: vec![("RUST_LOG".into(), settings.log_filter.clone())],
+            log,
+            metrics_address,
+            health_address,
+        })
+        .await
+    }
+
+    /// Starts `launch` and waits until its `/readyz` answers.
+    pub async fn launch(launch: Launch) -> anyhow::Result<Self> {
+        let file = std::fs::File::create(&launch.log)?;
+        let child = Command::new(&launch.binary)
+            .args(&launch.args)
+            .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
             .spawn()
             .with_context(|| {
                 format!(
-                    "starting {} (build it with cargo build -p sync-agent)",
-                    binary.display()
+                    "starting {} (build it with cargo build)",
+                    launch.binary.display()
                 )
             })?;
-        let mut agent = Self {
+        let mut process = Self {
             child,
-            metrics_address,
-            health_address,
-            log,
+            metrics_address: launch.metrics_address,
+            health_address: launch.health_address,
+            log: launch.log,
         };
-        let url = format!("http://{}/readyz", agent.health_address);
+        let url = format!("http://{}/readyz", process.health_address);
         let waited = poll_until(
-            "the agent to be ready",
+            &format!("{} to be ready", launch.binary.display()),
             Duration::from_secs(60),
             async || {
-                if let Ok(Some(status)) = agent.child.try_wait() {
-                    return Err(format!("the agent exited with {status}"));
+                if let Ok(Some(status)) = process.child.try_wait() {
+                    return Err(format!("the process exited with {status}"));
                 }
                 http_get(&url).await.map(drop)
             },
         )
         .await;
-        waited.with_context(|| format!("agent log: {}", agent.log_tail()))?;
-        Ok(agent)
+        waited.with_context(|| format!("log: {}", process.log_tail()))?;
+        Ok(process)
     }
 
     /// The agent's `/metrics` text.
@@ -156,6 +197,11 @@ impl AgentProcess {
                 .ok_or_else(|| "still running".to_string())
         })
         .await
+    }
+
+    /// The process id, for reading its resource use from `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether the process still runs.

@@ -4,6 +4,8 @@
 pub mod agent;
 pub mod env;
 pub mod kcp;
+pub mod offering;
+pub mod pod;
 pub mod poll;
 pub mod publishing;
 pub mod scene;

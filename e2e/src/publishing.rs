@@ -95,6 +95,7 @@ impl Provider {
             namespace: self.namespace.clone(),
             selector: format!("agent={}", self.agent_name),
             extra_args: Vec::new(),
+            log_filter: "info,sync_agent=debug".into(),
         }
     }
 
