@@ -1,0 +1,495 @@
+//! The operator over an offering's life: edits, bad input beside good
+//! input, token rotation, and deletion with each deletionPolicy.
+
+use e2e::offering::{KCP_SECRET, OfferingScene, TIMEOUT};
+use e2e::poll::poll_until;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::json;
+use sync_agent::api::kcp::apis_v1alpha2::{APIBinding, APIExport};
+use sync_agent::api::published_resource::PublishedResource;
+
+fn export_names(export: &APIExport) -> Vec<String> {
+    export
+        .spec
+        .resources
+        .iter()
+        .map(|r| r.name.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn editing_an_offering_publishes_added_resources_and_scales_the_agent() {
+    let scene = OfferingScene::new("op-edit", &[]).await.expect("scene");
+    scene
+        .apply("widgets", scene.spec(json!({"agent": {"replicas": 1}})))
+        .await
+        .expect("offering");
+    let _agent = scene.run_agent("widgets").await.expect("agent");
+    scene
+        .wait_for_condition("widgets", "Ready", "True", "Ready")
+        .await
+        .expect("ready");
+
+    scene
+        .provider
+        .apply_crd("Gadget", &[("v1", true, true)], "size")
+        .await
+        .expect("Gadget CRD");
+    let mut spec = scene.spec(json!({"agent": {"replicas": 3}}));
+    spec["resources"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "gadgets", "resource": {"apiGroup": scene.provider.group, "kind": "Gadget"}}));
+    scene.apply("widgets", spec).await.expect("edited offering");
+
+    let service = scene.provider.service.clone();
+    let ns = scene.provider.namespace.clone();
+    poll_until("the Deployment to have 3 replicas", TIMEOUT, async || {
+        let deployment = Api::<Deployment>::namespaced(service.clone(), &ns)
+            .get("widgets-sync-agent")
+            .await
+            .map_err(|e| e.to_string())?;
+        match deployment.spec.and_then(|s| s.replicas) {
+            Some(3) => Ok(()),
+            other => Err(format!("replicas {other:?}")),
+        }
+    })
+    .await
+    .expect("scaled");
+    Api::<PublishedResource>::all(service.clone())
+        .get(&format!("{ns}.widgets.gadgets"))
+        .await
+        .expect("PublishedResource for gadgets");
+    let role = Api::<ClusterRole>::all(service.clone())
+        .get(&format!("offering.syncagent.dev:{ns}:widgets"))
+        .await
+        .expect("ClusterRole");
+    assert!(
+        role.rules
+            .unwrap()
+            .iter()
+            .any(|r| r.resources.as_deref() == Some(&["gadgets".to_string()][..]))
+    );
+    let exports: Api<APIExport> = Api::all(scene.provider.kcp_client.clone());
+    poll_until("the export to serve gadgets", TIMEOUT, async || {
+        let export = exports.get("widgets").await.map_err(|e| e.to_string())?;
+        let names = export_names(&export);
+        if names.contains(&"gadgets".to_string()) && names.contains(&"widgets".to_string()) {
+            Ok(())
+        } else {
+            Err(format!("resources {names:?}"))
+        }
+    })
+    .await
+    .expect("gadgets published");
+    scene
+        .wait_for_condition("widgets", "SchemasPublished", "True", "SchemasPublished")
+        .await
+        .expect("both schemas published");
+    scene.provider.cleanup().await.expect("cleanup");
+}
+
+#[tokio::test]
+async fn bad_offerings_say_why_while_a_good_one_beside_them_stays_ready() {
+    let scene = OfferingScene::new("op-bad", &[]).await.expect("scene");
+    let service = scene.provider.service.clone();
+    let ns = scene.provider.namespace.clone();
+    scene
+        .apply("good", scene.spec(json!({"agent": {"replicas": 1}})))
+        .await
+        .expect("good offering");
+    let _agent = scene.run_agent("good").await.expect("agent");
+
+    let unreachable = std::fs::read_to_string(&scene.provider.env.kcp_kubeconfig)
+        .unwrap()
+        .replace(&scene.provider.kcp.url(), "https://127.0.0.1:1");
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "kcp-unreachable"},
+        "stringData": {"kubeconfig": unreachable},
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(service.clone(), &ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("unreachable secret");
+    let foreign_export = Api::<APIExport>::all(scene.provider.kcp_client.clone())
+        .get(&scene.provider.export)
+        .await
+        .expect("the provider's own export");
+
+    let cases = [
+        (
+            "no-secret",
+            json!({"kcp": {"workspace": scene.provider.workspace.path, "kubeconfigSecretRef": {"name": "missing"}}}),
+            "KcpSecretMissing",
+        ),
+        (
+            "unreachable",
+            json!({"kcp": {"workspace": scene.provider.workspace.path, "kubeconfigSecretRef": {"name": "kcp-unreachable"}}}),
+            "KcpUnreachable",
+        ),
+        (
+            "no-workspace",
+            json!({"kcp": {"workspace": "root:does-not-exist", "kubeconfigSecretRef": {"name": KCP_SECRET}}}),
+            "WorkspaceNotFound",
+        ),
+        (
+            "taken",
+            json!({"export": {"name": scene.provider.export}}),
+            "ExportConflict",
+        ),
+        (
+            "no-crd",
+            json!({"resources": [{"name": "gizmos", "resource": {"apiGroup": scene.provider.group, "kind": "Gizmo"}}]}),
+            "ResourceKindNotFound",
+        ),
+    ];
+    for (name, extra, _) in &cases {
+        scene
+            .apply(name, scene.spec(extra.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    for (name, _, reason) in &cases {
+        let offering = scene
+            .wait_for_condition(name, "Ready", "False", reason)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let message = &offering.status.unwrap().conditions[0].message;
+        assert!(!message.is_empty(), "{name} has no message");
+        assert!(
+            !message.contains("eyJ"),
+            "{name}'s message carries a token: {message}"
+        );
+        scene
+            .wait_for_warning(name, reason)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    }
+
+    // The export someone else owns is untouched.
+    let after = Api::<APIExport>::all(scene.provider.kcp_client.clone())
+        .get(&scene.provider.export)
+        .await
+        .expect("the provider's own export");
+    assert_eq!(after.resource_version(), foreign_export.resource_version());
+    // The good offering stays Ready and the operator keeps running.
+    scene
+        .wait_for_condition("good", "Ready", "True", "Ready")
+        .await
+        .expect("the good offering stays ready");
+    let mut operator = scene.operator;
+    assert!(operator.is_running(), "the operator crashed");
+}
+
+#[tokio::test]
+async fn agent_tokens_rotate_without_interrupting_the_sync() {
+    let scene = OfferingScene::new(
+        "op-rotate",
+        &[
+            "--agent-token-lifetime=10m",
+            "--agent-token-renew-before=590s",
+        ],
+    )
+    .await
+    .expect("scene");
+    let consumer = scene
+        .provider
+        .kcp
+        .create_workspace("root", "op-rot-consumer")
+        .await
+        .expect("consumer");
+    scene
+        .apply(
+            "widgets",
+            scene.spec(
+                json!({"agent": {"replicas": 1}, "consumers": {"workspaces": [consumer.path]}}),
+            ),
+        )
+        .await
+        .expect("offering");
+    let agent = scene.run_agent("widgets").await.expect("agent");
+    scene
+        .wait_for_condition("widgets", "Ready", "True", "Ready")
+        .await
+        .expect("ready");
+    let secrets: Api<Secret> =
+        Api::namespaced(scene.provider.service.clone(), &scene.provider.namespace);
+    let token = async || {
+        secrets
+            .get("widgets-kcp-kubeconfig")
+            .await
+            .map(|s| s.data.unwrap()["token"].0.clone())
+            .map_err(|e| e.to_string())
+    };
+    let first = token().await.expect("token");
+    let mut seen = vec![first];
+    for round in 0..2 {
+        let next = poll_until(&format!("rotation {round}"), TIMEOUT, async || {
+            let current = token().await?;
+            if seen.contains(&current) {
+                Err("not rotated yet".to_string())
+            } else {
+                Ok(current)
+            }
+        })
+        .await
+        .expect("rotated");
+        seen.push(next);
+    }
+    let mounted = agent.mounts["/etc/sync-agent/kcp"].join("token");
+    poll_until("the mounted token to follow", TIMEOUT, async || {
+        let on_disk = std::fs::read(&mounted).map_err(|e| e.to_string())?;
+        if seen[1..].contains(&on_disk) {
+            Ok(())
+        } else {
+            Err("stale".to_string())
+        }
+    })
+    .await
+    .expect("mounted token updated");
+
+    // Recreating the ServiceAccount invalidates every token minted so far:
+    // the agent keeps syncing only if it picks up the new one.
+    let accounts: Api<ServiceAccount> =
+        Api::namespaced(scene.provider.kcp_client.clone(), "sync-agents");
+    accounts
+        .delete("sync-agent-widgets", &DeleteParams::default())
+        .await
+        .expect("delete the agent's ServiceAccount");
+    poll_until(
+        "a token of the recreated ServiceAccount",
+        TIMEOUT,
+        async || {
+            let current = token().await?;
+            if seen.contains(&current) {
+                Err("old token".to_string())
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await
+    .expect("new token");
+    // kcp accepts a known token for a few seconds from its cache; wait
+    // until the last old token is refused.
+    let old = String::from_utf8(seen.last().unwrap().clone()).unwrap();
+    let mut config = scene
+        .provider
+        .kcp
+        .config_at(&format!(
+            "{}/clusters/{}",
+            scene.provider.kcp.url(),
+            scene.provider.workspace.path
+        ))
+        .unwrap();
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(old.into()),
+        ..Default::default()
+    };
+    let old_client = kube::Client::try_from(config).unwrap();
+    poll_until(
+        "kcp to refuse the old token",
+        TIMEOUT,
+        async || match Api::<APIExport>::all(old_client.clone())
+            .get("widgets")
+            .await
+        {
+            Err(kube::Error::Api(s)) if s.code == 401 => Ok(()),
+            other => Err(format!("{:?}", other.map(|e| e.name_any()))),
+        },
+    )
+    .await
+    .expect("old token refused");
+    scene
+        .consumer_widget(&consumer.path, "after-rotation")
+        .await
+        .expect("widget");
+    // The agent re-reads its token file about once a minute.
+    poll_until(
+        "the copy of a widget made after the rotation",
+        2 * TIMEOUT,
+        async || {
+            let copies = scene
+                .copies_from(&consumer.cluster)
+                .await
+                .map_err(|e| e.to_string())?;
+            if copies.iter().any(|c| {
+                c.annotations()
+                    .get("syncagent.kcp.io/remote-object-name")
+                    .map(String::as_str)
+                    == Some("after-rotation")
+            }) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} copies; agent log:\n{}",
+                    copies.len(),
+                    agent.process.log_tail()
+                ))
+            }
+        },
+    )
+    .await
+    .expect("synced with the new token");
+}
+
+#[tokio::test]
+async fn deletion_keeps_or_removes_kcp_objects_as_the_policy_says() {
+    let scene = OfferingScene::new("op-delete", &[]).await.expect("scene");
+    let kcp = &scene.provider.kcp;
+    let keep_consumer = kcp
+        .create_workspace("root", "op-keep")
+        .await
+        .expect("consumer");
+    let drop_consumer = kcp
+        .create_workspace("root", "op-drop")
+        .await
+        .expect("consumer");
+    scene
+        .apply(
+            "keep",
+            scene.spec(json!({"agent": {"replicas": 1}, "consumers": {"workspaces": [keep_consumer.path]}})),
+        )
+        .await
+        .expect("keep");
+    scene
+        .apply(
+            "drop",
+            scene.spec(json!({"agent": {"replicas": 1}, "deletionPolicy": "Delete",
+                              "consumers": {"workspaces": [drop_consumer.path]}})),
+        )
+        .await
+        .expect("drop");
+    let keep_agent = scene.run_agent("keep").await.expect("keep agent");
+    let drop_agent = scene.run_agent("drop").await.expect("drop agent");
+    for name in ["keep", "drop"] {
+        scene
+            .wait_for_condition(name, "Ready", "True", "Ready")
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    }
+    let kept = scene
+        .consumer_widget(&keep_consumer.path, "kept")
+        .await
+        .expect("widget");
+    let dropped = scene
+        .consumer_widget(&drop_consumer.path, "dropped")
+        .await
+        .expect("widget");
+    for cluster in [&keep_consumer.cluster, &drop_consumer.cluster] {
+        poll_until("the copy", TIMEOUT, async || {
+            let copies = scene
+                .copies_from(cluster)
+                .await
+                .map_err(|e| e.to_string())?;
+            if copies.len() == 1 {
+                Ok(())
+            } else {
+                Err(format!("{} copies", copies.len()))
+            }
+        })
+        .await
+        .expect("copy");
+    }
+
+    for name in ["keep", "drop"] {
+        scene
+            .offerings()
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("deleting {name}: {e}"));
+    }
+    let offerings = scene.offerings();
+    poll_until("both offerings to be gone", TIMEOUT, async || {
+        let left: Vec<String> = offerings
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .iter()
+            .map(|o| o.name_any())
+            .collect();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "left: {left:?}; drop agent:\n{}",
+                drop_agent.process.log_tail()
+            ))
+        }
+    })
+    .await
+    .expect("offerings deleted");
+    drop(keep_agent);
+
+    let exports: Api<APIExport> = Api::all(scene.provider.kcp_client.clone());
+    assert!(
+        exports.get_opt("keep").await.unwrap().is_some(),
+        "Retain deleted the export"
+    );
+    assert!(
+        exports.get_opt("drop").await.unwrap().is_none(),
+        "Delete kept the export"
+    );
+    let keep_bindings: Api<APIBinding> = Api::all(kcp.client(&keep_consumer.path).unwrap());
+    assert!(
+        keep_bindings.get_opt("keep").await.unwrap().is_some(),
+        "Retain deleted the binding"
+    );
+    assert!(
+        kept.get_opt("kept").await.unwrap().is_some(),
+        "Retain lost consumer data"
+    );
+    let drop_bindings: Api<APIBinding> = Api::all(kcp.client(&drop_consumer.path).unwrap());
+    assert!(
+        drop_bindings.get_opt("drop").await.unwrap().is_none(),
+        "Delete kept the binding"
+    );
+    assert!(
+        dropped.get_opt("dropped").await.is_err()
+            || dropped.get_opt("dropped").await.unwrap().is_none()
+    );
+    // With either policy the agent's identity and the service-cluster objects go.
+    let accounts: Api<ServiceAccount> =
+        Api::namespaced(scene.provider.kcp_client.clone(), "sync-agents");
+    for name in ["keep", "drop"] {
+        assert!(
+            accounts
+                .get_opt(&format!("sync-agent-{name}"))
+                .await
+                .unwrap()
+                .is_none(),
+            "{name}: kcp ServiceAccount left"
+        );
+        let ns = &scene.provider.namespace;
+        assert!(
+            Api::<Deployment>::namespaced(scene.provider.service.clone(), ns)
+                .get_opt(&format!("{name}-sync-agent"))
+                .await
+                .unwrap()
+                .is_none(),
+            "{name}: Deployment left"
+        );
+        assert!(
+            Api::<PublishedResource>::all(scene.provider.service.clone())
+                .get_opt(&format!("{ns}.{name}.widgets"))
+                .await
+                .unwrap()
+                .is_none(),
+            "{name}: PublishedResource left"
+        );
+        assert!(
+            Api::<ClusterRole>::all(scene.provider.service.clone())
+                .get_opt(&format!("offering.syncagent.dev:{ns}:{name}"))
+                .await
+                .unwrap()
+                .is_none(),
+            "{name}: ClusterRole left"
+        );
+    }
+}
