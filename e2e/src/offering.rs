@@ -12,6 +12,7 @@ use offering_operator::api::PublishedOffering;
 use serde_json::{Value, json};
 
 use crate::agent::{AgentProcess, Launch, free_address, project_binary};
+use crate::env::EnvFile;
 use crate::pod::Pod;
 use crate::poll::poll_until;
 use crate::publishing::Provider;
@@ -54,7 +55,7 @@ impl OfferingScene {
             .create(&PostParams::default(), &secret)
             .await
             .context("storing the kcp kubeconfig")?;
-        let operator = start_operator(&provider, operator_args).await?;
+        let operator = start_operator(&provider.env, &provider.namespace, operator_args).await?;
         Ok(Self { provider, operator })
     }
 
@@ -84,15 +85,14 @@ impl OfferingScene {
             "metadata": {"name": name},
             "spec": spec,
         });
-        Ok(self
-            .offerings()
+        self.offerings()
             .patch(
                 name,
                 &PatchParams::apply("e2e").force(),
                 &Patch::Apply(&offering),
             )
             .await
-            .with_context(|| format!("applying offering {name}"))?)
+            .with_context(|| format!("applying offering {name}"))
     }
 
     /// Waits until the offering's condition `type_` has `status` and `reason`.
@@ -177,18 +177,18 @@ fn summary(
         .collect()
 }
 
-/// Starts an operator that watches the provider's namespace only.
+/// Starts an operator that watches `namespace` only.
 pub async fn start_operator(
-    provider: &Provider,
+    env: &EnvFile,
+    namespace: &str,
     extra_args: &[&str],
 ) -> anyhow::Result<AgentProcess> {
-    let env = &provider.env;
     let metrics_address = free_address()?;
     let health_address = free_address()?;
     let mut args = vec![
         "run".to_string(),
         format!("--kubeconfig={}", env.service_kubeconfig.display()),
-        format!("--watch-namespace={}", provider.namespace),
+        format!("--watch-namespace={namespace}"),
         "--agent-image=example.invalid/sync-agent:e2e".into(),
         format!("--metrics-address={metrics_address}"),
         format!("--health-address={health_address}"),
@@ -199,9 +199,7 @@ pub async fn start_operator(
         binary: project_binary("offering-operator"),
         args,
         env: vec![("RUST_LOG".into(), "info,offering_operator=debug".into())],
-        log: env
-            .log_dir
-            .join(format!("operator-{}.log", provider.namespace)),
+        log: env.log_dir.join(format!("operator-{namespace}.log")),
         metrics_address,
         health_address,
     })

@@ -81,6 +81,7 @@ async fn run(dir: &Path, bin_dir: &Path, command: &[String]) -> anyhow::Result<E
     let outcome = match tokio::process::Command::new(program)
         .args(args)
         .envs(env.variables())
+        .env(e2e::env::ENV_FILE_VARIABLE, dir.join("env"))
         .spawn()
     {
         Ok(mut child) => {
