@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the test environment's servers from Go modules: kcp (module ./kcp),
-# kube-apiserver and etcd (module ./kube-apiserver). Binaries go to
+# kube-apiserver and etcd (module ./kube-apiserver), and helm (module ./helm)
+# for the chart's tests. Binaries go to
 # <repo>/.e2e-bin and are rebuilt only when their module's go.mod/go.sum or
 # the Go version change. Go's module and build caches stay in their default
 # places, so a rebuild after a change reuses everything that did not change.
@@ -40,3 +41,4 @@ build() {
 build kcp kcp github.com/kcp-dev/kcp/cmd/kcp
 build kube-apiserver kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
 build kube-apiserver etcd go.etcd.io/etcd/server/v3
+build helm helm helm.sh/helm/v3/cmd/helm

@@ -26,8 +26,9 @@ pub const KCP_SECRET: &str = "kcp-admin";
 pub struct OfferingScene {
     /// The provider: workspace, namespace, CRD group.
     pub provider: Provider,
-    /// The operator, watching the provider's namespace.
-    pub operator: AgentProcess,
+    /// The operator, watching the provider's namespace: a plain process, or
+    /// the chart's Deployment run by the pod runner.
+    pub operator: Pod,
 }
 
 impl std::fmt::Debug for OfferingScene {
@@ -42,6 +43,17 @@ impl OfferingScene {
     /// A provider with a `Widget` CRD, kcp admin credentials in the Secret
     /// [`KCP_SECRET`], and an operator started with `operator_args`.
     pub async fn new(prefix: &str, operator_args: &[&str]) -> anyhow::Result<Self> {
+        let provider = Self::provider(prefix).await?;
+        let operator = start_operator(&provider.env, &provider.namespace, operator_args).await?;
+        Ok(Self {
+            provider,
+            operator: Pod::from_process(operator),
+        })
+    }
+
+    /// A provider with a `Widget` CRD and kcp admin credentials in the
+    /// Secret [`KCP_SECRET`], for a scene whose operator runs otherwise.
+    pub async fn provider(prefix: &str) -> anyhow::Result<Provider> {
         let provider = Provider::new(prefix).await?;
         provider
             .apply_crd("Widget", &[("v1", true, true)], "color")
@@ -55,8 +67,7 @@ impl OfferingScene {
             .create(&PostParams::default(), &secret)
             .await
             .context("storing the kcp kubeconfig")?;
-        let operator = start_operator(&provider.env, &provider.namespace, operator_args).await?;
-        Ok(Self { provider, operator })
+        Ok(provider)
     }
 
     /// The offerings of the provider's namespace.
@@ -121,7 +132,7 @@ impl OfferingScene {
             },
         )
         .await;
-        waited.with_context(|| format!("operator log: {}", self.operator.log_tail()))
+        waited.with_context(|| format!("operator log: {}", self.operator.process.log_tail()))
     }
 
     /// Waits for a Warning event with `reason` on the offering `name`.

@@ -4,6 +4,7 @@
 //! and the ServiceAccount's credentials for the service cluster. Once the
 //! process is ready, the Deployment's status reports it available.
 //!
+//! `$(VAR)` in args expands to the container's env, as a kubelet does.
 //! What differs from a kubelet: the pod's ports are remapped to free
 //! loopback ports, mount paths to a directory of the test, the in-cluster
 //! configuration to a `--kubeconfig` holding a token of the pod's
@@ -106,6 +107,15 @@ async fn service_account_kubeconfig(
 }
 
 impl Pod {
+    /// A process started without a Deployment, held like a pod.
+    pub fn from_process(process: AgentProcess) -> Self {
+        Self {
+            process,
+            mounts: BTreeMap::new(),
+            volume_sync: Vec::new(),
+        }
+    }
+
     /// Runs the first container of Deployment `namespace/name` and marks
     /// the Deployment available once the process is ready.
     pub async fn run(
@@ -177,26 +187,6 @@ impl Pod {
         let service_kubeconfig = root.join("service.kubeconfig");
         service_account_kubeconfig(env, client, namespace, &account, &service_kubeconfig).await?;
 
-        let metrics_address = free_address()?;
-        let health_address = free_address()?;
-        let mut args: Vec<String> = container
-            .args
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|arg| {
-                if arg.starts_with("--metrics-address=") {
-                    return format!("--metrics-address={metrics_address}");
-                }
-                if arg.starts_with("--health-address=") {
-                    return format!("--health-address={health_address}");
-                }
-                mounts.iter().fold(arg, |arg, (path, dir)| {
-                    arg.replace(path.as_str(), &dir.display().to_string())
-                })
-            })
-            .collect();
-        args.push(format!("--kubeconfig={}", service_kubeconfig.display()));
         let mut environment = Vec::new();
         for variable in container.env.clone().unwrap_or_default() {
             let field = variable
@@ -215,6 +205,29 @@ impl Pod {
             };
             environment.push((variable.name, value));
         }
+        let metrics_address = free_address()?;
+        let health_address = free_address()?;
+        let mut args: Vec<String> = container
+            .args
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|arg| {
+                if arg.starts_with("--metrics-address=") {
+                    return format!("--metrics-address={metrics_address}");
+                }
+                if arg.starts_with("--health-address=") {
+                    return format!("--health-address={health_address}");
+                }
+                let arg = environment.iter().fold(arg, |arg, (name, value)| {
+                    arg.replace(&format!("$({name})"), value)
+                });
+                mounts.iter().fold(arg, |arg, (path, dir)| {
+                    arg.replace(path.as_str(), &dir.display().to_string())
+                })
+            })
+            .collect();
+        args.push(format!("--kubeconfig={}", service_kubeconfig.display()));
         let command = container.command.clone().unwrap_or_default();
         let binary_name = command
             .first()

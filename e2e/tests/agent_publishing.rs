@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
-use e2e::poll::poll_until;
+use e2e::poll::{DEFAULT_TIMEOUT, poll_until};
 use e2e::publishing::Provider;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
-use sync_agent::api::kcp::apis_v1alpha2::APIExport;
+use sync_agent::api::kcp::apis_v1alpha2::{APIExport, APIExportSpec};
 
 fn resource_schemas(export: &APIExport) -> Vec<String> {
     export
@@ -96,17 +96,31 @@ async fn a_crd_is_published_as_a_schema_and_merged_into_the_export() {
 async fn claims_are_added_for_a_mix_of_resources_and_foreign_claims_and_schemas_are_kept() {
     let provider = Provider::new("claims").await.expect("provider");
     let exports: Api<APIExport> = Api::all(provider.kcp_client.clone());
-    let mut export = provider.export().await.expect("export");
-    export.spec = serde_json::from_value(json!({
+    let foreign: APIExportSpec = serde_json::from_value(json!({
         "resources": [{"group": "foreign.example", "name": "things",
                        "schema": "vhand.things.foreign.example", "storage": {"crd": {}}}],
         "permissionClaims": [{"group": "", "resource": "configmaps", "verbs": ["get", "list"]}]
     }))
     .expect("spec");
-    exports
-        .replace(&provider.export, &PostParams::default(), &export)
-        .await
-        .expect("foreign entries");
+    // kcp itself updates a new export (its identity), so retry on conflict.
+    poll_until("the foreign entries", DEFAULT_TIMEOUT, async || {
+        let mut export = exports
+            .get(&provider.export)
+            .await
+            .map_err(|e| e.to_string())?;
+        let identity = export.spec.identity.take();
+        export.spec = APIExportSpec {
+            identity,
+            ..foreign.clone()
+        };
+        exports
+            .replace(&provider.export, &PostParams::default(), &export)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .expect("foreign entries");
 
     provider
         .apply_crd("Database", &[("v1", true, true)], "size")

@@ -183,7 +183,7 @@ async fn bad_offerings_say_why_while_a_good_one_beside_them_stays_ready() {
         .await
         .expect("the good offering stays ready");
     let mut operator = scene.operator;
-    assert!(operator.is_running(), "the operator crashed");
+    assert!(operator.process.is_running(), "the operator crashed");
 }
 
 #[tokio::test]

@@ -37,6 +37,12 @@ enum Command {
     },
     /// Run the operator.
     Run(Box<RunOptions>),
+    /// GET an `http://` URL and fail unless it answers 200; a probe for
+    /// images without a shell (the chart's `helm test` uses it).
+    Probe {
+        /// The URL, like `http://offering-operator:8081/readyz`.
+        url: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -156,6 +162,7 @@ impl RunOptions {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crds { output_dir } => write_crds(output_dir),
+        Command::Probe { url } => probe(&url).await,
         Command::Run(options) => {
             process::init_logging(options.log_format, &options.log_level);
             match run(*options).await {
@@ -255,6 +262,35 @@ async fn service_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<
             .context("finding the service cluster's configuration")?,
     };
     Client::try_from(config).context("building the service-cluster client")
+}
+
+async fn probe(url: &str) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("{url} is not an http:// URL"))?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(host).await?;
+        stream
+            .write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+            .await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let response = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .with_context(|| format!("{url} did not answer within 10s"))?
+        .with_context(|| format!("requesting {url}"))?;
+    let text = String::from_utf8_lossy(&response);
+    let status = text.lines().next().unwrap_or_default();
+    if status.split_whitespace().nth(1) == Some("200") {
+        println!("{url}: {status}");
+        Ok(())
+    } else {
+        anyhow::bail!("{url} answered {status:?}")
+    }
 }
 
 fn write_crds(output_dir: Option<PathBuf>) -> anyhow::Result<()> {

@@ -6,7 +6,12 @@ use super::*;
 
 #[test]
 fn committed_crds_match_the_rust_types() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    for dir in ["../crds", "../charts/offering-operator/crds"] {
+        assert_committed_crds(&Path::new(env!("CARGO_MANIFEST_DIR")).join(dir));
+    }
+}
+
+fn assert_committed_crds(dir: &Path) {
     for file in crds() {
         let path = dir.join(&file.file_name);
         let committed = std::fs::read_to_string(&path)
@@ -15,8 +20,9 @@ fn committed_crds_match_the_rust_types() {
         assert!(
             committed == generated,
             "{} differs from the Rust types; regenerate with \
-             `cargo run -p offering-operator -- crds --output-dir crds`",
-            file.file_name
+             `cargo run -p offering-operator -- crds --output-dir {}`",
+            path.display(),
+            dir.display()
         );
     }
 }
