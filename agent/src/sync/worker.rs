@@ -25,7 +25,7 @@ use crate::sync::related;
 use crate::sync::related::KindCache;
 
 /// Objects reconciled at the same time by one worker.
-const CONCURRENCY: usize = 4;
+pub const CONCURRENCY: usize = 4;
 /// Longest delay between retries of a failing object.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// Longest time one object's reconcile may take.
