@@ -45,7 +45,7 @@ fn run(program: &Path, args: &[&str]) -> String {
 }
 
 /// Server-side applies every object of a YAML stream; `dry_run` only
-/// validates them.
+/// validates them, refusing fields the schema does not know.
 async fn apply_stream(client: &Client, yaml: &str, namespace: &str, dry_run: bool) -> Vec<String> {
     let discovery = Discovery::new(client.clone())
         .run()
@@ -70,7 +70,7 @@ async fn apply_stream(client: &Client, yaml: &str, namespace: &str, dry_run: boo
         };
         let mut params = PatchParams::apply("e2e").force();
         if dry_run {
-            params = params.dry_run();
+            params = params.dry_run().validation_strict();
         }
         api.patch(&object.name_any(), &params, &Patch::Apply(&object))
             .await
@@ -150,6 +150,35 @@ async fn the_plain_manifests_match_the_chart_and_the_server_accepts_them() {
             "no {kind} in {applied:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn the_sample_offerings_are_valid() {
+    let env = e2e::env::EnvFile::load().unwrap();
+    let client = e2e::service::client(&env).await.unwrap();
+    let namespace = e2e::service::create_namespace(&client, "samples")
+        .await
+        .unwrap();
+    apply_stream(
+        &client,
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: demo\n",
+        "demo",
+        false,
+    )
+    .await;
+    let mut checked = 0;
+    for entry in std::fs::read_dir(repo().join("config/samples")).unwrap() {
+        let path = entry.unwrap().path();
+        let yaml = std::fs::read_to_string(&path).unwrap();
+        let applied = apply_stream(&client, &yaml, &namespace, true).await;
+        assert!(
+            applied.iter().all(|a| a.starts_with("PublishedOffering/")),
+            "{}: {applied:?}",
+            path.display()
+        );
+        checked += applied.len();
+    }
+    assert!(checked >= 4, "only {checked} samples");
 }
 
 #[tokio::test]

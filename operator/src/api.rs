@@ -145,6 +145,14 @@ pub struct OfferedResource {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentSettings {
+    /// The agent's `--agent-name`: the value of the
+    /// `syncagent.kcp.io/agent-name` label on the copies it owns and the
+    /// suffix of its Lease. Defaults to `<namespace>-<offering>`; set it to
+    /// the name of an api-syncagent this offering replaces, so the new agent
+    /// finds the copies the old one made. Must not change afterwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"), length(max = 63))]
+    pub name: Option<String>,
     /// Container image of the agent; the operator's own image if unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,

@@ -93,7 +93,13 @@ impl Names {
             .and_then(|e| e.name.clone())
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| name.clone());
-        let agent = bounded(&format!("{namespace}-{name}"), "", LABEL_MAX);
+        let agent = offering
+            .spec
+            .agent
+            .as_ref()
+            .and_then(|a| a.name.clone())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| bounded(&format!("{namespace}-{name}"), "", LABEL_MAX));
         Ok(Self {
             owner: format!("{namespace}/{name}"),
             kcp_service_account: bounded(&format!("sync-agent-{export}"), "", 253),
@@ -200,6 +206,16 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(Names::of(&named).unwrap().export, "databases.example.io");
+    }
+
+    #[test]
+    fn an_agent_name_from_the_spec_wins() {
+        let mut named = offering("team-a", "databases");
+        named.spec.agent = Some(crate::api::AgentSettings {
+            name: Some("legacy-agent".into()),
+            ..Default::default()
+        });
+        assert_eq!(Names::of(&named).unwrap().agent, "legacy-agent");
     }
 
     #[test]
