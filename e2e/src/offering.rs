@@ -160,6 +160,16 @@ impl OfferingScene {
         .await
     }
 
+    /// Applies the offering `name` (the default spec merged with `extra`),
+    /// runs its agent and waits until it is Ready; returns the agent.
+    pub async fn publish(&self, name: &str, extra: Value) -> anyhow::Result<Pod> {
+        self.apply(name, self.spec(extra)).await?;
+        let agent = self.run_agent(name).await?;
+        self.wait_for_condition(name, "Ready", "True", "Ready")
+            .await?;
+        Ok(agent)
+    }
+
     /// Runs the agent from the Deployment the operator wrote for `offering`.
     pub async fn run_agent(&self, offering: &str) -> anyhow::Result<Pod> {
         let deployment = format!("{offering}-sync-agent");

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use sync_agent::api::kcp::apis_v1alpha1::APIResourceSchema;
@@ -142,33 +142,7 @@ impl Provider {
                 "versions": versions
             }
         }))?;
-        let api: Api<CustomResourceDefinition> = Api::all(self.service.clone());
-        api.patch(
-            &name,
-            &PatchParams::apply("e2e").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .with_context(|| format!("applying CRD {name}"))?;
-        poll_until(
-            &format!("CRD {name} to be established"),
-            DEFAULT_TIMEOUT,
-            async || {
-                let crd = api.get(&name).await.map_err(|e| e.to_string())?;
-                let established = crd
-                    .status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True");
-                if established {
-                    Ok(())
-                } else {
-                    Err("not established".into())
-                }
-            },
-        )
-        .await?;
+        service::apply_crd(&self.service, &crd).await?;
         Ok(name)
     }
 

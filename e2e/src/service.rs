@@ -1,7 +1,6 @@
 //! The service cluster: clients, the project's CRDs, throw-away namespaces.
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::Context;
 use k8s_openapi::api::core::v1::Namespace;
@@ -11,7 +10,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
 use crate::env::{EnvFile, random_hex};
-use crate::poll::poll_until;
+use crate::poll::{DEFAULT_TIMEOUT, poll_until};
 
 /// Field manager of objects the tests apply.
 const FIELD_MANAGER: &str = "e2e";
@@ -42,33 +41,8 @@ pub fn project_crds() -> anyhow::Result<Vec<CustomResourceDefinition>> {
 
 /// Applies the project's CRDs and waits until each is established.
 pub async fn apply_project_crds(client: &Client) -> anyhow::Result<()> {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in project_crds()? {
-        let name = crd.metadata.name.clone().context("CRD without a name")?;
-        api.patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .with_context(|| format!("applying CRD {name}"))?;
-        poll_until(
-            &format!("CRD {name} to be established"),
-            Duration::from_secs(30),
-            async || {
-                let crd = api.get(&name).await.map_err(|e| e.to_string())?;
-                let conditions = crd.status.and_then(|s| s.conditions).unwrap_or_default();
-                if conditions
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-                {
-                    Ok(())
-                } else {
-                    Err(format!("conditions {conditions:?}"))
-                }
-            },
-        )
-        .await?;
+        apply_crd(client, &crd).await?;
     }
     Ok(())
 }
@@ -97,4 +71,36 @@ pub async fn delete_namespace(client: &Client, name: &str) -> anyhow::Result<()>
         .await
         .with_context(|| format!("deleting namespace {name}"))?;
     Ok(())
+}
+
+/// Server-side applies `crd` and waits until it is established.
+pub async fn apply_crd(client: &Client, crd: &CustomResourceDefinition) -> anyhow::Result<()> {
+    let name = crd.metadata.name.clone().context("the CRD has no name")?;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(crd),
+    )
+    .await
+    .with_context(|| format!("applying CRD {name}"))?;
+    poll_until(
+        &format!("CRD {name} to be established"),
+        DEFAULT_TIMEOUT,
+        async || {
+            let crd = api.get(&name).await.map_err(|e| e.to_string())?;
+            let established = crd
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                Ok(())
+            } else {
+                Err("not established yet".into())
+            }
+        },
+    )
+    .await
 }

@@ -228,13 +228,8 @@ async fn the_charts_service_account_is_enough_to_make_an_offering_ready() {
     );
 
     let scene = OfferingScene { provider, operator };
-    scene
-        .apply("widgets", scene.spec(json!({"agent": {"replicas": 1}})))
-        .await
-        .expect("offering");
-    let _agent = scene.run_agent("widgets").await.expect("agent");
-    scene
-        .wait_for_condition("widgets", "Ready", "True", "Ready")
+    let _agent = scene
+        .publish("widgets", json!({"agent": {"replicas": 1}}))
         .await
         .expect("ready with the chart's RBAC");
     let offerings = scene.offerings();

@@ -24,13 +24,8 @@ fn export_names(export: &APIExport) -> Vec<String> {
 #[tokio::test]
 async fn editing_an_offering_publishes_added_resources_and_scales_the_agent() {
     let scene = OfferingScene::new("op-edit", &[]).await.expect("scene");
-    scene
-        .apply("widgets", scene.spec(json!({"agent": {"replicas": 1}})))
-        .await
-        .expect("offering");
-    let _agent = scene.run_agent("widgets").await.expect("agent");
-    scene
-        .wait_for_condition("widgets", "Ready", "True", "Ready")
+    let _agent = scene
+        .publish("widgets", json!({"agent": {"replicas": 1}}))
         .await
         .expect("ready");
 

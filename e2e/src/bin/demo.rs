@@ -253,29 +253,5 @@ async fn apply_database_crd(client: &kube::Client) -> anyhow::Result<()> {
             }]
         }
     }))?;
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    api.patch(
-        &crd.name_any(),
-        &PatchParams::apply("demo").force(),
-        &Patch::Apply(&crd),
-    )
-    .await?;
-    poll_until("the Database CRD to be established", TIMEOUT, async || {
-        let crd = api
-            .get("databases.demo.example.io")
-            .await
-            .map_err(|e| e.to_string())?;
-        let established = crd
-            .status
-            .and_then(|s| s.conditions)
-            .unwrap_or_default()
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True");
-        if established {
-            Ok(())
-        } else {
-            Err("not established".into())
-        }
-    })
-    .await
+    service::apply_crd(client, &crd).await
 }
