@@ -178,6 +178,22 @@ async fn one_offering_provisions_everything_and_a_consumer_object_round_trips() 
     assert!(!export_status.endpoint_urls.is_empty());
     let consumers = status.consumers.unwrap();
     assert_eq!((consumers.bound, consumers.failed), (2, 0));
+    let metrics = scene
+        .operator
+        .process
+        .metrics()
+        .await
+        .expect("operator metrics");
+    assert!(
+        metrics.contains(
+            r#"controller_runtime_reconcile_total{controller="publishedoffering",result="success"}"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("offering_operator_agent_tokens_issued_total 1"),
+        "{metrics}"
+    );
 
     // Bindings: listed and selected, not the unselected child.
     for path in [&listed.path, &selected.path] {
