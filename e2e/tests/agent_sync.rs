@@ -263,6 +263,23 @@ async fn identical_names_in_two_workspaces_do_not_collide_and_a_pr_edit_keeps_on
     )
     .await
     .expect("PR edited");
+    // The new worker reports the new generation once it runs.
+    poll_until("the worker for the edited PR", TIMEOUT, async || {
+        let pr = prs.get(&pr).await.map_err(|e| e.to_string())?;
+        let generation = pr.metadata.generation;
+        let syncing = pr
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.type_ == "Syncing");
+        match syncing {
+            Some(c) if c.status == "True" && c.observed_generation == generation => Ok(()),
+            other => Err(format!("{other:?} at generation {generation:?}")),
+        }
+    })
+    .await
+    .expect("new worker");
     scene.create_widget(&first_client, "later", "three").await;
     let later = scene.local_copy(&first.cluster, "later").await;
     assert_eq!(

@@ -48,7 +48,6 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         watcher(prs, watcher::Config::default().labels(&ctx.selector))
             .default_backoff()
             .reflect(writer)
-            .touched_objects()
     );
     let mut shutdown = std::pin::pin!(shutdown);
     let mut running: HashMap<String, Running> = HashMap::new();
@@ -56,6 +55,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     loop {
         tokio::select! {
             () = &mut shutdown => break,
+            // Every event counts, the end of the initial list included: that
+            // is when the store turns ready and the workers can start.
             change = changes.next() => {
                 if let Some(Err(error)) = change {
                     warn!(%error, "Watching PublishedResources failed; retrying");
@@ -266,6 +267,7 @@ async fn worker_config(
         naming,
         related: pr.spec.related.clone().unwrap_or_default(),
         kinds: Arc::default(),
+        echoes: Arc::default(),
         resource_filter,
         namespace_filter,
         spec_mutator: Arc::new(Mutator::compile(

@@ -23,6 +23,25 @@ pub const REMOTE_PATH_ANNOTATION: &str = "syncagent.kcp.io/remote-object-workspa
 /// Finalizer on kcp objects while a local copy may exist.
 pub const FINALIZER: &str = "syncagent.kcp.io/cleanup";
 
+/// Which side an object lives on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// A consumer workspace in kcp.
+    Kcp,
+    /// The service cluster.
+    Service,
+}
+
+impl Side {
+    /// `kcp` or `service`, as templates and messages name the side.
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Kcp => "kcp",
+            Side::Service => "service",
+        }
+    }
+}
+
 /// Hex SHA-1 of a string.
 pub fn sha1_hex(value: &str) -> String {
     Sha1::digest(value.as_bytes())

@@ -1,5 +1,6 @@
 //! Object sync between consumer workspaces and the service cluster.
 
+pub mod echo;
 pub mod identity;
 pub mod naming;
 pub mod object;

@@ -16,7 +16,7 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tracing::{debug, info};
 
-use super::identity::{AGENT_LABEL, FINALIZER, REMOTE_CLUSTER_LABEL, RemoteKey};
+use super::identity::{AGENT_LABEL, FINALIZER, REMOTE_CLUSTER_LABEL, RemoteKey, Side};
 use super::naming::{self, DEFAULT_NAME, DEFAULT_NAMESPACE, NamingContext, NamingError};
 use super::object::{Owner, finalizer_patch, new_local, update_patch};
 use super::related;
@@ -101,12 +101,11 @@ impl Outcome {
         wrote: false,
     };
 
-    fn wrote(after: Duration) -> Self {
-        Self {
-            requeue: Some(after),
-            wrote: true,
-        }
-    }
+    /// Wrote, and nothing more to do until a watch reports a change.
+    pub const WROTE: Self = Self {
+        requeue: None,
+        wrote: true,
+    };
 
     fn wait(after: Duration) -> Self {
         Self {
@@ -173,6 +172,7 @@ pub async fn reconcile(
         .await
         .map_err(SyncError::Kcp)?
     else {
+        config.echoes.forget(key);
         return Ok(Outcome::DONE);
     };
     let result = sync_object(ctx, config, key, &kcp_client, &remote_api, remote.clone()).await;
@@ -238,6 +238,7 @@ async fn sync_object(
                 .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
                 .map_err(SyncError::Kcp)?;
+            config.echoes.wrote(key, Side::Kcp, &patched);
             events
                 .normal(
                     "ObjectAccepted",
@@ -292,6 +293,7 @@ async fn sync_object(
             )
             .await
             .map_err(SyncError::Service)?;
+        config.echoes.wrote(key, Side::Service, &patched);
         // A patch that changed nothing on the server is not a write; coming
         // back for it would only repeat it.
         if patched.resource_version() != local.resource_version() {
@@ -326,7 +328,7 @@ async fn sync_object(
         }
         let updated: DynamicObject =
             serde_json::from_value(updated).map_err(|e| SyncError::Malformed(e.to_string()))?;
-        remote_api
+        let replaced = remote_api
             .replace_status(
                 &key.name,
                 &PostParams {
@@ -337,6 +339,7 @@ async fn sync_object(
             )
             .await
             .map_err(SyncError::Kcp)?;
+        config.echoes.wrote(key, Side::Kcp, &replaced);
         ctx.metrics
             .objects_synced
             .with_label_values(&[config.published_resource.as_str(), "status"])
@@ -381,7 +384,7 @@ async fn sync_object(
             .filter(|(k, v)| current.get(k).map(String::as_str) != v.as_str())
             .collect();
         if !missing.is_empty() {
-            remote_api
+            let patched = remote_api
                 .patch(
                     &key.name,
                     &PatchParams::default(),
@@ -389,6 +392,7 @@ async fn sync_object(
                 )
                 .await
                 .map_err(SyncError::Kcp)?;
+            config.echoes.wrote(key, Side::Kcp, &patched);
         }
         // Related resources without a watch are only noticed by looking
         // again; watched ones wake their primary up, with a slow safety net.
@@ -403,11 +407,8 @@ async fn sync_object(
             wrote,
         });
     }
-    Ok(if wrote {
-        Outcome::wrote(AFTER_WRITE)
-    } else {
-        Outcome::DONE
-    })
+    // The watches bring any later change (the echoes of these writes aside).
+    Ok(if wrote { Outcome::WROTE } else { Outcome::DONE })
 }
 
 fn remote_cluster(remote: &DynamicObject) -> String {
@@ -489,7 +490,8 @@ async fn create(
         ..Default::default()
     };
     match api.create(&params, &object).await {
-        Ok(_) => {
+        Ok(created) => {
+            config.echoes.wrote(key, Side::Service, &created);
             info!(object = %key, local = %name, namespace = ?namespace, "Placed the local copy");
             events
                 .normal(
@@ -529,7 +531,7 @@ async fn create(
         }
         Err(error) => return Err(SyncError::Service(error)),
     }
-    Ok(Outcome::wrote(AFTER_WRITE))
+    Ok(Outcome::WROTE)
 }
 
 async fn delete(

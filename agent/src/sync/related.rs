@@ -20,6 +20,7 @@ use regex::Regex;
 use serde_json::{Map, Value, json};
 use tracing::{debug, info};
 
+use super::identity::Side;
 use super::naming;
 use super::object::{finalizer_patch, merge_diff};
 use super::reconcile::SyncError;
@@ -34,22 +35,6 @@ pub const ANNOTATION_PREFIX: &str = "related-resources.syncagent.kcp.io/";
 
 /// Keys that are not copied between sides.
 const NOT_COPIED: &[&str] = &["apiVersion", "kind", "metadata", "status"];
-
-/// Which side an object lives on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Side {
-    Kcp,
-    Service,
-}
-
-impl Side {
-    fn name(self) -> &'static str {
-        match self {
-            Side::Kcp => "kcp",
-            Side::Service => "service",
-        }
-    }
-}
 
 /// Resolved kinds per (side, group, version, resource), shared by a worker.
 #[derive(Debug, Default)]

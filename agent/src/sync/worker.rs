@@ -14,13 +14,14 @@ use kube_runtime::{WatchStreamExt, watcher};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{debug, info, warn};
 
-use super::identity::{AGENT_LABEL, RemoteKey};
+use super::identity::{AGENT_LABEL, RemoteKey, Side};
 use super::reconcile::{self, Target};
 use crate::api::kcp::CLUSTER_ANNOTATION;
 use crate::api::published_resource::{RelatedResourceOrigin, RelatedResourceSpec, ResourceNaming};
 use crate::controller::Context;
 use crate::kcp::retarget_url;
 use crate::mutation::Mutator;
+use crate::sync::echo::Echoes;
 use crate::sync::related;
 use crate::sync::related::KindCache;
 
@@ -66,6 +67,8 @@ pub struct WorkerConfig {
     pub related: Vec<RelatedResourceSpec>,
     /// Kinds of related resources, resolved once.
     pub kinds: Arc<KindCache>,
+    /// Versions of the worker's own writes, whose watch events are dropped.
+    pub echoes: Arc<Echoes>,
 }
 
 /// Keys waiting, running, or due again, shared by a worker's tasks.
@@ -179,6 +182,7 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
     let local: Api<DynamicObject> = Api::all_with(ctx.service.clone(), &config.local);
     let selector = format!("{AGENT_LABEL}={}", ctx.agent_name);
     let local_queue = queue.clone();
+    let local_config = config.clone();
     tasks.spawn(async move {
         let mut events = std::pin::pin!(
             watcher(local, watcher::Config::default().labels(&selector))
@@ -189,7 +193,9 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
             match event {
                 Ok(object) => {
                     let labels = object.labels().clone();
-                    if let Some(key) = RemoteKey::from_local(&labels, object.annotations()) {
+                    if let Some(key) = RemoteKey::from_local(&labels, object.annotations())
+                        && !local_config.echoes.is_echo(&key, Side::Service, &object)
+                    {
                         let _ = local_queue.send(key);
                     }
                 }
@@ -325,6 +331,9 @@ async fn watch_endpoint(
                     name: object.name_any(),
                     cluster,
                 };
+                if config.echoes.is_echo(&key, Side::Kcp, &object) {
+                    continue;
+                }
                 {
                     let mut guard = lock(shared);
                     guard.route(&key.cluster, endpoint);
