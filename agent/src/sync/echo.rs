@@ -38,13 +38,17 @@ impl Echoes {
 
     /// Whether a watch event of `object` on `side` is the echo of our write.
     pub fn is_echo(&self, key: &RemoteKey, side: Side, object: &DynamicObject) -> bool {
-        let Some(version) = object.resource_version() else {
-            return false;
-        };
+        object
+            .resource_version()
+            .is_some_and(|version| self.is_echo_version(key, side, &version))
+    }
+
+    /// Whether `version` on `side` is what our last write there produced.
+    pub fn is_echo_version(&self, key: &RemoteKey, side: Side, version: &str) -> bool {
         let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
         written
             .get(key)
-            .is_some_and(|versions| versions[slot(side)].as_deref() == Some(version.as_str()))
+            .is_some_and(|versions| versions[slot(side)].as_deref() == Some(version))
     }
 
     /// Forgets an object that is gone.

@@ -82,6 +82,9 @@ struct Queue {
     in_flight: HashSet<RemoteKey>,
     /// Keys that changed while being reconciled.
     dirty: HashSet<RemoteKey>,
+    /// Versions that watches saw of keys being reconciled: rerun afterwards
+    /// unless they turn out to be echoes of the reconcile's own writes.
+    pending: HashMap<RemoteKey, Vec<(Side, String)>>,
     /// Keys with a retry timer pending.
     scheduled: HashSet<RemoteKey>,
     /// Consecutive failures per key, for backoff.
@@ -113,6 +116,7 @@ struct InFlight {
     shared: Shared,
     key: RemoteKey,
     queue: mpsc::UnboundedSender<RemoteKey>,
+    echoes: Arc<Echoes>,
 }
 
 impl Drop for InFlight {
@@ -120,7 +124,11 @@ impl Drop for InFlight {
         let rerun = {
             let mut queue = lock(&self.shared);
             queue.in_flight.remove(&self.key);
+            let seen = queue.pending.remove(&self.key).unwrap_or_default();
             queue.dirty.remove(&self.key)
+                || seen
+                    .iter()
+                    .any(|(side, version)| !self.echoes.is_echo_version(&self.key, *side, version))
         };
         if rerun {
             let _ = self.queue.send(self.key.clone());
@@ -183,6 +191,7 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
     let selector = format!("{AGENT_LABEL}={}", ctx.agent_name);
     let local_queue = queue.clone();
     let local_config = config.clone();
+    let local_shared = shared.clone();
     tasks.spawn(async move {
         let mut events = std::pin::pin!(
             watcher(local, watcher::Config::default().labels(&selector))
@@ -195,6 +204,7 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
                     let labels = object.labels().clone();
                     if let Some(key) = RemoteKey::from_local(&labels, object.annotations())
                         && !local_config.echoes.is_echo(&key, Side::Service, &object)
+                        && !defer(&local_shared, &key, Side::Service, &object)
                     {
                         let _ = local_queue.send(key);
                     }
@@ -242,6 +252,7 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
             shared: shared.clone(),
             key: key.clone(),
             queue: queue.clone(),
+            echoes: config.echoes.clone(),
         };
         let (ctx, config, permits, shared, queue) = (
             ctx.clone(),
@@ -306,6 +317,23 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
     info!(published_resource = %config.published_resource, "Stopped sync worker");
 }
 
+/// Holds back a watch event of a key being reconciled; the reconcile's end
+/// decides whether it was an echo. Returns whether the event was held back.
+fn defer(shared: &Shared, key: &RemoteKey, side: Side, object: &DynamicObject) -> bool {
+    let mut guard = lock(shared);
+    match (guard.in_flight.contains(key), object.resource_version()) {
+        (true, Some(version)) => {
+            guard
+                .pending
+                .entry(key.clone())
+                .or_default()
+                .push((side, version));
+            true
+        }
+        _ => false,
+    }
+}
+
 /// Watches the projected kind at one endpoint and queues every change.
 async fn watch_endpoint(
     client: Client,
@@ -336,6 +364,18 @@ async fn watch_endpoint(
                 }
                 {
                     let mut guard = lock(shared);
+                    if let (true, Some(version)) =
+                        (guard.in_flight.contains(&key), object.resource_version())
+                    {
+                        // Possibly the echo of the running reconcile's write,
+                        // recorded once that write returns.
+                        guard
+                            .pending
+                            .entry(key.clone())
+                            .or_default()
+                            .push((Side::Kcp, version));
+                        continue;
+                    }
                     guard.route(&key.cluster, endpoint);
                     // The change is seen now; its latency runs until the local write.
                     guard
