@@ -531,7 +531,15 @@ async fn create(
         }
         Err(error) => return Err(SyncError::Service(error)),
     }
-    Ok(Outcome::WROTE)
+    if config.related.is_empty() {
+        Ok(Outcome::WROTE)
+    } else {
+        // Related objects are synced against an existing copy: at once.
+        Ok(Outcome {
+            requeue: Some(Duration::ZERO),
+            wrote: true,
+        })
+    }
 }
 
 async fn delete(
