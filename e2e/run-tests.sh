@@ -20,5 +20,5 @@ step "building kcp, kube-apiserver and etcd (skipped when unchanged)"
 e2e/env/build.sh
 
 step "end-to-end tests against the real servers"
-cargo build --locked --bin testenv --bin sync-agent
+cargo build --locked --bin testenv --bin sync-agent --bin offering-operator
 target/debug/testenv run -- cargo test --locked -p e2e
