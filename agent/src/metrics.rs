@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder as _, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// controller-runtime's reconcile metrics, by controller.
@@ -31,6 +32,8 @@ pub struct Metrics {
     pub sync_errors: IntCounterVec,
     /// Seconds from seeing a kcp change to the service-cluster write.
     pub sync_latency: HistogramVec,
+    /// Events on kcp objects dropped because too many were queued.
+    pub events_dropped: IntCounter,
 }
 
 /// How a reconcile ended, as controller-runtime labels it.
@@ -172,8 +175,14 @@ impl Metrics {
             &["published_resource"],
         )
         .expect("valid metric");
+        let events_dropped = IntCounter::new(
+            "sync_agent_events_dropped_total",
+            "Events on kcp objects dropped because too many were waiting to be written",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(published_resources.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(events_dropped.clone()),
             Box::new(sync_workers.clone()),
             Box::new(objects_synced.clone()),
             Box::new(sync_errors.clone()),
@@ -191,6 +200,7 @@ impl Metrics {
             objects_synced,
             sync_errors,
             sync_latency,
+            events_dropped,
         }
     }
 

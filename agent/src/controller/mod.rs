@@ -4,7 +4,8 @@ pub mod apiexport;
 pub mod schemas;
 pub mod sync;
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::Client;
@@ -39,6 +40,8 @@ pub struct Context {
     /// Finalizer on kcp-origin related objects: `syncagent.kcp.io/cleanup`,
     /// or one per agent with `--per-agent-related-finalizer`.
     pub related_finalizer: String,
+    /// Namespaces on the service cluster the agent knows to exist.
+    service_namespaces: Arc<Mutex<HashSet<String>>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -74,7 +77,31 @@ impl Context {
             metrics,
             wait_for_foreign_finalizers: options.wait_for_foreign_finalizers,
             related_finalizer: options.related_finalizer(),
+            service_namespaces: Arc::default(),
         })
+    }
+
+    fn known_namespaces(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.service_namespaces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes sure a namespace exists on the service cluster, asking the
+    /// server only the first time. A namespace deleted later is noticed
+    /// when a create in it fails (see [`Context::forget_service_namespace`]).
+    pub async fn ensure_service_namespace(&self, name: &str) -> Result<(), kube::Error> {
+        if self.known_namespaces().contains(name) {
+            return Ok(());
+        }
+        crate::sync::related::ensure_namespace(&self.service, name).await?;
+        self.known_namespaces().insert(name.to_string());
+        Ok(())
+    }
+
+    /// Forgets that a namespace exists, after a create in it found it gone.
+    pub fn forget_service_namespace(&self, name: &str) {
+        self.known_namespaces().remove(name);
     }
 }
 

@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use kube::ResourceExt;
+use kube::api::DynamicObject;
 use sha1::{Digest, Sha1};
 
 /// Label: logical cluster name of the kcp object.
@@ -108,6 +110,19 @@ impl RemoteKey {
             .join(",")
     }
 
+    /// The key of a kcp object seen through a virtual workspace (which sets
+    /// its `kcp.io/cluster` annotation).
+    pub fn of_kcp_object(object: &DynamicObject) -> Option<Self> {
+        Some(Self {
+            cluster: object
+                .annotations()
+                .get(crate::api::kcp::CLUSTER_ANNOTATION)?
+                .clone(),
+            namespace: object.namespace().unwrap_or_default(),
+            name: object.name_any(),
+        })
+    }
+
     /// Reads the key back from a local copy's labels and annotations.
     pub fn from_local(
         labels: &BTreeMap<String, String>,
@@ -122,6 +137,27 @@ impl RemoteKey {
             name: annotations.get(REMOTE_NAME_ANNOTATION)?.clone(),
         })
     }
+}
+
+/// The identification labels of a local copy, by which its kcp object's
+/// [`RemoteKey::labels`] finds it; `None` for objects without them.
+pub fn copy_labels(object: &DynamicObject) -> Option<BTreeMap<String, String>> {
+    let labels = object.labels();
+    let mut found = BTreeMap::new();
+    for (key, required) in [
+        (REMOTE_CLUSTER_LABEL, true),
+        (REMOTE_NAME_HASH_LABEL, true),
+        (REMOTE_NAMESPACE_HASH_LABEL, false),
+    ] {
+        match labels.get(key) {
+            Some(value) => {
+                found.insert(key.to_string(), value.clone());
+            }
+            None if required => return None,
+            None => {}
+        }
+    }
+    Some(found)
 }
 
 #[cfg(test)]
@@ -154,6 +190,30 @@ mod tests {
             RemoteKey::from_local(&labels, &key.annotations()),
             Some(key)
         );
+    }
+
+    #[test]
+    fn a_copy_is_found_by_exactly_the_labels_of_its_key() {
+        let key = RemoteKey {
+            cluster: "c".into(),
+            namespace: "team".into(),
+            name: "db".into(),
+        };
+        let mut labels = key.labels();
+        labels.insert(AGENT_LABEL.into(), "agent-a".into());
+        labels.insert("app".into(), "db".into());
+        let copy: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "g/v1", "kind": "W",
+            "metadata": {"name": "x", "labels": labels},
+        }))
+        .unwrap();
+        assert_eq!(copy_labels(&copy), Some(key.labels()));
+        let unrelated: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "g/v1", "kind": "W",
+            "metadata": {"name": "y", "labels": {REMOTE_CLUSTER_LABEL: "c"}},
+        }))
+        .unwrap();
+        assert_eq!(copy_labels(&unrelated), None);
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Object sync between consumer workspaces and the service cluster.
 
 pub mod echo;
+pub mod events;
 pub mod identity;
+pub mod mirror;
 pub mod naming;
 pub mod object;
 pub mod reconcile;

@@ -8,19 +8,19 @@
 
 use std::time::Duration;
 
-use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
-};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::SelectorExt;
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tracing::{debug, info};
 
+use super::events::EventSink;
 use super::identity::{AGENT_LABEL, FINALIZER, REMOTE_CLUSTER_LABEL, RemoteKey, Side};
+use super::mirror::Mirror;
 use super::naming::{self, DEFAULT_NAME, DEFAULT_NAMESPACE, NamingContext, NamingError};
 use super::object::{Owner, finalizer_patch, new_local, update_patch};
 use super::related;
-use super::worker::WorkerConfig;
+use super::worker::{CopyMirror, WorkerConfig};
 use crate::controller::{Context, FIELD_MANAGER};
 use crate::dns;
 use crate::kcp::retarget_url;
@@ -69,8 +69,18 @@ pub enum SyncError {
 }
 
 impl SyncError {
+    /// Whether a write was refused because it was based on an outdated
+    /// version; the watch event bringing the newer one wakes the object.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, SyncError::Kcp(kube::Error::Api(status))
+            | SyncError::Service(kube::Error::Api(status)) if status.code == 409)
+    }
+
     /// Metric label.
     pub fn reason(&self) -> &'static str {
+        if self.is_conflict() {
+            return "conflict";
+        }
         match self {
             SyncError::Kcp(_) => "kcp",
             SyncError::Service(_) => "service_cluster",
@@ -121,6 +131,24 @@ pub struct Target<'a> {
     pub client: &'a Client,
     /// The object.
     pub key: &'a RemoteKey,
+    /// The kcp objects as the worker's watch of that endpoint last saw them.
+    pub objects: &'a Mirror<RemoteKey>,
+    /// The local copies as the worker's watch last saw them.
+    pub copies: &'a CopyMirror,
+    /// Where events on the consumer's object go.
+    pub events: &'a EventSink,
+}
+
+impl Target<'_> {
+    /// Records a write: its watch event is an echo, and the next reconcile
+    /// reads the written version.
+    fn wrote(&self, config: &WorkerConfig, side: Side, object: &DynamicObject) {
+        config.echoes.wrote(self.key, side, object);
+        match side {
+            Side::Kcp => self.objects.apply(object),
+            Side::Service => self.copies.apply(object),
+        }
+    }
 }
 
 impl std::fmt::Debug for Target<'_> {
@@ -167,26 +195,27 @@ pub async fn reconcile(
         config.remote_namespaced,
         &key.namespace,
     );
-    let Some(remote) = remote_api
-        .get_opt(&key.name)
-        .await
-        .map_err(SyncError::Kcp)?
+    let Some(remote) = target
+        .objects
+        .get(key)
+        .first()
+        .map(|o| DynamicObject::clone(o))
     else {
         config.echoes.forget(key);
         return Ok(Outcome::DONE);
     };
-    let result = sync_object(ctx, config, key, &kcp_client, &remote_api, remote.clone()).await;
-    if result.is_err() {
+    let result = sync_object(ctx, config, target, &remote_api, remote.clone()).await;
+    if result.as_ref().is_err_and(|e| !e.is_conflict()) {
         // The consumer learns that something is wrong, not the provider's internals.
         KcpEvents {
+            sink: target.events,
             client: &kcp_client,
             object: &remote,
         }
         .warning(
             "ReconcilingError",
             "the provider could not sync this object yet; it retries",
-        )
-        .await;
+        );
     }
     result
 }
@@ -194,34 +223,26 @@ pub async fn reconcile(
 async fn sync_object(
     ctx: &Context,
     config: &WorkerConfig,
-    key: &RemoteKey,
-    kcp_client: &Client,
+    target: &Target<'_>,
     remote_api: &Api<DynamicObject>,
     remote: DynamicObject,
 ) -> Result<Outcome, SyncError> {
+    let (key, kcp_client) = (target.key, target.client);
     // A deleted object is cleaned up whatever the filters say (and even if
     // they cannot be evaluated any more).
     let matches = remote.metadata.deletion_timestamp.is_some()
         || filters_match(config, kcp_client, &remote).await?;
     let events = KcpEvents {
+        sink: target.events,
         client: kcp_client,
         object: &remote,
     };
 
-    let local_api: Api<DynamicObject> = Api::all_with(ctx.service.clone(), &config.local);
-    let found = local_api
-        .list(
-            &ListParams::default()
-                .labels(&key.selector(&ctx.agent_name))
-                .limit(2),
-        )
-        .await
-        .map_err(SyncError::Service)?
-        .items;
+    let found = target.copies.get(&key.labels());
     if found.len() > 1 {
         return Err(SyncError::Ambiguous(found.len()));
     }
-    let local = found.into_iter().next();
+    let local = found.first().map(|o| DynamicObject::clone(o));
 
     if remote.metadata.deletion_timestamp.is_some() || !matches {
         if !matches && local.is_none() && !remote.finalizers().iter().any(|f| f == FINALIZER) {
@@ -229,7 +250,7 @@ async fn sync_object(
             return Ok(Outcome::DONE);
         }
         // Deleted in kcp, or no longer selected: the copy goes, then the finalizer.
-        return delete(ctx, config, kcp_client, remote_api, &remote, local, &events).await;
+        return delete(ctx, config, target, remote_api, &remote, local, &events).await;
     }
     let remote = match finalizer_patch(&remote, FINALIZER, true) {
         None => remote,
@@ -238,17 +259,16 @@ async fn sync_object(
                 .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
                 .map_err(SyncError::Kcp)?;
-            config.echoes.wrote(key, Side::Kcp, &patched);
-            events
-                .normal(
-                    "ObjectAccepted",
-                    "the object will be synced to the service cluster",
-                )
-                .await;
+            target.wrote(config, Side::Kcp, &patched);
+            events.normal(
+                "ObjectAccepted",
+                "the object will be synced to the service cluster",
+            );
             patched
         }
     };
     let events = KcpEvents {
+        sink: target.events,
         client: kcp_client,
         object: &remote,
     };
@@ -271,7 +291,7 @@ async fn sync_object(
 
     let local = match local {
         Some(local) => local,
-        None => return create(ctx, config, owner, &remote_value, &events).await,
+        None => return create(ctx, config, target, owner, &remote_value, &events).await,
     };
     if local.metadata.deletion_timestamp.is_some() {
         // Someone deleted the copy; it is recreated once it is gone.
@@ -293,7 +313,7 @@ async fn sync_object(
             )
             .await
             .map_err(SyncError::Service)?;
-        config.echoes.wrote(key, Side::Service, &patched);
+        target.wrote(config, Side::Service, &patched);
         // A patch that changed nothing on the server is not a write; coming
         // back for it would only repeat it.
         if patched.resource_version() != local.resource_version() {
@@ -302,12 +322,10 @@ async fn sync_object(
                 .with_label_values(&[config.published_resource.as_str(), "update"])
                 .inc();
             debug!(object = %key, "Updated the local copy");
-            events
-                .normal(
-                    "ObjectSynced",
-                    "the change was synced to the service cluster",
-                )
-                .await;
+            events.normal(
+                "ObjectSynced",
+                "the change was synced to the service cluster",
+            );
             wrote = true;
         }
     }
@@ -339,18 +357,16 @@ async fn sync_object(
             )
             .await
             .map_err(SyncError::Kcp)?;
-        config.echoes.wrote(key, Side::Kcp, &replaced);
+        target.wrote(config, Side::Kcp, &replaced);
         ctx.metrics
             .objects_synced
             .with_label_values(&[config.published_resource.as_str(), "status"])
             .inc();
         debug!(object = %key, "Copied the status to kcp");
-        events
-            .normal(
-                "ObjectStatusSynced",
-                "the status was updated from the service cluster",
-            )
-            .await;
+        events.normal(
+            "ObjectStatusSynced",
+            "the status was updated from the service cluster",
+        );
     }
     if !config.related.is_empty() {
         let primaries = related::Primaries {
@@ -370,12 +386,10 @@ async fn sync_object(
         .await?;
         wrote |= synced.wrote;
         if !synced.missing.is_empty() {
-            events
-                .normal(
-                    "RelatedResourceMissing",
-                    &format!("waiting for related objects: {}", synced.missing.join(", ")),
-                )
-                .await;
+            events.normal(
+                "RelatedResourceMissing",
+                &format!("waiting for related objects: {}", synced.missing.join(", ")),
+            );
         }
         let current = remote.annotations();
         let missing: serde_json::Map<String, Value> = synced
@@ -392,7 +406,7 @@ async fn sync_object(
                 )
                 .await
                 .map_err(SyncError::Kcp)?;
-            config.echoes.wrote(key, Side::Kcp, &patched);
+            target.wrote(config, Side::Kcp, &patched);
         }
         // Related resources without a watch are only noticed by looking
         // again; watched ones wake their primary up, with a slow safety net.
@@ -422,6 +436,7 @@ fn remote_cluster(remote: &DynamicObject) -> String {
 async fn create(
     ctx: &Context,
     config: &WorkerConfig,
+    target: &Target<'_>,
     owner: Owner<'_>,
     remote: &Value,
     events: &KcpEvents<'_>,
@@ -464,7 +479,7 @@ async fn create(
         if !dns::is_dns1123_label(&namespace) {
             return Err(SyncError::InvalidName(namespace, "namespace name"));
         }
-        related::ensure_namespace(&ctx.service, &namespace)
+        ctx.ensure_service_namespace(&namespace)
             .await
             .map_err(SyncError::Service)?;
         Some(namespace)
@@ -491,14 +506,12 @@ async fn create(
     };
     match api.create(&params, &object).await {
         Ok(created) => {
-            config.echoes.wrote(key, Side::Service, &created);
+            target.wrote(config, Side::Service, &created);
             info!(object = %key, local = %name, namespace = ?namespace, "Placed the local copy");
-            events
-                .normal(
-                    "ObjectPlaced",
-                    "the object was created on the service cluster",
-                )
-                .await;
+            events.normal(
+                "ObjectPlaced",
+                "the object was created on the service cluster",
+            );
             ctx.metrics
                 .objects_synced
                 .with_label_values(&[config.published_resource.as_str(), "create"])
@@ -523,11 +536,20 @@ async fn create(
             }
             if existing.metadata.deletion_timestamp.is_none() {
                 let patch = json!({"metadata": {"labels": object.metadata.labels, "annotations": object.metadata.annotations}});
-                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                let adopted = api
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await
                     .map_err(SyncError::Service)?;
+                target.wrote(config, Side::Service, &adopted);
                 info!(object = %key, local = %name, "Adopted an existing local object");
             }
+        }
+        Err(kube::Error::Api(status)) if status.code == 404 => {
+            // The namespace was deleted since the agent made sure of it.
+            if let Some(namespace) = &namespace {
+                ctx.forget_service_namespace(namespace);
+            }
+            return Err(SyncError::Service(kube::Error::Api(status)));
         }
         Err(error) => return Err(SyncError::Service(error)),
     }
@@ -545,7 +567,7 @@ async fn create(
 async fn delete(
     ctx: &Context,
     config: &WorkerConfig,
-    kcp_client: &Client,
+    target: &Target<'_>,
     remote_api: &Api<DynamicObject>,
     remote: &DynamicObject,
     local: Option<DynamicObject>,
@@ -564,7 +586,7 @@ async fn delete(
                 serde_json::to_value(&local).unwrap_or_default(),
             );
             let primaries = related::Primaries {
-                kcp: kcp_client,
+                kcp: target.client,
                 service: &ctx.service,
                 remote: &remote_value,
                 local: &local_value,
@@ -582,31 +604,51 @@ async fn delete(
                 return Ok(Outcome::wait(Duration::from_secs(2)));
             }
         }
-        if local.metadata.deletion_timestamp.is_none() {
-            let api: Api<DynamicObject> = match local.namespace() {
-                Some(ns) => Api::namespaced_with(ctx.service.clone(), &ns, &config.local),
-                None => Api::all_with(ctx.service.clone(), &config.local),
-            };
-            api.delete(&local.name_any(), &DeleteParams::background())
-                .await
-                .map_err(SyncError::Service)?;
-            info!(local = %local.name_any(), "Deleting the local copy");
-            events
-                .normal(
-                    "ObjectCleanup",
-                    "the copy on the service cluster is being deleted",
-                )
-                .await;
-            ctx.metrics
-                .objects_synced
-                .with_label_values(&[config.published_resource.as_str(), "delete"])
-                .inc();
+        if local.metadata.deletion_timestamp.is_some() {
+            // Held by finalizers of its own; its watch event brings the
+            // object back here once it is gone.
+            return Ok(Outcome::wait(Duration::from_secs(2)));
         }
-        // The copy may have finalizers of its own; look again shortly.
-        return Ok(Outcome::wait(Duration::from_secs(2)));
+        let api: Api<DynamicObject> = match local.namespace() {
+            Some(ns) => Api::namespaced_with(ctx.service.clone(), &ns, &config.local),
+            None => Api::all_with(ctx.service.clone(), &config.local),
+        };
+        let held = match api
+            .delete(&local.name_any(), &DeleteParams::background())
+            .await
+            .map(|response| response.left())
+        {
+            // Returned with finalizers of its own still on it.
+            Ok(Some(deleting)) if !deleting.finalizers().is_empty() => {
+                target.copies.apply(&deleting);
+                true
+            }
+            Ok(_) => {
+                target.copies.remove(&local);
+                false
+            }
+            // Already gone; the mirror had not heard yet.
+            Err(kube::Error::Api(status)) if status.code == 404 => {
+                target.copies.remove(&local);
+                return Ok(Outcome::wait(Duration::ZERO));
+            }
+            Err(error) => return Err(SyncError::Service(error)),
+        };
+        info!(local = %local.name_any(), "Deleting the local copy");
+        events.normal(
+            "ObjectCleanup",
+            "the copy on the service cluster is being deleted",
+        );
+        ctx.metrics
+            .objects_synced
+            .with_label_values(&[config.published_resource.as_str(), "delete"])
+            .inc();
+        if held {
+            return Ok(Outcome::wait(Duration::from_secs(2)));
+        }
     }
     if let Some(patch) = finalizer_patch(remote, FINALIZER, false) {
-        remote_api
+        let released = remote_api
             .patch(
                 &remote.name_any(),
                 &PatchParams::default(),
@@ -614,10 +656,9 @@ async fn delete(
             )
             .await
             .map_err(SyncError::Kcp)?;
+        target.objects.apply(&released);
         info!(object = %remote.name_any(), "The local copy is gone; released the kcp object");
-        events
-            .normal("ObjectDeleted", "the copy on the service cluster is gone")
-            .await;
+        events.normal("ObjectDeleted", "the copy on the service cluster is gone");
     }
     Ok(Outcome::DONE)
 }
@@ -662,59 +703,19 @@ async fn workspace_path(client: &Client) -> Result<String, SyncError> {
         .unwrap_or_default())
 }
 
-/// Events on a consumer's object, with upstream's reasons. They need the
-/// export's `events` claim; failures are logged, never fatal.
+/// The events of one reconcile, on the consumer's object.
 struct KcpEvents<'a> {
+    sink: &'a EventSink,
     client: &'a Client,
     object: &'a DynamicObject,
 }
 
 impl KcpEvents<'_> {
-    async fn normal(&self, reason: &str, message: &str) {
-        self.record("Normal", reason, message).await;
+    fn normal(&self, reason: &str, message: &str) {
+        self.sink.normal(self.client, self.object, reason, message);
     }
 
-    async fn warning(&self, reason: &str, message: &str) {
-        self.record("Warning", reason, message).await;
-    }
-
-    async fn record(&self, type_: &str, reason: &str, message: &str) {
-        let namespace = self.object.namespace().unwrap_or_else(|| "default".into());
-        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            k8s_openapi::jiff::Timestamp::now(),
-        );
-        let types = self.object.types.clone().unwrap_or_default();
-        let event = k8s_openapi::api::core::v1::Event {
-            metadata: kube::api::ObjectMeta {
-                generate_name: Some(format!("{}.", self.object.name_any())),
-                namespace: Some(namespace.clone()),
-                ..Default::default()
-            },
-            involved_object: k8s_openapi::api::core::v1::ObjectReference {
-                api_version: Some(types.api_version),
-                kind: Some(types.kind),
-                name: Some(self.object.name_any()),
-                namespace: self.object.namespace(),
-                uid: self.object.uid(),
-                resource_version: self.object.resource_version(),
-                ..Default::default()
-            },
-            reason: Some(reason.into()),
-            message: Some(message.into()),
-            type_: Some(type_.into()),
-            first_timestamp: Some(now.clone()),
-            last_timestamp: Some(now),
-            count: Some(1),
-            source: Some(k8s_openapi::api::core::v1::EventSource {
-                component: Some(FIELD_MANAGER.into()),
-                host: None,
-            }),
-            ..Default::default()
-        };
-        let api: Api<k8s_openapi::api::core::v1::Event> =
-            Api::namespaced(self.client.clone(), &namespace);
-        if let Err(error) = api.create(&PostParams::default(), &event).await {
-            debug!(%error, reason, "Recording an event in kcp failed");
-        }
+    fn warning(&self, reason: &str, message: &str) {
+        self.sink.warning(self.client, self.object, reason, message);
     }
 }

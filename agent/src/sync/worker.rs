@@ -10,11 +10,14 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::{Client, ResourceExt};
+use kube_runtime::watcher::Event;
 use kube_runtime::{WatchStreamExt, watcher};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{debug, info, warn};
 
-use super::identity::{AGENT_LABEL, RemoteKey, Side};
+use super::events::EventSink;
+use super::identity::{AGENT_LABEL, RemoteKey, Side, copy_labels};
+use super::mirror::Mirror;
 use super::reconcile::{self, Target};
 use crate::api::kcp::CLUSTER_ANNOTATION;
 use crate::api::published_resource::{RelatedResourceOrigin, RelatedResourceSpec, ResourceNaming};
@@ -107,6 +110,17 @@ impl Queue {
 
 type Shared = Arc<Mutex<Queue>>;
 
+/// The local copies of a worker, found by their identification labels.
+pub type CopyMirror = Mirror<std::collections::BTreeMap<String, String>>;
+
+/// The object a watch event is about, unless it only marks a (re)list.
+fn touched(event: &Event<DynamicObject>) -> Option<&DynamicObject> {
+    match event {
+        Event::Apply(object) | Event::InitApply(object) | Event::Delete(object) => Some(object),
+        Event::Init | Event::InitDone => None,
+    }
+}
+
 fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Queue> {
     shared.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -142,6 +156,16 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
     let (queue, mut keys) = mpsc::unbounded_channel::<RemoteKey>();
     let shared: Shared = Arc::default();
     let mut tasks = tokio::task::JoinSet::new();
+    let kcp_objects: Arc<HashMap<String, Arc<Mirror<RemoteKey>>>> = Arc::new(
+        config
+            .endpoints
+            .iter()
+            .map(|e| (e.clone(), Arc::new(Mirror::new(RemoteKey::of_kcp_object))))
+            .collect(),
+    );
+    let copies: Arc<CopyMirror> = Arc::new(Mirror::new(copy_labels));
+    let (events, sender) = EventSink::new(ctx.metrics.events_dropped.clone());
+    tasks.spawn(sender);
 
     for endpoint in config.endpoints.clone() {
         let (ctx, config, queue, shared, stop) = (
@@ -151,13 +175,14 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
             shared.clone(),
             stop.clone(),
         );
+        let mirror = kcp_objects[&endpoint].clone();
         // Each endpoint on its own: one shard that is slow to serve the
         // kind does not hold up the others.
         tasks.spawn(async move {
             let Some(client) = wait_until_served(&ctx, &config, &endpoint, stop).await else {
                 return;
             };
-            watch_endpoint(client, &config, &endpoint, &queue, &shared).await;
+            watch_endpoint(client, &config, &endpoint, &mirror, &queue, &shared).await;
         });
     }
 
@@ -192,36 +217,48 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
     let local_queue = queue.clone();
     let local_config = config.clone();
     let local_shared = shared.clone();
+    let local_copies = copies.clone();
     tasks.spawn(async move {
         let mut events = std::pin::pin!(
-            watcher(local, watcher::Config::default().labels(&selector))
-                .default_backoff()
-                .touched_objects()
+            watcher(local, watcher::Config::default().labels(&selector)).default_backoff()
         );
         while let Some(event) = events.next().await {
-            match event {
-                Ok(object) => {
-                    let labels = object.labels().clone();
-                    if let Some(key) = RemoteKey::from_local(&labels, object.annotations())
-                        && !local_config.echoes.is_echo(&key, Side::Service, &object)
-                        && !defer(&local_shared, &key, Side::Service, &object)
-                    {
-                        let _ = local_queue.send(key);
-                    }
+            let event = match event {
+                Ok(event) => event,
+                Err(error) => {
+                    warn!(%error, "Watching local copies failed; retrying");
+                    continue;
                 }
-                Err(error) => warn!(%error, "Watching local copies failed; retrying"),
+            };
+            local_copies.observe(&event);
+            if let Some(object) = touched(&event)
+                && let Some(key) = RemoteKey::from_local(object.labels(), object.annotations())
+                && !local_config.echoes.is_echo(&key, Side::Service, object)
+                && !defer(&local_shared, &key, Side::Service, object)
+            {
+                let _ = local_queue.send(key);
             }
         }
     });
 
-    let permits = Arc::new(Semaphore::new(CONCURRENCY));
+    // Reconciles read the copies from the mirror: it must be complete first.
     let mut stop = stop;
+    let stopped = tokio::select! {
+        () = copies.wait_synced() => false,
+        _ = stop.wait_for(|s| *s) => true,
+    };
+    if stopped {
+        tasks.shutdown().await;
+        return;
+    }
+
+    let permits = Arc::new(Semaphore::new(CONCURRENCY));
     loop {
         let key = tokio::select! {
             key = keys.recv() => match key { Some(key) => key, None => break },
             _ = stop.wait_for(|s| *s) => break,
         };
-        let client = {
+        let (client, objects) = {
             let mut guard = lock(&shared);
             if guard.in_flight.contains(&key) {
                 guard.dirty.insert(key);
@@ -246,7 +283,7 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
                 },
             };
             guard.in_flight.insert(key.clone());
-            client
+            (client, kcp_objects[&endpoint].clone())
         };
         let guard = InFlight {
             shared: shared.clone(),
@@ -254,13 +291,15 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
             queue: queue.clone(),
             echoes: config.echoes.clone(),
         };
-        let (ctx, config, permits, shared, queue) = (
+        let (ctx, config, permits, shared, queue, copies) = (
             ctx.clone(),
             config.clone(),
             permits.clone(),
             shared.clone(),
             queue.clone(),
+            copies.clone(),
         );
+        let events = events.clone();
         tasks.spawn(async move {
             let Ok(_permit) = permits.acquire().await else {
                 return;
@@ -268,6 +307,9 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
             let target = Target {
                 client: &client,
                 key: &key,
+                objects: &objects,
+                copies: &copies,
+                events: &events,
             };
             let result = tokio::time::timeout(
                 RECONCILE_TIMEOUT,
@@ -292,7 +334,11 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
                     outcome.requeue
                 }
                 Err(error) => {
-                    warn!(object = %key, reason = error.reason(), %error, "Syncing failed");
+                    if error.is_conflict() {
+                        debug!(object = %key, %error, "Wrote against an outdated version; retrying");
+                    } else {
+                        warn!(object = %key, reason = error.reason(), %error, "Syncing failed");
+                    }
                     ctx.metrics
                         .sync_errors
                         .with_label_values(&[label, error.reason()])
@@ -339,27 +385,23 @@ async fn watch_endpoint(
     client: Client,
     config: &WorkerConfig,
     endpoint: &str,
+    mirror: &Mirror<RemoteKey>,
     queue: &mpsc::UnboundedSender<RemoteKey>,
     shared: &Shared,
 ) {
     let api: Api<DynamicObject> = Api::all_with(client, &config.remote);
-    let mut events = std::pin::pin!(
-        watcher(api, watcher::Config::default())
-            .default_backoff()
-            .touched_objects()
-    );
+    let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
     while let Some(event) = events.next().await {
         match event {
-            Ok(object) => {
-                let Some(cluster) = object.annotations().get(CLUSTER_ANNOTATION).cloned() else {
+            Ok(event) => {
+                mirror.observe(&event);
+                let Some(object) = touched(&event) else {
                     continue;
                 };
-                let key = RemoteKey {
-                    namespace: object.namespace().unwrap_or_default(),
-                    name: object.name_any(),
-                    cluster,
+                let Some(key) = RemoteKey::of_kcp_object(object) else {
+                    continue;
                 };
-                if config.echoes.is_echo(&key, Side::Kcp, &object) {
+                if config.echoes.is_echo(&key, Side::Kcp, object) {
                     continue;
                 }
                 {

@@ -1,0 +1,293 @@
+//! What a worker's watches last saw, kept in memory so a reconcile reads it
+//! instead of asking the servers again (upstream reads through informer
+//! caches the same way). A worker keeps one mirror of the kcp objects per
+//! virtual workspace endpoint and one of its local copies.
+//!
+//! The agent's own writes are put into the mirror as soon as they return,
+//! so the next reconcile of the object does not act on the version before
+//! them. Versions only move forward: an event or write older than what the
+//! mirror holds is ignored, and a deleted object keeps a short-lived
+//! tombstone so a late write cannot bring it back. A stale read is
+//! harmless: writes that depend on the version carry it and fail with a
+//! conflict, and the watch event that makes the mirror current wakes the
+//! object again.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kube::ResourceExt;
+use kube::api::DynamicObject;
+use kube_runtime::watcher::Event;
+use tokio::sync::watch;
+
+/// How long a deleted object's version is remembered.
+const TOMBSTONE_TTL: Duration = Duration::from_secs(120);
+/// Tombstones kept before old ones are pruned.
+const TOMBSTONE_PRUNE_AT: usize = 1024;
+
+/// Where an object lives: its `kcp.io/cluster` annotation (empty on the
+/// service cluster), namespace and name.
+type Address = (String, String, String);
+
+fn address(object: &DynamicObject) -> Address {
+    (
+        object
+            .annotations()
+            .get(crate::api::kcp::CLUSTER_ANNOTATION)
+            .cloned()
+            .unwrap_or_default(),
+        object.namespace().unwrap_or_default(),
+        object.name_any(),
+    )
+}
+
+fn version(object: &DynamicObject) -> Option<u64> {
+    object.resource_version()?.parse().ok()
+}
+
+/// Objects by address, found by a key derived from each object.
+pub struct Mirror<K> {
+    state: Mutex<State<K>>,
+    key_of: fn(&DynamicObject) -> Option<K>,
+    synced: watch::Sender<bool>,
+}
+
+struct State<K> {
+    objects: HashMap<Address, Arc<DynamicObject>>,
+    by_key: HashMap<K, BTreeSet<Address>>,
+    tombstones: HashMap<Address, (u64, Instant)>,
+    /// Addresses listed since the watch (re)started, until the list is done.
+    relisted: Option<HashSet<Address>>,
+}
+
+impl<K> std::fmt::Debug for Mirror<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let objects = self
+            .state
+            .lock()
+            .map(|s| s.objects.len())
+            .unwrap_or_default();
+        f.debug_struct("Mirror").field("objects", &objects).finish()
+    }
+}
+
+impl<K: Clone + Eq + Hash> Mirror<K> {
+    /// An empty mirror finding objects by `key_of`; objects without a key
+    /// are not kept.
+    pub fn new(key_of: fn(&DynamicObject) -> Option<K>) -> Self {
+        Self {
+            state: Mutex::new(State {
+                objects: HashMap::new(),
+                by_key: HashMap::new(),
+                tombstones: HashMap::new(),
+                relisted: None,
+            }),
+            key_of,
+            synced: watch::Sender::new(false),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State<K>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes in one watch event.
+    pub fn observe(&self, event: &Event<DynamicObject>) {
+        match event {
+            Event::Apply(object) => self.apply(object),
+            Event::Delete(object) => self.remove(object),
+            Event::Init => self.state().relisted = Some(HashSet::new()),
+            Event::InitApply(object) => {
+                self.apply(object);
+                if let Some(listed) = self.state().relisted.as_mut() {
+                    listed.insert(address(object));
+                }
+            }
+            Event::InitDone => {
+                let mut state = self.state();
+                if let Some(listed) = state.relisted.take() {
+                    let gone: Vec<Address> = state
+                        .objects
+                        .keys()
+                        .filter(|a| !listed.contains(*a))
+                        .cloned()
+                        .collect();
+                    for address in gone {
+                        state.drop_object(&address, self.key_of);
+                    }
+                }
+                state.tombstones.clear();
+                drop(state);
+                self.synced.send_replace(true);
+            }
+        }
+    }
+
+    /// Takes in an object as a write or a watch returned it, unless the
+    /// mirror already holds a newer version or saw it deleted.
+    pub fn apply(&self, object: &DynamicObject) {
+        let Some(key) = (self.key_of)(object) else {
+            return;
+        };
+        let address = address(object);
+        let incoming = version(object);
+        let mut state = self.state();
+        let held = state.objects.get(&address).and_then(|o| version(o));
+        let deleted = state.tombstones.get(&address).map(|(v, _)| *v);
+        if let Some(incoming) = incoming
+            && (held.is_some_and(|h| h > incoming) || deleted.is_some_and(|d| d >= incoming))
+        {
+            return;
+        }
+        state.tombstones.remove(&address);
+        if let Some(previous) = state.objects.get(&address).cloned()
+            && let Some(old_key) = (self.key_of)(&previous)
+            && old_key != key
+        {
+            state.unindex(&old_key, &address);
+        }
+        state.by_key.entry(key).or_default().insert(address.clone());
+        // Nothing reads the field history; it is most of an object's size.
+        let mut object = object.clone();
+        object.metadata.managed_fields = None;
+        state.objects.insert(address, Arc::new(object));
+    }
+
+    /// Forgets an object that was deleted (as the delete returned or a watch
+    /// reported it).
+    pub fn remove(&self, object: &DynamicObject) {
+        let address = address(object);
+        let mut state = self.state();
+        if let Some(current) = state.objects.get(&address)
+            && let (Some(held), Some(deleted)) = (version(current), version(object))
+            && held > deleted
+        {
+            // A newer object of that name exists already.
+            return;
+        }
+        state.drop_object(&address, self.key_of);
+        if let Some(deleted) = version(object) {
+            if state.tombstones.len() >= TOMBSTONE_PRUNE_AT {
+                state
+                    .tombstones
+                    .retain(|_, (_, at)| at.elapsed() < TOMBSTONE_TTL);
+            }
+            state.tombstones.insert(address, (deleted, Instant::now()));
+        }
+    }
+
+    /// The objects with this key (more than one means ambiguity).
+    pub fn get(&self, key: &K) -> Vec<Arc<DynamicObject>> {
+        let state = self.state();
+        state
+            .by_key
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(|a| state.objects.get(a).cloned())
+            .collect()
+    }
+
+    /// Waits until the watch has listed everything once.
+    pub async fn wait_synced(&self) {
+        let mut synced = self.synced.subscribe();
+        let _ = synced.wait_for(|s| *s).await;
+    }
+}
+
+impl<K: Eq + Hash> State<K> {
+    fn drop_object(&mut self, address: &Address, key_of: fn(&DynamicObject) -> Option<K>) {
+        if let Some(object) = self.objects.remove(address)
+            && let Some(key) = key_of(&object)
+        {
+            self.unindex(&key, address);
+        }
+    }
+
+    fn unindex(&mut self, key: &K, address: &Address) {
+        if let Some(addresses) = self.by_key.get_mut(key) {
+            addresses.remove(address);
+            if addresses.is_empty() {
+                self.by_key.remove(key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(name: &str, version: &str, color: &str) -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "g/v1", "kind": "W",
+            "metadata": {"name": name, "namespace": "ns", "resourceVersion": version,
+                         "labels": {"owner": color}},
+        }))
+        .unwrap()
+    }
+
+    fn by_owner(object: &DynamicObject) -> Option<String> {
+        object.labels().get("owner").cloned()
+    }
+
+    fn versions(mirror: &Mirror<String>, key: &str) -> Vec<String> {
+        let mut found: Vec<String> = mirror
+            .get(&key.to_string())
+            .iter()
+            .map(|o| format!("{}@{}", o.name_any(), o.resource_version().unwrap()))
+            .collect();
+        found.sort();
+        found
+    }
+
+    #[test]
+    fn versions_only_move_forward() {
+        let mirror = Mirror::new(by_owner);
+        mirror.apply(&object("a", "5", "x"));
+        mirror.apply(&object("a", "4", "x"));
+        assert_eq!(versions(&mirror, "x"), ["a@5"]);
+        mirror.apply(&object("a", "6", "x"));
+        assert_eq!(versions(&mirror, "x"), ["a@6"]);
+    }
+
+    #[test]
+    fn a_deleted_object_is_not_brought_back_by_a_late_write() {
+        let mirror = Mirror::new(by_owner);
+        mirror.apply(&object("a", "5", "x"));
+        mirror.remove(&object("a", "7", "x"));
+        mirror.apply(&object("a", "6", "x"));
+        assert!(versions(&mirror, "x").is_empty());
+        // A new object of the same name comes later, with a newer version.
+        mirror.apply(&object("a", "9", "x"));
+        assert_eq!(versions(&mirror, "x"), ["a@9"]);
+    }
+
+    #[test]
+    fn a_changed_key_moves_the_object_and_several_objects_share_a_key() {
+        let mirror = Mirror::new(by_owner);
+        mirror.apply(&object("a", "1", "x"));
+        mirror.apply(&object("b", "2", "x"));
+        assert_eq!(versions(&mirror, "x"), ["a@1", "b@2"]);
+        mirror.apply(&object("a", "3", "y"));
+        assert_eq!(versions(&mirror, "x"), ["b@2"]);
+        assert_eq!(versions(&mirror, "y"), ["a@3"]);
+    }
+
+    #[tokio::test]
+    async fn a_relist_drops_what_is_gone_and_marks_the_mirror_synced() {
+        let mirror = Mirror::new(by_owner);
+        mirror.observe(&Event::Apply(object("a", "1", "x")));
+        mirror.observe(&Event::Apply(object("b", "2", "x")));
+        mirror.observe(&Event::Init);
+        mirror.observe(&Event::InitApply(object("b", "3", "x")));
+        assert_eq!(versions(&mirror, "x"), ["a@1", "b@3"]);
+        mirror.observe(&Event::InitDone);
+        assert_eq!(versions(&mirror, "x"), ["b@3"]);
+        tokio::time::timeout(Duration::from_secs(1), mirror.wait_synced())
+            .await
+            .expect("synced after the first list");
+    }
+}
