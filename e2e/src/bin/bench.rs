@@ -37,6 +37,7 @@ use serde_json::{Value, json};
 use sync_agent::api::kcp::CLUSTER_ANNOTATION;
 use sync_agent::api::kcp::apis_v1alpha1::APIExportEndpointSlice;
 use sync_agent::api::kcp::tenancy_v1alpha1::Workspace;
+use sync_agent::sync::events::EventSink;
 use sync_agent::sync::identity::{AGENT_LABEL, FINALIZER, RemoteKey};
 use sync_agent::sync::naming::{self, DEFAULT_NAME, DEFAULT_NAMESPACE, NamingContext};
 use sync_agent::sync::object::{Owner, finalizer_patch, new_local};
@@ -79,7 +80,7 @@ struct Cli {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "initial,ceiling,latency,deletion"
+        default_value = "initial,ceiling,ceiling-events,latency,deletion"
     )]
     scenarios: Vec<Scenario>,
     /// Sizes of the initial-sync, status and ceiling runs, as
@@ -116,6 +117,9 @@ enum Scenario {
     Initial,
     /// The same writes by a minimal client.
     Ceiling,
+    /// The minimal client's writes plus the events the agent records on the
+    /// consumers' objects, through the agent's own event sink.
+    CeilingEvents,
     /// Create and status latency.
     Latency,
     /// Deleting objects end to end.
@@ -1047,10 +1051,22 @@ fn window_rate(total: usize, first: Instant, last: Instant) -> f64 {
 
 /// A minimal client doing the agent's writes for `size`: the finalizer on
 /// each kcp object and the copy on the service cluster, then the status
-/// back, through the export's virtual workspace like the agent.
-async fn ceiling_run(cli: &Cli, probe: &Probe, size: Size) -> anyhow::Result<Figures> {
+/// back, through the export's virtual workspace like the agent. With
+/// `with_events` it also records the agent's events on the kcp objects, and
+/// a phase ends once they are written.
+async fn ceiling_run(
+    cli: &Cli,
+    probe: &Probe,
+    size: Size,
+    with_events: bool,
+) -> anyhow::Result<Figures> {
     let total = size.total();
-    let stage = Stage::new("bench-ceil", size.workspaces, cli.setup_concurrency).await?;
+    let prefix = if with_events {
+        "bench-ceilev"
+    } else {
+        "bench-ceil"
+    };
+    let stage = Stage::new(prefix, size.workspaces, cli.setup_concurrency).await?;
     eprintln!("bench:   creating {total} widgets");
     stage.create_objects("w", size.objects).await?;
     let endpoint = stage.endpoint().await?;
@@ -1062,10 +1078,14 @@ async fn ceiling_run(cli: &Cli, probe: &Probe, size: Size) -> anyhow::Result<Fig
     copies.wait_until_ready(1).await?;
     let before = probe.begin(me).await;
     let start = Instant::now();
-    client.sync_down().await?;
+    let events = with_events.then(Events::start);
+    client.sync_down(events.as_ref().map(|e| &e.sink)).await?;
     let (first, last) = copies
         .wait_for_count("copies", total, size.timeout(), |k| !is_gone(k))
         .await?;
+    if let Some(events) = events {
+        events.finish().await;
+    }
     let after = probe.end(me).await;
     f.insert("sync.total_s".into(), seconds(start, last));
     f.insert("sync.window_s".into(), seconds(first, last));
@@ -1077,13 +1097,17 @@ async fn ceiling_run(cli: &Cli, probe: &Probe, size: Size) -> anyhow::Result<Fig
     kcp.wait_until_ready(stage.consumers.len()).await?;
     let before = probe.begin(me).await;
     let start = Instant::now();
-    client.status_up().await?;
+    let events = with_events.then(Events::start);
+    client.status_up(events.as_ref().map(|e| &e.sink)).await?;
     let suffix = format!("={READY}");
     let (first, last) = kcp
         .wait_for_count("statuses in kcp", total, size.timeout(), |k| {
             k.ends_with(&suffix)
         })
         .await?;
+    if let Some(events) = events {
+        events.finish().await;
+    }
     let after = probe.end(me).await;
     f.insert("status.total_s".into(), seconds(start, last));
     f.insert("status.rate".into(), window_rate(total, first, last));
@@ -1092,6 +1116,32 @@ async fn ceiling_run(cli: &Cli, probe: &Probe, size: Size) -> anyhow::Result<Fig
     drop((copies_watch, kcp_watches));
     cleanup(stage).await;
     Ok(f)
+}
+
+/// The agent's event sink, for the ceiling, and the task writing its events.
+struct Events {
+    sink: EventSink,
+    sender: tokio::task::JoinHandle<()>,
+}
+
+impl Events {
+    fn start() -> Self {
+        let dropped = prometheus::IntCounter::new("events_dropped", "events dropped")
+            .expect("a valid metric name");
+        let (sink, sender) = EventSink::new(dropped);
+        Self {
+            sink,
+            sender: tokio::spawn(sender),
+        }
+    }
+
+    /// Waits until every queued event is written.
+    async fn finish(self) {
+        drop(self.sink);
+        if let Err(error) = self.sender.await {
+            eprintln!("bench: the event sender failed: {error}");
+        }
+    }
 }
 
 /// The minimal client: the writes only, with reads limited to one list.
@@ -1131,13 +1181,15 @@ impl<'a> Ceiling<'a> {
         })
     }
 
-    fn remote(&self, key: &RemoteKey) -> anyhow::Result<Api<DynamicObject>> {
-        let client = self
-            .clients
+    fn client(&self, key: &RemoteKey) -> anyhow::Result<&Client> {
+        self.clients
             .get(&key.cluster)
-            .with_context(|| format!("no client for workspace {}", key.cluster))?;
+            .with_context(|| format!("no client for workspace {}", key.cluster))
+    }
+
+    fn remote(&self, key: &RemoteKey) -> anyhow::Result<Api<DynamicObject>> {
         Ok(Api::namespaced_with(
-            client.clone(),
+            self.client(key)?.clone(),
             &key.namespace,
             &self.stage.resource,
         ))
@@ -1145,8 +1197,9 @@ impl<'a> Ceiling<'a> {
 
     /// Lists every object through the virtual workspace, creates one
     /// namespace per workspace, then per object sets the finalizer and
-    /// creates the copy.
-    async fn sync_down(&self) -> anyhow::Result<()> {
+    /// creates the copy, queueing the agent's `ObjectAccepted` and
+    /// `ObjectPlaced` events on `events`.
+    async fn sync_down(&self, events: Option<&EventSink>) -> anyhow::Result<()> {
         let objects = self.wildcard.list(&ListParams::default()).await?.items;
         let service = &self.stage.provider.service;
         let namespaces: Api<Namespace> = Api::all(service.clone());
@@ -1179,11 +1232,24 @@ impl<'a> Ceiling<'a> {
                     namespace: object.namespace().unwrap_or_default(),
                     name: object.name_any(),
                 };
-                if let Some(patch) = finalizer_patch(&object, FINALIZER, true) {
-                    self.remote(&key)?
-                        .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
-                        .await?;
-                }
+                let object = match finalizer_patch(&object, FINALIZER, true) {
+                    None => object,
+                    Some(patch) => {
+                        let patched = self
+                            .remote(&key)?
+                            .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+                            .await?;
+                        if let Some(events) = events {
+                            events.normal(
+                                self.client(&key)?,
+                                &patched,
+                                "ObjectAccepted",
+                                "accepted",
+                            );
+                        }
+                        patched
+                    }
+                };
                 let value = serde_json::to_value(&object)?;
                 let (namespace, name) = local_name(&value, &key.cluster)?;
                 let owner = Owner {
@@ -1202,6 +1268,9 @@ impl<'a> Ceiling<'a> {
                 Api::<DynamicObject>::namespaced_with(service.clone(), &namespace, resource)
                     .create(&PostParams::default(), &serde_json::from_value(copy)?)
                     .await?;
+                if let Some(events) = events {
+                    events.normal(self.client(&key)?, &object, "ObjectPlaced", "placed");
+                }
                 anyhow::Ok(())
             })
             .buffer_unordered(self.concurrency)
@@ -1210,8 +1279,9 @@ impl<'a> Ceiling<'a> {
         Ok(())
     }
 
-    /// Lists the copies and writes each one's status on its kcp object.
-    async fn status_up(&self) -> anyhow::Result<()> {
+    /// Lists the copies and writes each one's status on its kcp object,
+    /// queueing the agent's `ObjectStatusSynced` event on `events`.
+    async fn status_up(&self, events: Option<&EventSink>) -> anyhow::Result<()> {
         let copies = Api::<DynamicObject>::all_with(
             self.stage.provider.service.clone(),
             &self.stage.resource,
@@ -1223,13 +1293,17 @@ impl<'a> Ceiling<'a> {
             .map(|copy| async move {
                 let key = RemoteKey::from_local(copy.labels(), copy.annotations())
                     .context("a copy without its identity")?;
-                self.remote(&key)?
+                let patched = self
+                    .remote(&key)?
                     .patch_status(
                         &key.name,
                         &PatchParams::default(),
                         &Patch::Merge(json!({"status": copy.data["status"]})),
                     )
                     .await?;
+                if let Some(events) = events {
+                    events.normal(self.client(&key)?, &patched, "ObjectStatusSynced", "synced");
+                }
                 anyhow::Ok(())
             })
             .buffer_unordered(self.concurrency)
@@ -1359,6 +1433,8 @@ struct Results {
     initial: Vec<Vec<Figures>>,
     /// Per size, the minimal client's runs.
     ceiling: Vec<Vec<Figures>>,
+    /// Per size, the minimal client's runs with the agent's events.
+    ceiling_events: Vec<Vec<Figures>>,
     latency: Vec<Figures>,
     deletion: Vec<Figures>,
 }
@@ -1498,7 +1574,7 @@ fn is_full_scale(cli: &Cli) -> bool {
         && cli.sizes == default_sizes
         && cli.latency_samples >= DEFAULT_LATENCY_SAMPLES
         && cli.deletion.total() >= 1000
-        && cli.scenarios.len() == 4
+        && cli.scenarios.len() == Scenario::value_variants().len()
 }
 
 fn report(cli: &Cli, results: &Results, background: &BTreeMap<String, f64>) -> String {
@@ -1549,6 +1625,7 @@ fn report(cli: &Cli, results: &Results, background: &BTreeMap<String, f64>) -> S
 
     let initial: Vec<Figures> = results.initial.iter().map(|r| median(r)).collect();
     let ceiling: Vec<Figures> = results.ceiling.iter().map(|r| median(r)).collect();
+    let ceiling_events: Vec<Figures> = results.ceiling_events.iter().map(|r| median(r)).collect();
     let at = |list: &[Figures], i: usize| list.get(i).cloned().unwrap_or_default();
 
     let _ = writeln!(out, "## Initial sync\n");
@@ -1640,6 +1717,8 @@ fn report(cli: &Cli, results: &Results, background: &BTreeMap<String, f64>) -> S
         ],
         &rows,
     );
+
+    write_bound(&mut out, cli, &initial, &ceiling, &ceiling_events);
 
     let _ = writeln!(out, "## Agent memory and CPU\n");
     let _ = writeln!(
@@ -1755,16 +1834,97 @@ fn report(cli: &Cli, results: &Results, background: &BTreeMap<String, f64>) -> S
         );
     }
 
-    write_costs(&mut out, cli, &initial, &ceiling, results, background);
+    write_costs(
+        &mut out,
+        cli,
+        [&initial, &ceiling, &ceiling_events],
+        results,
+        background,
+    );
     out
 }
 
-/// Server-side cost per object: requests and CPU, agent against ceiling.
-fn write_costs(
+/// The processes whose CPU time a phase costs.
+const PROCESSES: [&str; 4] = ["client", "kcp", "kube-apiserver", "etcd"];
+
+/// CPU milliseconds per object of a phase, summed over the client and the
+/// servers.
+fn cpu_per_object(f: &Figures, phase: &str) -> Option<f64> {
+    PROCESSES
+        .iter()
+        .map(|p| value(f, &format!("{phase}.cpu_ms.{p}")))
+        .sum()
+}
+
+/// `a / b / c` of formatted values, for cells comparing the agent, the
+/// ceiling and the ceiling with events.
+fn triple(values: [Option<f64>; 3], decimals: usize) -> String {
+    values.map(|v| fmt(v, decimals)).join(" / ")
+}
+
+/// Why the ratio is what it is: the CPU one object costs every process on
+/// the machine, the cores that kept busy, and the ceiling with the agent's
+/// events as a second reference.
+fn write_bound(
     out: &mut String,
     cli: &Cli,
     initial: &[Figures],
     ceiling: &[Figures],
+    ceiling_events: &[Figures],
+) {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let _ = writeln!(
+        out,
+        "## What bounds the ratio
+"
+    );
+    let _ = writeln!(
+        out,
+        "The agent, the ceiling's client and the three servers share the machine's {cores}          cores, so a phase's throughput is at most the cores divided by the CPU one object          costs all of them. *CPU ms/object* sums the client's, kcp's, kube-apiserver's and          etcd's CPU per object (the cost table below, start-up included for the agent);          *cores busy* is that times objects/s. *Ceiling + events* is the ceiling's client          also recording, through the agent's own event sink (one write at a time, the          newest dropped beyond a queue of 1000), the events the agent records on the          consumers' objects: `ObjectAccepted` and `ObjectPlaced` per new object,          `ObjectStatusSynced` per status. Cells read agent / ceiling / ceiling + events.\n"
+    );
+    let mut rows = Vec::new();
+    for (i, size) in cli.sizes.iter().enumerate() {
+        for phase in ["sync", "status"] {
+            let figures = [initial.get(i), ceiling.get(i), ceiling_events.get(i)];
+            let of = |key: &str| figures.map(|f| f.and_then(|f| value(f, key)));
+            let rate = of(&format!("{phase}.rate"));
+            let cpu = figures.map(|f| f.and_then(|f| cpu_per_object(f, phase)));
+            let busy = [0, 1, 2].map(|j| Some(rate[j]? * cpu[j]? / 1000.0));
+            let events = of(&format!("{phase}.req.kcp POST events"));
+            rows.push(vec![
+                size.to_string(),
+                phase.to_string(),
+                triple(rate, 1),
+                ratio(rate[0], rate[1]),
+                ratio(rate[0], rate[2]),
+                triple(cpu, 2),
+                triple(busy, 2),
+                triple(events, 2),
+            ]);
+        }
+    }
+    table(
+        out,
+        &[
+            "W×N",
+            "phase",
+            "objects/s",
+            "agent ÷ ceiling",
+            "agent ÷ ceiling + events",
+            "CPU ms/object",
+            "cores busy",
+            "events written/object",
+        ],
+        &rows,
+    );
+}
+
+/// Server-side cost per object: requests and CPU, agent against ceiling
+/// (and the ceiling with events, when it ran).
+fn write_costs(
+    out: &mut String,
+    cli: &Cli,
+    [initial, ceiling, ceiling_events]: [&[Figures]; 3],
     results: &Results,
     background: &BTreeMap<String, f64>,
 ) {
@@ -1797,8 +1957,10 @@ fn write_costs(
         for (who, figures, phase) in [
             ("agent", initial.get(i), "sync"),
             ("ceiling", ceiling.get(i), "sync"),
+            ("ceiling + events", ceiling_events.get(i), "sync"),
             ("agent", initial.get(i), "status"),
             ("ceiling", ceiling.get(i), "status"),
+            ("ceiling + events", ceiling_events.get(i), "status"),
         ] {
             let Some(f) = figures else { continue };
             rows.push(cost_row(size.to_string(), phase, who, f));
@@ -1832,12 +1994,21 @@ fn write_costs(
     let Some(largest) = (0..cli.sizes.len()).max_by_key(|&i| cli.sizes[i].total()) else {
         return;
     };
-    let columns: Vec<(&str, Option<&Figures>, &str)> = vec![
+    let columns: Vec<(&str, Option<&Figures>, &str)> = [
         ("agent sync", initial.get(largest), "sync"),
         ("ceiling sync", ceiling.get(largest), "sync"),
+        ("ceiling + events sync", ceiling_events.get(largest), "sync"),
         ("agent status", initial.get(largest), "status"),
         ("ceiling status", ceiling.get(largest), "status"),
-    ];
+        (
+            "ceiling + events status",
+            ceiling_events.get(largest),
+            "status",
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, f, _)| f.is_some())
+    .collect();
     let mut keys: BTreeSet<String> = BTreeSet::new();
     for (_, f, phase) in &columns {
         if let Some(f) = f {
@@ -1923,23 +2094,11 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("bench: measuring the idle servers' CPU use");
     probe.measure_background().await;
     let runs = |s: Scenario| cli.scenarios.contains(&s);
+    let per_size = |s: Scenario| vec![Vec::new(); if runs(s) { cli.sizes.len() } else { 0 }];
     let mut results = Results {
-        initial: vec![
-            Vec::new();
-            if runs(Scenario::Initial) {
-                cli.sizes.len()
-            } else {
-                0
-            }
-        ],
-        ceiling: vec![
-            Vec::new();
-            if runs(Scenario::Ceiling) {
-                cli.sizes.len()
-            } else {
-                0
-            }
-        ],
+        initial: per_size(Scenario::Initial),
+        ceiling: per_size(Scenario::Ceiling),
+        ceiling_events: per_size(Scenario::CeilingEvents),
         ..Default::default()
     };
     let began = Instant::now();
@@ -1951,7 +2110,11 @@ async fn main() -> anyhow::Result<()> {
             }
             if runs(Scenario::Ceiling) {
                 eprintln!("bench: run {run}/{}: ceiling {size}", cli.runs);
-                results.ceiling[i].push(ceiling_run(&cli, &probe, *size).await?);
+                results.ceiling[i].push(ceiling_run(&cli, &probe, *size, false).await?);
+            }
+            if runs(Scenario::CeilingEvents) {
+                eprintln!("bench: run {run}/{}: ceiling with events {size}", cli.runs);
+                results.ceiling_events[i].push(ceiling_run(&cli, &probe, *size, true).await?);
             }
         }
         if runs(Scenario::Latency) {
