@@ -82,7 +82,9 @@ async fn cleanup_kcp(
             .and_then(|s| s.consumers.as_ref())
             .map(|c| c.workspaces.iter().cloned().collect())
             .unwrap_or_default();
-        paths.extend(consumers::desired(kcp, offering).await.0);
+        let desired = consumers::desired(kcp, offering).await;
+        paths.extend(desired.paths);
+        paths.extend(desired.waiting);
         let mut remaining = Vec::new();
         for consumer in &paths {
             if !consumers::unbind(kcp, consumer, names).await? {

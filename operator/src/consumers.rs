@@ -15,33 +15,61 @@ use crate::names::{Names, OWNER_ANNOTATION};
 use crate::provision::{Kcp, apply, delete_if_present};
 use crate::status::ConsumerReport;
 
-/// The consumer workspaces the spec asks for, and the selectors that could
-/// not be evaluated (with why).
-pub async fn desired(
-    kcp: &Kcp,
-    offering: &PublishedOffering,
-) -> (BTreeSet<String>, Vec<(String, String)>) {
-    let mut paths = BTreeSet::new();
-    let mut failed = Vec::new();
-    let Some(consumers) = &offering.spec.consumers else {
-        return (paths, failed);
-    };
-    paths.extend(consumers.workspaces.iter().cloned());
-    if let Some(selector) = &consumers.selector {
-        match children(kcp, &selector.parent, selector.label_selector.clone()).await {
-            Ok(children) => paths.extend(children),
-            Err(error) => failed.push((selector.parent.clone(), error.to_string())),
-        }
-    }
-    (paths, failed)
+/// The consumer workspaces the spec asks for.
+#[derive(Debug, Default)]
+pub struct Desired {
+    /// Workspaces to bind: the listed ones and the Ready selected ones.
+    pub paths: BTreeSet<String>,
+    /// Selected workspaces that are not Ready (yet, or for a while): not
+    /// bound now, and not unbound either.
+    pub waiting: BTreeSet<String>,
+    /// Selectors that could not be evaluated, with why.
+    pub failed: Vec<(String, String)>,
 }
 
-/// Ready child workspaces of `parent` matching `selector`.
+impl Desired {
+    /// Whether a workspace that holds this offering's binding has left the
+    /// spec. Never while a selector could not be evaluated: a passing kcp
+    /// error must not look like an empty selection, since unbinding deletes
+    /// the consumer's objects.
+    fn dropped(&self, path: &str) -> bool {
+        self.failed.is_empty() && !self.paths.contains(path) && !self.waiting.contains(path)
+    }
+}
+
+/// The consumer workspaces the spec asks for.
+pub async fn desired(kcp: &Kcp, offering: &PublishedOffering) -> Desired {
+    let mut desired = Desired::default();
+    let Some(consumers) = &offering.spec.consumers else {
+        return desired;
+    };
+    desired.paths.extend(consumers.workspaces.iter().cloned());
+    if let Some(selector) = &consumers.selector {
+        match children(kcp, &selector.parent, selector.label_selector.clone()).await {
+            Ok(children) => {
+                for (path, ready) in children {
+                    if ready {
+                        desired.paths.insert(path);
+                    } else {
+                        desired.waiting.insert(path);
+                    }
+                }
+            }
+            Err(error) => desired
+                .failed
+                .push((selector.parent.clone(), error.to_string())),
+        }
+    }
+    desired
+}
+
+/// Child workspaces of `parent` matching `selector`, each with whether it
+/// is Ready.
 async fn children(
     kcp: &Kcp,
     parent: &str,
     selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
-) -> Result<Vec<String>, Error> {
+) -> Result<Vec<(String, bool)>, Error> {
     let client = kcp.client(parent)?;
     let workspaces: Api<Workspace> = Api::all(client);
     let mut params = ListParams::default();
@@ -60,23 +88,33 @@ async fn children(
     Ok(list
         .items
         .iter()
-        .filter(|ws| ws.status.as_ref().is_some_and(|s| s.phase == "Ready"))
-        .map(|ws| format!("{parent}:{}", ws.name_any()))
+        .map(|ws| {
+            let ready = ws.status.as_ref().is_some_and(|s| s.phase == "Ready");
+            (format!("{parent}:{}", ws.name_any()), ready)
+        })
         .collect())
 }
 
 /// Binds every desired consumer workspace and reports how each stands.
 /// Workspaces no longer desired lose their binding only under
-/// `deletionPolicy: Delete`; otherwise the binding stays, unmanaged.
+/// `deletionPolicy: Delete`; otherwise the binding stays, unmanaged. A
+/// workspace whose binding could not be applied this time stays managed if
+/// it was before, so it is still unbound when it leaves the spec.
 pub async fn reconcile(
     kcp: &Kcp,
     offering: &PublishedOffering,
     names: &Names,
     export: &APIExport,
 ) -> ConsumerReport {
-    let (paths, failed) = desired(kcp, offering).await;
+    let wanted = desired(kcp, offering).await;
+    let previously: Vec<String> = offering
+        .status
+        .as_ref()
+        .and_then(|s| s.consumers.as_ref())
+        .map(|c| c.workspaces.clone())
+        .unwrap_or_default();
     let mut report = ConsumerReport {
-        failed,
+        failed: wanted.failed.clone(),
         ..Default::default()
     };
     let claims = export.spec.permission_claims.clone();
@@ -91,7 +129,7 @@ pub async fn reconcile(
         &claims,
         accepted.as_deref(),
     );
-    for path in &paths {
+    for path in &wanted.paths {
         match bind(kcp, path, names, &desired).await {
             Ok(Some(true)) => {
                 report.bound.push(path.clone());
@@ -108,17 +146,19 @@ pub async fn reconcile(
                     names.export
                 ),
             )),
-            Err(error) => report.failed.push((path.clone(), error.to_string())),
+            Err(error) => {
+                report.failed.push((path.clone(), error.to_string()));
+                if previously.contains(path) {
+                    report.managed.push(path.clone());
+                }
+            }
         }
     }
-    let previously: Vec<String> = offering
-        .status
-        .as_ref()
-        .and_then(|s| s.consumers.as_ref())
-        .map(|c| c.workspaces.clone())
-        .unwrap_or_default();
-    if offering.spec.deletion_policy == DeletionPolicy::Delete {
-        for path in previously.iter().filter(|p| !paths.contains(*p)) {
+    for path in previously.iter().filter(|p| !wanted.paths.contains(*p)) {
+        if !wanted.dropped(path) {
+            // Perhaps still wanted: not Ready, or its selector failed.
+            report.managed.push(path.clone());
+        } else if offering.spec.deletion_policy == DeletionPolicy::Delete {
             match unbind(kcp, path, names).await {
                 Ok(true) => {}
                 Ok(false) => report.managed.push(path.clone()),
@@ -128,6 +168,7 @@ pub async fn reconcile(
                 }
             }
         }
+        // Under Retain a dropped workspace keeps its binding, unmanaged.
     }
     report
 }
@@ -209,5 +250,36 @@ pub async fn unbind(kcp: &Kcp, path: &str, names: &Names) -> Result<bool, Error>
         Ok(remaining) => Ok(remaining.is_none()),
         Err(error) if is_not_found(&error) => Ok(true),
         Err(error) => Err(Error::kcp(&format!("reading APIBinding in {path}"), error)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(paths: &[&str]) -> BTreeSet<String> {
+        paths.iter().map(|p| (*p).to_string()).collect()
+    }
+
+    #[test]
+    fn only_a_workspace_that_left_a_fully_evaluated_spec_is_dropped() {
+        let desired = Desired {
+            paths: set(&["root:listed", "root:team:ready"]),
+            waiting: set(&["root:team:initializing"]),
+            failed: Vec::new(),
+        };
+        assert!(!desired.dropped("root:listed"));
+        assert!(!desired.dropped("root:team:initializing"));
+        assert!(desired.dropped("root:team:gone"));
+    }
+
+    #[test]
+    fn nothing_is_dropped_while_a_selector_could_not_be_evaluated() {
+        let desired = Desired {
+            paths: set(&["root:listed"]),
+            waiting: BTreeSet::new(),
+            failed: vec![("root:team".into(), "kcp did not answer".into())],
+        };
+        assert!(!desired.dropped("root:team:selected-before"));
     }
 }
