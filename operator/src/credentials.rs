@@ -65,8 +65,16 @@ pub async fn load(client: &Client, location: &SecretLocation) -> Result<KcpCrede
     let text = std::str::from_utf8(&data.0).map_err(|_| {
         Error::InvalidKcpKubeconfig(format!("key {:?} of {what} is not UTF-8", location.key))
     })?;
-    let kubeconfig = Kubeconfig::from_yaml(text).map_err(|error| {
-        Error::InvalidKcpKubeconfig(format!("key {:?} of {what}: {error}", location.key))
+    // The parser's message is not passed on: it can quote the lines it
+    // failed on, and those may hold a token or a key.
+    let kubeconfig = Kubeconfig::from_yaml(text).map_err(|_| {
+        Error::InvalidKcpKubeconfig(format!(
+            "key {:?} of {what} is not a kubeconfig (kubectl --kubeconfig must be able to read it)",
+            location.key
+        ))
+    })?;
+    self_contained(&kubeconfig).map_err(|why| {
+        Error::InvalidKcpKubeconfig(format!("key {:?} of {what}: {why}", location.key))
     })?;
     let config = Config::from_custom_kubeconfig(kubeconfig.clone(), &KubeConfigOptions::default())
         .await
@@ -74,6 +82,44 @@ pub async fn load(client: &Client, location: &SecretLocation) -> Result<KcpCrede
             Error::InvalidKcpKubeconfig(format!("key {:?} of {what}: {error}", location.key))
         })?;
     Ok(KcpCredentials { kubeconfig, config })
+}
+
+/// Checks that a kubeconfig from a Secret carries its credentials inline.
+/// A file path or a plugin would be read or run in the operator's pod, where
+/// it could reach the operator's own ServiceAccount token or other files,
+/// so whoever writes the Secret could send them to any server.
+pub fn self_contained(kubeconfig: &Kubeconfig) -> Result<(), String> {
+    for named in &kubeconfig.auth_infos {
+        let Some(user) = &named.auth_info else {
+            continue;
+        };
+        let refused = [
+            ("tokenFile", user.token_file.is_some()),
+            ("client-certificate", user.client_certificate.is_some()),
+            ("client-key", user.client_key.is_some()),
+            ("exec", user.exec.is_some()),
+            ("auth-provider", user.auth_provider.is_some()),
+        ];
+        if let Some((field, _)) = refused.iter().find(|(_, set)| *set) {
+            return Err(format!(
+                "user {:?} uses {field}; only inline credentials (token, client-certificate-data, client-key-data) are accepted",
+                named.name
+            ));
+        }
+    }
+    for named in &kubeconfig.clusters {
+        if named
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.certificate_authority.is_some())
+        {
+            return Err(format!(
+                "cluster {:?} refers to a CA file; inline it as certificate-authority-data",
+                named.name
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The server part of a kcp URL, without any `/clusters/<workspace>`.
@@ -315,6 +361,38 @@ users:
         let user = agent.auth_infos[0].auth_info.clone().unwrap();
         assert_eq!(user.token_file.as_deref(), Some("token"));
         assert!(user.token.is_none());
+    }
+
+    #[test]
+    fn only_kubeconfigs_with_inline_credentials_are_accepted() {
+        assert_eq!(
+            self_contained(&Kubeconfig::from_yaml(OPERATOR).unwrap()),
+            Ok(())
+        );
+        for (field, line) in [
+            (
+                "tokenFile",
+                "tokenFile: /var/run/secrets/kubernetes.io/serviceaccount/token",
+            ),
+            ("client-key", "client-key: /etc/key.pem"),
+            (
+                "exec",
+                "exec: {apiVersion: client.authentication.k8s.io/v1, command: sh}",
+            ),
+        ] {
+            let kubeconfig = OPERATOR.replace(
+                "user: {token: secret-admin-token}",
+                &format!("user:\n    {line}"),
+            );
+            let why = self_contained(&Kubeconfig::from_yaml(&kubeconfig).unwrap()).unwrap_err();
+            assert!(why.contains(field), "{field}: {why}");
+        }
+        let ca_file = OPERATOR.replace(
+            "cluster: {server: \"https://kcp.example.com:6443\", certificate-authority-data: Q0E=}",
+            "cluster: {server: \"https://kcp.example.com:6443\", certificate-authority: /etc/ca.pem}",
+        );
+        let why = self_contained(&Kubeconfig::from_yaml(&ca_file).unwrap()).unwrap_err();
+        assert!(why.contains("CA file"), "{why}");
     }
 
     #[test]
