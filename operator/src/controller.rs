@@ -36,6 +36,10 @@ pub const NAME: &str = "publishedoffering";
 const RESYNC: Duration = Duration::from_secs(60);
 /// How often an offering that waits for something is looked at again.
 const WAITING: Duration = Duration::from_secs(5);
+/// `Ready` reasons that time resolves (the agent starting, kcp binding);
+/// any other reason for `Ready=False` needs a person, and the offering is
+/// looked at again with backoff rather than every `WAITING`.
+const TRANSIENT_REASONS: [&str; 3] = ["WaitingForAgent", "AgentUnavailable", "BindingPending"];
 /// First and longest delay after a failed reconcile.
 const BACKOFF_MIN: Duration = Duration::from_secs(2);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -230,11 +234,7 @@ fn error_policy(
 
 async fn apply(offering: &PublishedOffering, ctx: &Context) -> Result<Action, Error> {
     match provision(&ctx.client, offering, &ctx.settings).await {
-        Ok(provisioned) => {
-            ctx.succeeded(offering);
-            let action = write_provisioned(offering, ctx, &provisioned).await?;
-            Ok(action)
-        }
+        Ok(provisioned) => write_provisioned(offering, ctx, &provisioned).await,
         Err(error) => {
             report_error(offering, ctx, &error).await;
             Err(error)
@@ -283,14 +283,26 @@ async fn write_provisioned(
     }
     announce(offering, ctx, &next).await;
     write_status(offering, ctx, &next).await?;
-    let ready = next.conditions.first().is_some_and(|c| c.status == "True");
+    let ready = next.conditions.first();
+    let wait = match ready {
+        Some(ready) if ready.status == "True" => {
+            ctx.succeeded(offering);
+            RESYNC
+        }
+        Some(ready) if !TRANSIENT_REASONS.contains(&ready.reason.as_str()) => {
+            ctx.backoff(offering).max(WAITING)
+        }
+        _ => {
+            ctx.succeeded(offering);
+            WAITING
+        }
+    };
     let until_renewal = provisioned
         .renew_at
         .duration_since(Timestamp::now())
         .try_into()
         .unwrap_or(Duration::ZERO)
         .max(Duration::from_secs(1));
-    let wait = if ready { RESYNC } else { WAITING };
     Ok(Action::requeue(wait.min(until_renewal)))
 }
 

@@ -29,9 +29,6 @@ pub enum Error {
     /// The APIExport exists and belongs to someone else.
     #[error("{0}")]
     ExportConflict(String),
-    /// A published kind is not served by the service cluster.
-    #[error("{0}")]
-    ResourceKindNotFound(String),
     /// Minting the agent's kcp token failed.
     #[error("{0}")]
     TokenRequestFailed(String),
@@ -55,7 +52,6 @@ impl Error {
             Error::KcpForbidden(_) => "KcpForbidden",
             Error::Kcp(_) => "KcpError",
             Error::ExportConflict(_) => "ExportConflict",
-            Error::ResourceKindNotFound(_) => "ResourceKindNotFound",
             Error::TokenRequestFailed(_) => "TokenRequestFailed",
             Error::ServiceCluster(_) => "ServiceClusterError",
             Error::Deleting(_) => "Deleting",
@@ -65,7 +61,7 @@ impl Error {
     /// The category label of `controller_runtime_reconcile_errors_total`.
     pub fn category(&self) -> &'static str {
         match self {
-            Error::InvalidSpec(_) | Error::ResourceKindNotFound(_) => "spec",
+            Error::InvalidSpec(_) => "spec",
             Error::KcpSecretMissing(_) | Error::InvalidKcpKubeconfig(_) => "credentials",
             Error::ExportConflict(_) => "conflict",
             Error::KcpUnreachable(_)

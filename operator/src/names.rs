@@ -67,6 +67,18 @@ pub struct Names {
     pub cluster_role: String,
 }
 
+/// Whether `name` is a DNS-1035 label, as Service names must be.
+pub fn is_dns1035_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= LABEL_MAX
+        && bytes[0].is_ascii_lowercase()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
 impl Names {
     /// The names for `offering`, or why it cannot have any.
     pub fn of(offering: &PublishedOffering) -> Result<Self, String> {
@@ -228,6 +240,23 @@ mod tests {
         assert!(long.metrics_service.len() <= LABEL_MAX);
         assert!(long.metrics_service.ends_with("-sync-agent-metrics"));
         assert!(long.agent_workload.ends_with("-sync-agent"));
+    }
+
+    #[test]
+    fn only_dns1035_labels_can_name_a_service() {
+        for good in ["databases", "db-2", "a"] {
+            assert!(is_dns1035_label(good), "{good}");
+        }
+        for bad in [
+            "",
+            "2fast",
+            "db.example",
+            "db-",
+            "Databases",
+            &"x".repeat(64),
+        ] {
+            assert!(!is_dns1035_label(bad), "{bad}");
+        }
     }
 
     #[test]

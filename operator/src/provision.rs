@@ -98,9 +98,19 @@ impl std::fmt::Debug for Kcp {
     }
 }
 
+/// How long a kcp request may wait for its answer. The operator makes
+/// only short requests to kcp (no watches), so a kcp that accepts the
+/// connection and never answers fails the reconcile, which then retries
+/// with backoff, instead of holding it forever.
+const KCP_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Kcp {
     /// Access with `credentials`.
-    pub fn new(credentials: KcpCredentials) -> Self {
+    pub fn new(mut credentials: KcpCredentials) -> Self {
+        credentials.config.read_timeout = Some(KCP_READ_TIMEOUT);
+        // Count from sending the request, not from when a pooled
+        // connection last did something.
+        credentials.config.reset_reader_on_write = true;
         let base = credentials::base_url(&credentials.config.cluster_url.to_string());
         Self { credentials, base }
     }
@@ -166,8 +176,15 @@ pub fn kcp_secret_location(
     }
 }
 
-/// Checks what the schema cannot: unique resource names.
+/// Checks what the schema cannot: a name the offering's Service can carry,
+/// and unique resource names.
 pub fn validate(offering: &PublishedOffering) -> Result<(), Error> {
+    let name = offering.name_any();
+    if !crate::names::is_dns1035_label(&name) {
+        return Err(Error::InvalidSpec(format!(
+            "the offering's name {name:?} must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter) because its agent's metrics Service is named after it"
+        )));
+    }
     let mut seen = BTreeSet::new();
     for resource in &offering.spec.resources {
         if !seen.insert(resource.name.as_str()) {

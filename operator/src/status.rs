@@ -247,7 +247,6 @@ fn part_of(error: &Error) -> Option<&'static str> {
         | Error::Kcp(_)
         | Error::ExportConflict(_) => Some(EXPORT_READY),
         Error::TokenRequestFailed(_) => Some(CREDENTIALS_READY),
-        Error::ResourceKindNotFound(_) => Some(SCHEMAS_PUBLISHED),
         Error::InvalidSpec(_) | Error::ServiceCluster(_) | Error::Deleting(_) => None,
     }
 }
