@@ -10,6 +10,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, finalizer};
@@ -39,7 +40,12 @@ const WAITING: Duration = Duration::from_secs(5);
 /// `Ready` reasons that time resolves (the agent starting, kcp binding);
 /// any other reason for `Ready=False` needs a person, and the offering is
 /// looked at again with backoff rather than every `WAITING`.
-const TRANSIENT_REASONS: [&str; 3] = ["WaitingForAgent", "AgentUnavailable", "BindingPending"];
+const TRANSIENT_REASONS: [&str; 4] = [
+    "IdentityPending",
+    "WaitingForAgent",
+    "AgentUnavailable",
+    "BindingPending",
+];
 /// First and longest delay after a failed reconcile.
 const BACKOFF_MIN: Duration = Duration::from_secs(2);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -81,6 +87,10 @@ impl Metrics {
     }
 }
 
+/// A watched offering, or its metadata and why it could not be read: one
+/// offering the operator cannot deserialize must not stall the others.
+type Watched = DeserializeGuard<PublishedOffering>;
+
 /// What every reconcile shares.
 pub struct Context {
     client: Client,
@@ -119,23 +129,23 @@ impl Context {
         })
     }
 
-    fn backoff(&self, offering: &PublishedOffering) -> Duration {
+    fn backoff(&self, offering: &impl Resource) -> Duration {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let count = failures.entry(ObjectRef::from_obj(offering)).or_insert(0);
+        let count = failures.entry(key(offering)).or_insert(0);
         *count = count.saturating_add(1);
         BACKOFF_MIN
             .saturating_mul(2u32.saturating_pow(count.saturating_sub(1).min(16)))
             .min(BACKOFF_MAX)
     }
 
-    fn succeeded(&self, offering: &PublishedOffering) {
+    fn succeeded(&self, offering: &impl Resource) {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        failures.remove(&ObjectRef::from_obj(offering));
+        failures.remove(&key(offering));
     }
 
     async fn event(
         &self,
-        offering: &PublishedOffering,
+        offering: &impl Resource<DynamicType = ()>,
         type_: EventType,
         reason: &str,
         note: String,
@@ -157,6 +167,11 @@ impl Context {
     }
 }
 
+/// The backoff key of an offering, read or not.
+fn key(offering: &impl Resource) -> ObjectRef<PublishedOffering> {
+    ObjectRef::new(&offering.name_any()).within(&offering.namespace().unwrap_or_default())
+}
+
 /// Runs the controller over `offerings` until `shutdown` resolves.
 pub async fn run(
     ctx: Arc<Context>,
@@ -164,7 +179,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let (offerings, deployments): (Api<PublishedOffering>, Api<Deployment>) = match &namespace {
+    let (offerings, deployments): (Api<Watched>, Api<Deployment>) = match &namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
             Api::namespaced(client.clone(), ns),
@@ -189,12 +204,27 @@ pub async fn run(
         .await;
 }
 
-/// One reconcile: the finalizer decides between apply and cleanup.
-#[instrument(skip_all, fields(offering = %offering.name_any(), namespace = offering.namespace().unwrap_or_default()))]
+/// One reconcile: the finalizer decides between apply and cleanup. An
+/// offering that cannot be read gets a Warning event and waits for a change.
+#[instrument(skip_all, fields(offering = %watched.name_any(), namespace = watched.namespace().unwrap_or_default()))]
 async fn reconcile(
-    offering: Arc<PublishedOffering>,
+    watched: Arc<Watched>,
     ctx: Arc<Context>,
 ) -> Result<Action, finalizer::Error<Error>> {
+    let offering = match &watched.0 {
+        Ok(offering) => Arc::new(offering.clone()),
+        Err(invalid) => {
+            warn!(error = %invalid, "Cannot read the offering");
+            ctx.event(
+                watched.as_ref(),
+                EventType::Warning,
+                "InvalidObject",
+                format!("The operator cannot read this PublishedOffering: {invalid}"),
+            )
+            .await;
+            return Ok(Action::await_change());
+        }
+    };
     let started = Instant::now();
     let namespace = offering.namespace().unwrap_or_default();
     let api: Api<PublishedOffering> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -216,7 +246,7 @@ async fn reconcile(
 }
 
 fn error_policy(
-    offering: Arc<PublishedOffering>,
+    offering: Arc<Watched>,
     error: &finalizer::Error<Error>,
     ctx: Arc<Context>,
 ) -> Action {
@@ -227,7 +257,7 @@ fn error_policy(
         _ => "finalizer",
     };
     ctx.metrics.controllers.failed(NAME, category);
-    let delay = ctx.backoff(&offering);
+    let delay = ctx.backoff(offering.as_ref());
     warn!(offering = %offering.name_any(), error = %error, retry_in = ?delay, "Reconcile failed");
     Action::requeue(delay)
 }
@@ -375,6 +405,7 @@ async fn remove(offering: &PublishedOffering, ctx: &Context) -> Result<Action, E
                     .await;
             }
             info!("Removed the offering's objects");
+            ctx.succeeded(offering);
             Ok(Action::await_change())
         }
         Err(error) => {
