@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
+use kube::config::Kubeconfig;
 use serde_json::json;
 use sync_agent::api::kcp::apis_v1alpha2::{APIBinding, APIExport};
 use sync_agent::api::published_resource::PublishedResource;
@@ -99,18 +100,33 @@ async fn bad_offerings_say_why_while_a_good_one_beside_them_stays_ready() {
         .expect("good offering");
     let _agent = scene.run_agent("good").await.expect("agent");
 
-    let unreachable = std::fs::read_to_string(&scene.provider.env.kcp_kubeconfig)
-        .unwrap()
-        .replace(&scene.provider.kcp.url(), "https://127.0.0.1:1");
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "kcp-unreachable"},
-        "stringData": {"kubeconfig": unreachable},
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(service.clone(), &ns)
-        .create(&PostParams::default(), &secret)
-        .await
-        .expect("unreachable secret");
+    let admin = std::fs::read_to_string(&scene.provider.env.kcp_kubeconfig).unwrap();
+    let unreachable = admin.replace(&scene.provider.kcp.url(), "https://127.0.0.1:1");
+    // The operator's own ServiceAccount token, were it read from the file.
+    let mut token_file = Kubeconfig::from_yaml(&admin).unwrap();
+    for user in token_file
+        .auth_infos
+        .iter_mut()
+        .filter_map(|u| u.auth_info.as_mut())
+    {
+        user.token = None;
+        user.token_file = Some("/var/run/secrets/kubernetes.io/serviceaccount/token".into());
+    }
+    let token_file = serde_json::to_string(&token_file).unwrap();
+    for (name, kubeconfig) in [
+        ("kcp-unreachable", &unreachable),
+        ("kcp-token-file", &token_file),
+    ] {
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "stringData": {"kubeconfig": kubeconfig},
+        }))
+        .unwrap();
+        Api::<Secret>::namespaced(service.clone(), &ns)
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap_or_else(|e| panic!("Secret {name}: {e}"));
+    }
     let foreign_export = Api::<APIExport>::all(scene.provider.kcp_client.clone())
         .get(&scene.provider.export)
         .await
@@ -126,6 +142,16 @@ async fn bad_offerings_say_why_while_a_good_one_beside_them_stays_ready() {
             "unreachable",
             json!({"kcp": {"workspace": scene.provider.workspace.path, "kubeconfigSecretRef": {"name": "kcp-unreachable"}}}),
             "KcpUnreachable",
+        ),
+        (
+            "token-file",
+            json!({"kcp": {"workspace": scene.provider.workspace.path, "kubeconfigSecretRef": {"name": "kcp-token-file"}}}),
+            "InvalidKcpKubeconfig",
+        ),
+        (
+            "twin",
+            json!({"agent": {"name": format!("{ns}-good")}}),
+            "AgentNameConflict",
         ),
         (
             "no-workspace",

@@ -67,8 +67,22 @@ async fn cleanup_kcp(
     let provider = kcp.client(path)?;
     match kcp.logical_cluster(&provider, path).await {
         Ok(_) => {}
-        // Nothing of ours can exist in a workspace that does not.
-        Err(Error::WorkspaceNotFound(_)) => return Ok(None),
+        // Gone, or the operator may no longer enter it: either way nothing
+        // can be removed there, and what may be left is reported.
+        Err(Error::WorkspaceNotFound(why)) => {
+            return Ok(Some(format!(
+                "{why}; if it exists, the agent's ServiceAccount and ClusterRoles named syncagent:{} stay there{} and must be removed by hand",
+                names.export,
+                if offering.spec.deletion_policy == DeletionPolicy::Delete {
+                    format!(
+                        ", and so do the APIExport {} and the consumers' bindings",
+                        names.export
+                    )
+                } else {
+                    String::new()
+                }
+            )));
+        }
         Err(error) => return Err(error),
     }
     let kcp_error = |what: &str| {

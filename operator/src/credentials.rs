@@ -20,6 +20,8 @@ use crate::names::{KCP_NAMESPACE, KUBECONFIG_KEY, Names, TOKEN_KEY};
 
 /// Annotation on the agent's Secret: when its token expires (RFC 3339).
 pub const EXPIRES_ANNOTATION: &str = "offering.syncagent.dev/token-expires-at";
+/// Annotation on the agent's Secret: when its token was minted (RFC 3339).
+pub const ISSUED_ANNOTATION: &str = "offering.syncagent.dev/token-issued-at";
 /// Annotation on the agent's Secret: the UID of the ServiceAccount that the
 /// token belongs to; a recreated ServiceAccount invalidates the token.
 pub const ACCOUNT_UID_ANNOTATION: &str = "offering.syncagent.dev/token-service-account-uid";
@@ -242,11 +244,24 @@ pub fn renewal_time(
     if annotations.get(ACCOUNT_UID_ANNOTATION).map(String::as_str) != Some(account_uid) {
         return None;
     }
+    let issued: Timestamp = annotations.get(ISSUED_ANNOTATION)?.parse().ok()?;
     let expires: Timestamp = annotations.get(EXPIRES_ANNOTATION)?.parse().ok()?;
-    let renew_at = expires
-        .checked_sub(SignedDuration::try_from(rotation.renew_before).ok()?)
-        .ok()?;
+    let renew_at = renew_at(issued, expires, rotation);
     (renew_at > now).then_some(renew_at)
+}
+
+/// When a token minted at `issued` that expires at `expires` is replaced:
+/// `renew_before` ahead of its expiry; but when kcp granted clearly less
+/// than the lifetime asked for, at most halfway through its life, so that a
+/// short token is not replaced at once again and again.
+pub fn renew_at(issued: Timestamp, expires: Timestamp, rotation: Rotation) -> Timestamp {
+    let granted = expires.duration_since(issued);
+    let asked = SignedDuration::try_from(rotation.lifetime).unwrap_or(SignedDuration::MAX);
+    let mut ahead = SignedDuration::try_from(rotation.renew_before).unwrap_or(SignedDuration::MAX);
+    if granted < asked / 10 * 9 {
+        ahead = ahead.min(granted / 2);
+    }
+    expires.checked_sub(ahead).unwrap_or(issued)
 }
 
 /// A freshly minted token.
@@ -299,10 +314,11 @@ pub async fn mint(kcp: &Client, names: &Names, lifetime: Duration) -> Result<Min
     }
 }
 
-/// The Secret data and annotations for a new token.
+/// The Secret data and annotations for a new token minted at `issued`.
 pub fn secret_contents(
     kubeconfig: &str,
     token: &MintedToken,
+    issued: Timestamp,
     account_uid: &str,
 ) -> (BTreeMap<String, ByteString>, BTreeMap<String, String>) {
     (
@@ -317,6 +333,7 @@ pub fn secret_contents(
             ),
         ]),
         BTreeMap::from([
+            (ISSUED_ANNOTATION.into(), issued.to_string()),
             (EXPIRES_ANNOTATION.into(), token.expires.to_string()),
             (ACCOUNT_UID_ANNOTATION.into(), account_uid.into()),
         ]),
@@ -404,13 +421,16 @@ users:
         assert_eq!(base_url("https://k:6443"), "https://k:6443");
     }
 
+    /// The Secret of a token with a lifetime of one hour.
     fn secret(kubeconfig: &str, uid: &str, expires: &str) -> Secret {
+        let expires: Timestamp = expires.parse().unwrap();
         let (data, annotations) = secret_contents(
             kubeconfig,
             &MintedToken {
                 token: "t".into(),
-                expires: expires.parse().unwrap(),
+                expires,
             },
+            expires - SignedDuration::from_hours(1),
             uid,
         );
         Secret {
@@ -421,6 +441,33 @@ users:
             data: Some(data),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_token_shorter_than_asked_for_is_renewed_halfway_through_its_life() {
+        let issued: Timestamp = "2026-01-01T10:00:00Z".parse().unwrap();
+        let expires: Timestamp = "2026-01-01T10:10:00Z".parse().unwrap();
+        let asked = |renew_before| Rotation {
+            lifetime: Duration::from_secs(3600),
+            renew_before: Duration::from_secs(renew_before),
+        };
+        assert_eq!(
+            renew_at(issued, expires, asked(1200)),
+            "2026-01-01T10:05:00Z".parse().unwrap()
+        );
+        assert_eq!(
+            renew_at(issued, expires, asked(60)),
+            "2026-01-01T10:09:00Z".parse().unwrap()
+        );
+        // Granted as asked: renew_before holds, however close to the expiry.
+        let as_asked = Rotation {
+            lifetime: Duration::from_secs(600),
+            renew_before: Duration::from_secs(590),
+        };
+        assert_eq!(
+            renew_at(issued, expires, as_asked),
+            "2026-01-01T10:00:10Z".parse().unwrap()
+        );
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub enum Error {
     /// The APIExport exists and belongs to someone else.
     #[error("{0}")]
     ExportConflict(String),
+    /// Another offering's agent goes by the same agent name.
+    #[error("{0}")]
+    AgentNameConflict(String),
     /// Minting the agent's kcp token failed.
     #[error("{0}")]
     TokenRequestFailed(String),
@@ -52,6 +55,7 @@ impl Error {
             Error::KcpForbidden(_) => "KcpForbidden",
             Error::Kcp(_) => "KcpError",
             Error::ExportConflict(_) => "ExportConflict",
+            Error::AgentNameConflict(_) => "AgentNameConflict",
             Error::TokenRequestFailed(_) => "TokenRequestFailed",
             Error::ServiceCluster(_) => "ServiceClusterError",
             Error::Deleting(_) => "Deleting",
@@ -63,7 +67,7 @@ impl Error {
         match self {
             Error::InvalidSpec(_) => "spec",
             Error::KcpSecretMissing(_) | Error::InvalidKcpKubeconfig(_) => "credentials",
-            Error::ExportConflict(_) => "conflict",
+            Error::ExportConflict(_) | Error::AgentNameConflict(_) => "conflict",
             Error::KcpUnreachable(_)
             | Error::WorkspaceNotFound(_)
             | Error::KcpForbidden(_)

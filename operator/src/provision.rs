@@ -24,7 +24,10 @@ use crate::credentials::{self, KcpCredentials, Rotation, SecretLocation};
 use crate::desired::cluster::{self, GroupResource};
 use crate::desired::kcp::{self as kcp_objects, DEFAULT_BIND_GROUPS};
 use crate::error::{Error, is_not_found};
-use crate::names::{FIELD_MANAGER, KCP_NAMESPACE, KUBECONFIG_KEY, Names, OWNER_ANNOTATION};
+use crate::names::{
+    FIELD_MANAGER, KCP_NAMESPACE, KUBECONFIG_KEY, Names, OFFERING_NAME_LABEL,
+    OFFERING_NAMESPACE_LABEL, OWNER_ANNOTATION,
+};
 use crate::status::{self, ConsumerReport, SchemaState, Verdict};
 
 /// Operator-wide settings the pipeline needs.
@@ -256,6 +259,34 @@ async fn resolve_kinds(
     Ok((synced, related, missing))
 }
 
+/// Refuses an agent name that another offering's agent already goes by:
+/// each agent selects PublishedResources by that name and labels its copies
+/// with it, so two agents of one name would sync each other's kinds.
+async fn ensure_agent_name_is_ours(client: &Client, names: &Names) -> Result<(), Error> {
+    let published: Api<PublishedResource> = Api::all(client.clone());
+    let selector = cluster::published_resource_selector(names);
+    let taken = published
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|error| Error::service("listing PublishedResources by agent name", error))?;
+    let ours = (names.namespace.as_str(), names.offering.as_str());
+    let other = taken.items.iter().find_map(|resource| {
+        let labels = resource.labels();
+        let owner = (
+            labels.get(OFFERING_NAMESPACE_LABEL)?.as_str(),
+            labels.get(OFFERING_NAME_LABEL)?.as_str(),
+        );
+        (owner != ours).then(|| format!("{}/{}", owner.0, owner.1))
+    });
+    match other {
+        Some(owner) => Err(Error::AgentNameConflict(format!(
+            "the agent name {:?} is taken by the agent of offering {owner}; set spec.agent.name to a name of its own",
+            names.agent
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Refuses an export that exists without this offering's owner annotation.
 async fn ensure_export_is_ours(
     exports: &Api<APIExport>,
@@ -400,12 +431,27 @@ async fn endpoint_urls(provider: &Client, names: &Names) -> Result<Vec<String>, 
         .unwrap_or_default())
 }
 
-/// Makes sure the agent's Secret holds a kubeconfig and a token that is
+/// The agent's kcp kubeconfig, pointed at the provider workspace.
+fn agent_kubeconfig(
+    kcp: &Kcp,
+    offering: &PublishedOffering,
+    settings: &Settings,
+) -> Result<String, Error> {
+    let base = settings
+        .agent_kcp_url
+        .as_deref()
+        .map(credentials::base_url)
+        .unwrap_or_else(|| kcp.base().to_string());
+    let server = format!("{base}/clusters/{}", offering.spec.kcp.workspace);
+    credentials::agent_kubeconfig(kcp.kubeconfig(), &server)
+}
+
+/// Makes sure the agent's Secret holds `kubeconfig` and a token that is
 /// not due; returns when to renew and whether a token was minted.
 async fn provision_token(
     ctx_client: &Client,
     provider: &Client,
-    kcp: &Kcp,
+    kubeconfig: &str,
     offering: &PublishedOffering,
     names: &Names,
     settings: &Settings,
@@ -416,13 +462,6 @@ async fn provision_token(
         .await
         .map_err(|error| Error::kcp("reading the agent's ServiceAccount", error))?;
     let account_uid = account.uid().unwrap_or_default();
-    let base = settings
-        .agent_kcp_url
-        .as_deref()
-        .map(credentials::base_url)
-        .unwrap_or_else(|| kcp.base().to_string());
-    let server = format!("{base}/clusters/{}", offering.spec.kcp.workspace);
-    let kubeconfig = credentials::agent_kubeconfig(kcp.kubeconfig(), &server)?;
     let secrets: Api<Secret> = Api::namespaced(ctx_client.clone(), &names.namespace);
     let existing = secrets
         .get_opt(&names.kcp_secret)
@@ -431,7 +470,7 @@ async fn provision_token(
     let now = Timestamp::now();
     if let Some(renew_at) = credentials::renewal_time(
         existing.as_ref(),
-        &kubeconfig,
+        kubeconfig,
         &account_uid,
         settings.rotation,
         now,
@@ -439,7 +478,7 @@ async fn provision_token(
         return Ok((renew_at, false));
     }
     let token = credentials::mint(provider, names, settings.rotation.lifetime).await?;
-    let (data, annotations) = credentials::secret_contents(&kubeconfig, &token, &account_uid);
+    let (data, annotations) = credentials::secret_contents(kubeconfig, &token, now, &account_uid);
     let mut labels = names.labels();
     labels.remove("app.kubernetes.io/component");
     let secret = Secret {
@@ -458,14 +497,10 @@ async fn provision_token(
     apply(&secrets, &names.kcp_secret, &secret)
         .await
         .map_err(|error| Error::service("writing the agent's kcp Secret", error))?;
-    let renew_at = token
-        .expires
-        .checked_sub(
-            k8s_openapi::jiff::SignedDuration::try_from(settings.rotation.renew_before)
-                .unwrap_or_default(),
-        )
-        .unwrap_or(now);
-    Ok((renew_at, true))
+    Ok((
+        credentials::renew_at(now, token.expires, settings.rotation),
+        true,
+    ))
 }
 
 /// The agent's objects on the service cluster; returns the PublishedResources
@@ -477,6 +512,7 @@ async fn provision_cluster(
     synced: &BTreeSet<GroupResource>,
     related: &BTreeSet<GroupResource>,
     image: &str,
+    kubeconfig: &str,
 ) -> Result<(Vec<PublishedResource>, Deployment), Error> {
     let ns = names.namespace.as_str();
     let err = |what: &'static str| move |error| Error::service(what, error);
@@ -551,7 +587,7 @@ async fn provision_cluster(
     let deployment = apply(
         &deployments,
         &names.agent_workload,
-        &cluster::deployment(offering, names, image),
+        &cluster::deployment(offering, names, image, kubeconfig),
     )
     .await
     .map_err(err("applying the agent's Deployment"))?;
@@ -608,6 +644,7 @@ pub async fn provision(
 ) -> Result<Provisioned, Error> {
     let names = Names::of(offering).map_err(Error::InvalidSpec)?;
     validate(offering)?;
+    ensure_agent_name_is_ours(client, &names).await?;
     let location = kcp_secret_location(offering, settings)?;
     let kcp = Kcp::new(credentials::load(client, &location).await?);
     let path = offering.spec.kcp.workspace.as_str();
@@ -637,8 +674,9 @@ pub async fn provision(
         )
     };
 
+    let kubeconfig = agent_kubeconfig(&kcp, offering, settings)?;
     let (renew_at, rotated) =
-        provision_token(client, &provider, &kcp, offering, &names, settings).await?;
+        provision_token(client, &provider, &kubeconfig, offering, &names, settings).await?;
     let credentials_verdict = Verdict::ok(
         "TokenIssued",
         format!(
@@ -653,8 +691,16 @@ pub async fn provision(
         .as_ref()
         .and_then(|a| a.image.clone())
         .unwrap_or_else(|| settings.agent_image.clone());
-    let (published, deployment) =
-        provision_cluster(client, offering, &names, &synced, &related, &image).await?;
+    let (published, deployment) = provision_cluster(
+        client,
+        offering,
+        &names,
+        &synced,
+        &related,
+        &image,
+        &kubeconfig,
+    )
+    .await?;
     let states = schema_states(offering, &names, &published);
     let desired_replicas = deployment
         .spec

@@ -247,7 +247,10 @@ fn part_of(error: &Error) -> Option<&'static str> {
         | Error::Kcp(_)
         | Error::ExportConflict(_) => Some(EXPORT_READY),
         Error::TokenRequestFailed(_) => Some(CREDENTIALS_READY),
-        Error::InvalidSpec(_) | Error::ServiceCluster(_) | Error::Deleting(_) => None,
+        Error::InvalidSpec(_)
+        | Error::AgentNameConflict(_)
+        | Error::ServiceCluster(_)
+        | Error::Deleting(_) => None,
     }
 }
 

@@ -19,6 +19,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 use kube::api::ObjectMeta;
 use sync_agent::api::published_resource::PublishedResource;
+use sync_agent::sync::identity::sha1_hex;
 
 use crate::api::{AgentSettings, LogFormat, PublishedOffering};
 use crate::names::{AGENT_LABEL, KCP_MOUNT_PATH, KUBECONFIG_KEY, Names, OWNER_ANNOTATION};
@@ -248,8 +249,21 @@ fn agent_args(names: &Names, settings: &AgentSettings) -> Vec<String> {
 }
 
 /// The agent Deployment running `image`.
-pub fn deployment(offering: &PublishedOffering, names: &Names, image: &str) -> Deployment {
+/// Pod annotation: SHA-1 of the agent's kcp kubeconfig (without the token,
+/// which the agent rereads from its file), so that a new kcp address or CA
+/// rolls the agent's pods.
+pub const KUBECONFIG_HASH_ANNOTATION: &str = "offering.syncagent.dev/kcp-kubeconfig-sha1";
+
+/// The agent's Deployment; `kubeconfig` is the agent's kcp kubeconfig.
+pub fn deployment(
+    offering: &PublishedOffering,
+    names: &Names,
+    image: &str,
+    kubeconfig: &str,
+) -> Deployment {
     let settings = offering.spec.agent.clone().unwrap_or_default();
+    let mut pod_annotations = settings.pod_annotations.clone();
+    pod_annotations.insert(KUBECONFIG_HASH_ANNOTATION.into(), sha1_hex(kubeconfig));
     let mut pod_labels = settings.pod_labels.clone();
     pod_labels.extend(names.labels());
     let mut env = vec![EnvVar {
@@ -332,8 +346,7 @@ pub fn deployment(offering: &PublishedOffering, names: &Names, image: &str) -> D
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels),
-                    annotations: (!settings.pod_annotations.is_empty())
-                        .then(|| settings.pod_annotations.clone()),
+                    annotations: Some(pod_annotations),
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
@@ -420,7 +433,7 @@ mod tests {
             "podLabels": {"team": "a"},
             "logFormat": "text",
         }));
-        let deployment = deployment(&offering, &names, "example/sync-agent:1");
+        let deployment = deployment(&offering, &names, "example/sync-agent:1", "kubeconfig");
         let spec = deployment.spec.unwrap();
         assert_eq!(spec.replicas, Some(3));
         let pod = spec.template.spec.unwrap();
@@ -454,8 +467,30 @@ mod tests {
     #[test]
     fn replicas_default_to_a_leader_and_a_standby() {
         let (offering, names) = offering(json!(null));
-        let deployment = deployment(&offering, &names, "img");
+        let deployment = deployment(&offering, &names, "img", "kubeconfig");
         assert_eq!(deployment.spec.unwrap().replicas, Some(2));
+    }
+
+    #[test]
+    fn a_new_kcp_kubeconfig_changes_the_pod_template() {
+        let (offering, names) = offering(json!({"podAnnotations": {"team": "a"}}));
+        let annotations = |kubeconfig: &str| {
+            deployment(&offering, &names, "img", kubeconfig)
+                .spec
+                .unwrap()
+                .template
+                .metadata
+                .unwrap()
+                .annotations
+                .unwrap()
+        };
+        let before = annotations("server: https://kcp-a");
+        assert_eq!(before["team"], "a");
+        assert_eq!(before, annotations("server: https://kcp-a"));
+        assert_ne!(
+            before[KUBECONFIG_HASH_ANNOTATION],
+            annotations("server: https://kcp-b")[KUBECONFIG_HASH_ANNOTATION]
+        );
     }
 
     #[test]
