@@ -29,3 +29,36 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "offering-operator.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
+
+{{/*
+Rules over the objects an offering has in its own namespace: its kcp
+kubeconfig Secret (read), the agent's Secret, ServiceAccount, Service,
+Deployment, Role and RoleBinding (write), and the offerings themselves.
+Cluster-wide without watchNamespace, a Role in that namespace with it.
+*/}}
+{{- define "offering-operator.namespacedRules" -}}
+- apiGroups: [offering.syncagent.dev]
+  resources: [publishedofferings]
+  verbs: [get, list, watch, update, patch]
+- apiGroups: [offering.syncagent.dev]
+  resources: [publishedofferings/status]
+  verbs: [get, update, patch]
+- apiGroups: [offering.syncagent.dev]
+  resources: [publishedofferings/finalizers]
+  verbs: [update]
+- apiGroups: [""]
+  resources: [secrets, serviceaccounts, services]
+  verbs: [get, create, update, patch, delete]
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, watch, create, update, patch, delete]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [get, create, update, patch, delete]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles]
+  verbs: [escalate, bind]
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- end -}}
