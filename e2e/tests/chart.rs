@@ -156,6 +156,8 @@ async fn the_plain_manifests_match_the_chart_and_the_server_accepts_them() {
 async fn the_sample_offerings_are_valid() {
     let env = e2e::env::EnvFile::load().unwrap();
     let client = e2e::service::client(&env).await.unwrap();
+    // Not left to another test: this one may run first on fresh servers.
+    e2e::service::apply_project_crds(&client).await.unwrap();
     let namespace = e2e::service::create_namespace(&client, "samples")
         .await
         .unwrap();
