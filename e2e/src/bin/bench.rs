@@ -1583,10 +1583,9 @@ fn report(cli: &Cli, results: &Results, background: &BTreeMap<String, f64>) -> S
     if !is_full_scale(cli) {
         let _ = writeln!(
             out,
-            "> **Small-scale validation run.** The sizes, samples or runs below are \
-             smaller than the benchmark's defaults (issue 9); the figures only show \
-             that the command works. Run `e2e/bench.sh` without arguments for the \
-             real figures.\n"
+            "> **Partial run.** Fewer scenarios, sizes, samples or runs than the \
+             benchmark's defaults (issue 9), as the command below says; the figures \
+             stand only for what it ran. `e2e/bench.sh` without arguments runs them all.\n"
         );
     }
     let command = if cli.command.is_empty() {
