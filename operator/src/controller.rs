@@ -263,7 +263,14 @@ fn error_policy(
 }
 
 async fn apply(offering: &PublishedOffering, ctx: &Context) -> Result<Action, Error> {
-    match provision(&ctx.client, offering, &ctx.settings).await {
+    match provision(
+        &ctx.client,
+        offering,
+        &ctx.settings,
+        &ctx.metrics.tokens_issued,
+    )
+    .await
+    {
         Ok(provisioned) => write_provisioned(offering, ctx, &provisioned).await,
         Err(error) => {
             report_error(offering, ctx, &error).await;
@@ -298,8 +305,6 @@ async fn write_provisioned(
         workspaces: provisioned.consumers.managed.clone(),
     });
     if provisioned.rotated {
-        ctx.metrics.tokens_issued.inc();
-        info!(renew_at = %provisioned.renew_at, "Issued the agent a new kcp token");
         ctx.event(
             offering,
             EventType::Normal,

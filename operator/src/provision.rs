@@ -18,6 +18,7 @@ use sync_agent::api::kcp::apis_v1alpha2::APIExport;
 use sync_agent::api::kcp::core_v1alpha1::LogicalCluster;
 use sync_agent::api::published_resource::PublishedResource;
 use sync_agent::sync::related::service_group_resource;
+use tracing::info;
 
 use crate::api::{ExportStatus, PublishedOffering};
 use crate::credentials::{self, KcpCredentials, Rotation, SecretLocation};
@@ -315,12 +316,14 @@ async fn ensure_export_is_ours(
     Ok(())
 }
 
-/// The export, its identity and endpoints after applying the kcp objects.
-async fn provision_kcp(
+/// The agent's identity in the provider workspace (its namespace,
+/// ServiceAccount, ClusterRoles and bindings) and the consumers' `bind`
+/// permission, once the export is known to be this offering's.
+async fn provision_identity(
     provider: &Client,
     offering: &PublishedOffering,
     names: &Names,
-) -> Result<APIExport, Error> {
+) -> Result<(), Error> {
     let path = offering.spec.kcp.workspace.as_str();
     let kcp_error = |what: &str| {
         let what = format!("{what} in {path}");
@@ -394,6 +397,16 @@ async fn provision_kcp(
             .await
             .map_err(kcp_error("removing the bind ClusterRoleBinding"))?,
     }
+    Ok(())
+}
+
+/// The export as applied, with its identity once kcp gave it one.
+async fn provision_export(
+    provider: &Client,
+    offering: &PublishedOffering,
+    names: &Names,
+) -> Result<APIExport, Error> {
+    let exports: Api<APIExport> = Api::all(provider.clone());
     let extra = offering
         .spec
         .export
@@ -402,7 +415,15 @@ async fn provision_kcp(
         .unwrap_or_default();
     apply(&exports, &names.export, &kcp_objects::export(names, &extra))
         .await
-        .map_err(kcp_error(&format!("applying APIExport {}", names.export)))
+        .map_err(|error| {
+            Error::kcp(
+                &format!(
+                    "applying APIExport {} in {}",
+                    names.export, offering.spec.kcp.workspace
+                ),
+                error,
+            )
+        })
 }
 
 /// Deletes `name` when it carries this offering's owner annotation.
@@ -636,11 +657,13 @@ fn schema_states(
         .collect()
 }
 
-/// Runs the whole pipeline for `offering`.
+/// Runs the whole pipeline for `offering`; `tokens_issued` counts the agent
+/// tokens it mints, also in a run that fails afterwards.
 pub async fn provision(
     client: &Client,
     offering: &PublishedOffering,
     settings: &Settings,
+    tokens_issued: &prometheus::IntCounter,
 ) -> Result<Provisioned, Error> {
     let names = Names::of(offering).map_err(Error::InvalidSpec)?;
     validate(offering)?;
@@ -652,7 +675,25 @@ pub async fn provision(
     let cluster_name = kcp.logical_cluster(&provider, path).await?;
     let (synced, related, missing) = resolve_kinds(client, offering).await?;
 
-    let export = provision_kcp(&provider, offering, &names).await?;
+    // The token before the export: an export that cannot be applied for a
+    // while must not let the running agent's token expire.
+    provision_identity(&provider, offering, &names).await?;
+    let kubeconfig = agent_kubeconfig(&kcp, offering, settings)?;
+    let (renew_at, rotated) =
+        provision_token(client, &provider, &kubeconfig, offering, &names, settings).await?;
+    if rotated {
+        tokens_issued.inc();
+        info!(%renew_at, "Issued the agent a new kcp token");
+    }
+    let credentials_verdict = Verdict::ok(
+        "TokenIssued",
+        format!(
+            "the agent's kcp token (ServiceAccount {KCP_NAMESPACE}/{}) is renewed at {renew_at}",
+            names.kcp_service_account
+        ),
+    );
+
+    let export = provision_export(&provider, offering, &names).await?;
     let identity = export
         .status
         .as_ref()
@@ -673,17 +714,6 @@ pub async fn provision(
             format!("APIExport {} is ready in {path}", names.export),
         )
     };
-
-    let kubeconfig = agent_kubeconfig(&kcp, offering, settings)?;
-    let (renew_at, rotated) =
-        provision_token(client, &provider, &kubeconfig, offering, &names, settings).await?;
-    let credentials_verdict = Verdict::ok(
-        "TokenIssued",
-        format!(
-            "the agent's kcp token (ServiceAccount {KCP_NAMESPACE}/{}) is renewed at {renew_at}",
-            names.kcp_service_account
-        ),
-    );
 
     let image = offering
         .spec
