@@ -86,6 +86,25 @@ async fn editing_an_offering_publishes_added_resources_and_scales_the_agent() {
         .wait_for_condition("widgets", "SchemasPublished", "True", "SchemasPublished")
         .await
         .expect("both schemas published");
+
+    // What names objects elsewhere cannot change: the server refuses it.
+    for (field, change) in [
+        ("export.name", json!({"export": {"name": "renamed"}})),
+        (
+            "agent.name",
+            json!({"agent": {"replicas": 3, "name": "renamed"}}),
+        ),
+        (
+            "kcp.workspace",
+            json!({"kcp": {"workspace": "root:elsewhere", "kubeconfigSecretRef": {"name": KCP_SECRET}}}),
+        ),
+    ] {
+        let error = scene
+            .apply("widgets", scene.spec(change))
+            .await
+            .expect_err(field);
+        assert!(format!("{error:#}").contains(field), "{field}: {error:#}");
+    }
     scene.provider.cleanup().await.expect("cleanup");
 }
 
@@ -149,6 +168,11 @@ async fn bad_offerings_say_why_while_a_good_one_beside_them_stays_ready() {
             "InvalidKcpKubeconfig",
         ),
         (
+            "steal",
+            json!({"export": {"name": "good"}}),
+            "ExportConflict",
+        ),
+        (
             "twin",
             json!({"agent": {"name": format!("{ns}-good")}}),
             "AgentNameConflict",
@@ -198,6 +222,18 @@ async fn bad_offerings_say_why_while_a_good_one_beside_them_stays_ready() {
         .await
         .expect("the provider's own export");
     assert_eq!(after.resource_version(), foreign_export.resource_version());
+    // So is the good offering's export, which "steal" asked for by name.
+    let good_export = Api::<APIExport>::all(scene.provider.kcp_client.clone())
+        .get("good")
+        .await
+        .expect("the good offering's export");
+    assert_eq!(
+        good_export
+            .annotations()
+            .get("offering.syncagent.dev/owner")
+            .map(String::as_str),
+        Some(format!("{ns}/good").as_str())
+    );
     // The good offering stays Ready and the operator keeps running.
     scene
         .wait_for_condition("good", "Ready", "True", "Ready")

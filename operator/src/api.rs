@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{
+    Affinity, LocalObjectReference, ResourceRequirements, Toleration,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -35,6 +37,20 @@ use sync_agent::api::published_resource::PublishedResourceSpec;
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.kcp.workspace == oldSelf.kcp.workspace",
+        "message": "kcp.workspace cannot change: the objects in the old workspace would be left behind; create another offering instead"
+    },
+    {
+        "rule": "(has(self.export) && has(self.export.name) ? self.export.name : '') == (has(oldSelf.export) && has(oldSelf.export.name) ? oldSelf.export.name : '')",
+        "message": "export.name cannot change: the old APIExport and its bindings would be left behind; create another offering instead"
+    },
+    {
+        "rule": "(has(self.agent) && has(self.agent.name) ? self.agent.name : '') == (has(oldSelf.agent) && has(oldSelf.agent.name) ? oldSelf.agent.name : '')",
+        "message": "agent.name cannot change: the copies the agent made carry its name"
+    }
+]))]
 pub struct PublishedOfferingSpec {
     /// Where in kcp the offering is published and with which credentials.
     pub kcp: KcpTarget,
@@ -64,7 +80,7 @@ pub struct PublishedOfferingSpec {
 #[serde(rename_all = "camelCase")]
 pub struct KcpTarget {
     /// Path of the provider workspace that holds the APIExport, for example
-    /// `root:providers:databases`. It must exist.
+    /// `root:providers:databases`. It must exist, and cannot change.
     #[schemars(regex(
         pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(:[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
     ))]
@@ -91,8 +107,7 @@ pub struct SecretKeyRef {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExportSettings {
-    /// Name of the APIExport; the offering's name if unset. Immutable in
-    /// effect: changing it provisions a new export.
+    /// Name of the APIExport; the offering's name if unset. Cannot change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Permission claims beyond those the agent adds on its own (events,
@@ -149,13 +164,16 @@ pub struct AgentSettings {
     /// `syncagent.kcp.io/agent-name` label on the copies it owns and the
     /// suffix of its Lease. Defaults to `<namespace>-<offering>`; set it to
     /// the name of an api-syncagent this offering replaces, so the new agent
-    /// finds the copies the old one made. Must not change afterwards.
+    /// finds the copies the old one made. Cannot change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"), length(max = 63))]
     pub name: Option<String>,
     /// Container image of the agent; the operator's own image if unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Secrets in the offering's namespace to pull the agent's image with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
     /// Number of agent replicas; one leads, the others stand by. Default 2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]

@@ -351,6 +351,8 @@ pub fn deployment(
                 }),
                 spec: Some(PodSpec {
                     service_account_name: Some(names.agent_workload.clone()),
+                    image_pull_secrets: (!settings.image_pull_secrets.is_empty())
+                        .then(|| settings.image_pull_secrets.clone()),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
                         seccomp_profile: Some(SeccompProfile {
@@ -432,6 +434,7 @@ mod tests {
             "tolerations": [{"key": "dedicated", "operator": "Exists"}],
             "podLabels": {"team": "a"},
             "logFormat": "text",
+            "imagePullSecrets": [{"name": "registry"}],
         }));
         let deployment = deployment(&offering, &names, "example/sync-agent:1", "kubeconfig");
         let spec = deployment.spec.unwrap();
@@ -440,6 +443,7 @@ mod tests {
         assert_eq!(pod.node_selector.unwrap()["pool"], "agents");
         assert_eq!(pod.tolerations.unwrap().len(), 1);
         assert_eq!(spec.template.metadata.unwrap().labels.unwrap()["team"], "a");
+        assert_eq!(pod.image_pull_secrets.clone().unwrap()[0].name, "registry");
         let container = &pod.containers[0];
         let security = container.security_context.clone().unwrap();
         assert_eq!(security.run_as_non_root, Some(true));
