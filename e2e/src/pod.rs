@@ -256,7 +256,7 @@ impl Pod {
                 &Patch::Merge(json!({"status": {
                     "observedGeneration": deployment.metadata.generation,
                     "replicas": replicas,
-                    "updatedReplicas": 1,
+                    "updatedReplicas": replicas,
                     "readyReplicas": 1,
                     "availableReplicas": 1,
                 }})),

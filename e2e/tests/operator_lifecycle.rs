@@ -7,9 +7,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::Kubeconfig;
-use serde_json::json;
+use serde_json::{Value, json};
 use sync_agent::api::kcp::apis_v1alpha2::{APIBinding, APIExport};
 use sync_agent::api::published_resource::PublishedResource;
 
@@ -20,6 +20,76 @@ fn export_names(export: &APIExport) -> Vec<String> {
         .iter()
         .map(|r| r.name.clone())
         .collect()
+}
+
+/// The scaled agent Deployment is rolling out until its controller reports
+/// otherwise; a rollout past its deadline makes the offering not Ready. No
+/// Deployment controller runs in the test environment, so the test writes
+/// the status one would.
+async fn agent_availability_follows_the_rollout(scene: &OfferingScene) {
+    scene
+        .wait_for_condition("widgets", "AgentAvailable", "True", "RollingOut")
+        .await
+        .expect("rolling out to 3 replicas");
+    let deployments: Api<Deployment> =
+        Api::namespaced(scene.provider.service.clone(), &scene.provider.namespace);
+    let generation = deployments
+        .get("widgets-sync-agent")
+        .await
+        .expect("Deployment")
+        .metadata
+        .generation;
+    let report = |progressing: Value| {
+        json!({"status": {
+            "observedGeneration": generation,
+            "replicas": 3,
+            "updatedReplicas": 3,
+            "availableReplicas": 1,
+            "conditions": [progressing],
+        }})
+    };
+    let stuck = report(json!({
+        "type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+        "message": "ReplicaSet \"widgets-sync-agent-2\" has timed out progressing.",
+    }));
+    deployments
+        .patch_status(
+            "widgets-sync-agent",
+            &PatchParams::default(),
+            &Patch::Merge(stuck),
+        )
+        .await
+        .expect("a stuck rollout");
+    let offering = scene
+        .wait_for_condition("widgets", "Ready", "False", "AgentRolloutStuck")
+        .await
+        .expect("not Ready while the rollout is stuck");
+    let ready = &offering.status.unwrap().conditions[0];
+    assert!(
+        ready.message.contains("timed out progressing"),
+        "{}",
+        ready.message
+    );
+    scene
+        .wait_for_warning("widgets", "AgentRolloutStuck")
+        .await
+        .expect("a Warning event");
+
+    let done = report(json!({
+        "type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
+    }));
+    deployments
+        .patch_status(
+            "widgets-sync-agent",
+            &PatchParams::default(),
+            &Patch::Merge(done),
+        )
+        .await
+        .expect("a finished rollout");
+    scene
+        .wait_for_condition("widgets", "AgentAvailable", "True", "Available")
+        .await
+        .expect("available once rolled out");
 }
 
 #[tokio::test]
@@ -56,6 +126,7 @@ async fn editing_an_offering_publishes_added_resources_and_scales_the_agent() {
     })
     .await
     .expect("scaled");
+    agent_availability_follows_the_rollout(&scene).await;
     Api::<PublishedResource>::all(service.clone())
         .get(&format!("{ns}.widgets.gadgets"))
         .await

@@ -732,17 +732,6 @@ pub async fn provision(
     )
     .await?;
     let states = schema_states(offering, &names, &published);
-    let desired_replicas = deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.replicas)
-        .unwrap_or(1);
-    let available = deployment
-        .status
-        .as_ref()
-        .and_then(|s| s.available_replicas)
-        .unwrap_or(0);
-
     let consumers = crate::consumers::reconcile(&kcp, offering, &names, &export).await;
     let parts = vec![
         (status::EXPORT_READY, export_verdict),
@@ -751,10 +740,7 @@ pub async fn provision(
             status::SCHEMAS_PUBLISHED,
             status::schemas(&states, &missing),
         ),
-        (
-            status::AGENT_AVAILABLE,
-            status::agent(desired_replicas, available),
-        ),
+        (status::AGENT_AVAILABLE, status::agent(&deployment)),
         (status::CONSUMERS_BOUND, status::consumers(&consumers)),
     ];
     Ok(Provisioned {

@@ -1,6 +1,7 @@
 //! The offering's conditions, computed from what a reconcile found: pure
 //! functions, so every reason is unit-tested.
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use sync_agent::controller::{condition, set_condition};
 
@@ -14,7 +15,7 @@ pub const EXPORT_READY: &str = "ExportReady";
 pub const CREDENTIALS_READY: &str = "CredentialsReady";
 /// Every PublishedResource has its schema in the export.
 pub const SCHEMAS_PUBLISHED: &str = "SchemasPublished";
-/// At least one agent replica is available.
+/// At least one agent replica is available and no rollout is stuck.
 pub const AGENT_AVAILABLE: &str = "AgentAvailable";
 /// Every consumer workspace has a bound APIBinding.
 pub const CONSUMERS_BOUND: &str = "ConsumersBound";
@@ -108,18 +109,58 @@ pub fn schemas(states: &[(String, SchemaState)], missing_kinds: &[String]) -> Ve
     )
 }
 
-/// `AgentAvailable` from the Deployment's replica counts.
-pub fn agent(desired: i32, available: i32) -> Verdict {
+/// `AgentAvailable` from the agent Deployment's status, as the Deployment
+/// controller reports it. A rollout in progress keeps the condition true
+/// while replicas of either version are available (the leader syncs either
+/// way) and says so; a rollout past its progress deadline is false even if
+/// replicas of the previous version still sync, since the change asked for
+/// did not happen.
+pub fn agent(deployment: &Deployment) -> Verdict {
+    let desired = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1);
+    let status = deployment.status.clone().unwrap_or_default();
+    let available = status.available_replicas.unwrap_or(0);
+    let updated = status.updated_replicas.unwrap_or(0);
     if desired == 0 {
         return Verdict::failed(
             "ScaledToZero",
             "the agent runs no replicas; set spec.agent.replicas above 0 to sync",
         );
     }
+    let stuck = status.conditions.iter().flatten().find(|c| {
+        c.type_ == "Progressing"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    });
+    if let Some(stuck) = stuck {
+        return Verdict::failed(
+            "AgentRolloutStuck",
+            format!(
+                "the agent's new pods made no progress within the Deployment's deadline ({}); \
+                 {available} replicas of the previous version are available; see the new pods' \
+                 events and logs",
+                stuck.message.as_deref().unwrap_or("no message")
+            ),
+        );
+    }
     if available == 0 {
         return Verdict::failed(
             "AgentUnavailable",
             format!("0 of {desired} agent replicas are available; see the agent's pods and logs"),
+        );
+    }
+    let observed =
+        status.observed_generation.unwrap_or(0) >= deployment.metadata.generation.unwrap_or(0);
+    let old_pods = status.replicas.unwrap_or(0) > updated;
+    if !observed || updated < desired || old_pods {
+        return Verdict::ok(
+            "RollingOut",
+            format!(
+                "rolling out: {updated} of {desired} agent replicas updated, {available} available"
+            ),
         );
     }
     Verdict::ok(
@@ -257,6 +298,7 @@ fn part_of(error: &Error) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn all_ok() -> Vec<(&'static str, Verdict)> {
         PARTS
@@ -278,7 +320,7 @@ mod tests {
     #[test]
     fn ready_takes_the_first_failing_parts_reason() {
         let mut parts = all_ok();
-        parts[3].1 = agent(2, 0);
+        parts[3].1 = agent(&deployment(2, json!({"replicas": 2, "updatedReplicas": 2})));
         parts[4].1 = Verdict::failed("BindingFailed", "x");
         let mut conditions = Vec::new();
         set_all(&mut conditions, &parts, None);
@@ -334,9 +376,53 @@ mod tests {
         assert!(consumers(&ConsumerReport::default()).ok);
     }
 
+    /// An agent Deployment at generation 2 wanting `replicas`, with `status`.
+    fn deployment(replicas: i32, status: serde_json::Value) -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": {"name": "a", "generation": 2},
+            "spec": {
+                "replicas": replicas,
+                "selector": {},
+                "template": {},
+            },
+            "status": status,
+        }))
+        .unwrap()
+    }
+
     #[test]
-    fn scaled_to_zero_is_not_available() {
-        assert_eq!(agent(0, 0).reason, "ScaledToZero");
-        assert!(agent(2, 1).ok);
+    fn agent_availability_follows_the_deployment_controller() {
+        let settled = json!({
+            "observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 1,
+        });
+        assert_eq!(agent(&deployment(0, json!({}))).reason, "ScaledToZero");
+        let available = agent(&deployment(2, settled.clone()));
+        assert!(available.ok);
+        assert_eq!(available.reason, "Available");
+        assert!(available.message.contains("1 of 2"));
+        assert_eq!(agent(&deployment(2, json!({}))).reason, "AgentUnavailable");
+
+        let mut unseen = settled.clone();
+        unseen["observedGeneration"] = json!(1);
+        let mut old_pods = settled.clone();
+        old_pods["replicas"] = json!(3);
+        let mut partly = settled.clone();
+        partly["updatedReplicas"] = json!(1);
+        for status in [unseen, old_pods, partly] {
+            let verdict = agent(&deployment(2, status));
+            assert!(verdict.ok);
+            assert_eq!(verdict.reason, "RollingOut");
+        }
+
+        let mut stuck = settled;
+        stuck["updatedReplicas"] = json!(1);
+        stuck["conditions"] = json!([{
+            "type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+            "message": "ReplicaSet \"a-1\" has timed out progressing.",
+        }]);
+        let verdict = agent(&deployment(2, stuck));
+        assert!(!verdict.ok);
+        assert_eq!(verdict.reason, "AgentRolloutStuck");
+        assert!(verdict.message.contains("timed out progressing"));
     }
 }
