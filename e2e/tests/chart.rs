@@ -1,6 +1,7 @@
 //! The operator's Helm chart and plain manifests on the real servers:
 //! lint, the rendered objects accepted by the kube-apiserver, and the
-//! chart's ServiceAccount enough to reconcile an offering to Ready.
+//! chart's ServiceAccount enough to reconcile an offering to Ready, report a
+//! bad one with a Warning event, and clean up.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -234,7 +235,27 @@ async fn the_charts_service_account_is_enough_to_make_an_offering_ready() {
         .publish("widgets", json!({"agent": {"replicas": 1}}))
         .await
         .expect("ready with the chart's RBAC");
+    // Bad input is reported with the chart's RBAC too: a condition and a
+    // Warning event.
+    let missing = json!({"kcp": {"workspace": scene.provider.workspace.path,
+        "kubeconfigSecretRef": {"name": "no-such-secret"}}});
+    scene
+        .apply("broken", scene.spec(missing))
+        .await
+        .expect("broken offering");
+    scene
+        .wait_for_condition("broken", "Ready", "False", "KcpSecretMissing")
+        .await
+        .expect("the reason");
+    scene
+        .wait_for_warning("broken", "KcpSecretMissing")
+        .await
+        .expect("a Warning event with the chart's RBAC");
     let offerings = scene.offerings();
+    offerings
+        .delete("broken", &Default::default())
+        .await
+        .expect("delete broken");
     offerings
         .delete("widgets", &Default::default())
         .await
