@@ -4,8 +4,12 @@
 
 use std::time::Duration;
 
-use kube::Client;
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Api, Client};
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
+use kube_runtime::WatchStreamExt;
+use kube_runtime::watcher;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{info, warn};
@@ -16,6 +20,8 @@ use crate::options::LogFormat;
 const LEASE_SECONDS: u64 = 15;
 /// How long before expiry the leader renews.
 const LEASE_GRACE_SECONDS: u64 = 5;
+/// How long a standby waits after a failed attempt to take the Lease.
+const ELECTION_RETRY: Duration = Duration::from_secs(2);
 /// How long running controllers get to finish after the shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -98,6 +104,10 @@ pub enum TermEnd {
 impl Leadership {
     /// Competes for the Lease `name` in `namespace` until this replica
     /// leads (`Some`) or the process is stopped (`None`).
+    ///
+    /// A standby watches the Lease: when its holder releases it (a
+    /// graceful shutdown), the standby takes it at once instead of waiting
+    /// out the Lease's duration, which its lease manager would.
     pub async fn acquire(
         client: Client,
         namespace: &str,
@@ -106,31 +116,56 @@ impl Leadership {
         field_manager: &str,
         mut stopped: watch::Receiver<bool>,
     ) -> anyhow::Result<Option<Self>> {
-        let manager = LeaseManagerBuilder::new(client, name)
-            .with_namespace(namespace)
-            .with_identity(identity)
-            .with_duration(LEASE_SECONDS)
-            .with_grace(LEASE_GRACE_SECONDS)
-            .with_field_manager(format!("{field_manager}-{identity}"))
-            .build()
-            .await
-            .map_err(|error| anyhow::anyhow!("setting up leader election: {error}"))?;
-        let (mut leading, task) = manager.watch().await;
-        info!(lease = %name, "Waiting for leadership");
-        let became_leader = tokio::select! {
-            result = leading.wait_for(|l| *l) => {
-                result.map_err(|_| anyhow::anyhow!("leader election ended"))?;
-                true
+        let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
+        let released = watcher(
+            leases,
+            watcher::Config::default().fields(&format!("metadata.name={name}")),
+        )
+        .default_backoff()
+        .applied_objects()
+        .filter_map(async |lease| match lease {
+            Ok(lease) if holder(&lease).is_none() => Some(()),
+            Ok(_) => None,
+            Err(error) => {
+                warn!(%error, "Watching the Lease failed; a released Lease is noticed when it expires");
+                None
             }
-            _ = stopped.wait_for(|s| *s) => false,
-        };
-        let leadership = Self { leading, task };
-        if !became_leader {
-            leadership.release().await;
-            return Ok(None);
+        });
+        let mut released = std::pin::pin!(released);
+        info!(lease = %name, "Waiting for leadership");
+        loop {
+            let manager = LeaseManagerBuilder::new(client.clone(), name)
+                .with_namespace(namespace)
+                .with_identity(identity)
+                .with_duration(LEASE_SECONDS)
+                .with_grace(LEASE_GRACE_SECONDS)
+                .with_field_manager(format!("{field_manager}-{identity}"))
+                .build()
+                .await
+                .map_err(|error| anyhow::anyhow!("setting up leader election: {error}"))?;
+            // A fresh manager reads the Lease anew, so one built after a
+            // release sees it free.
+            let changed = tokio::select! {
+                changed = manager.changed() => changed,
+                Some(()) = released.next() => continue,
+                _ = stopped.wait_for(|s| *s) => return Ok(None),
+            };
+            match changed {
+                Ok(true) => {
+                    let (leading, task) = manager.watch().await;
+                    info!("Became the leader");
+                    return Ok(Some(Self { leading, task }));
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    warn!(%error, "Leader election failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(ELECTION_RETRY) => {}
+                        _ = stopped.wait_for(|s| *s) => return Ok(None),
+                    }
+                }
+            }
         }
-        info!("Became the leader");
-        Ok(Some(leadership))
     }
 
     /// Waits until the term ends: shutdown or a lost Lease.
@@ -156,6 +191,15 @@ impl Leadership {
             Err(error) => warn!(%error, "Leader election task failed"),
         }
     }
+}
+
+/// The Lease's holder, unless nobody holds it.
+fn holder(lease: &Lease) -> Option<&str> {
+    lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.holder_identity.as_deref())
+        .filter(|h| !h.is_empty())
 }
 
 /// Names this replica in events and the Lease: the pod name when set.

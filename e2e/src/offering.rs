@@ -220,7 +220,11 @@ pub async fn start_operator(
         binary: project_binary("offering-operator"),
         args,
         env: vec![("RUST_LOG".into(), "info,offering_operator=debug".into())],
-        log: env.log_dir.join(format!("operator-{namespace}.log")),
+        // Two operators of one namespace (leader election) keep their own logs.
+        log: env.log_dir.join(format!(
+            "operator-{namespace}-{}.log",
+            health_address.replace([':', '.'], "-")
+        )),
         metrics_address,
         health_address,
     })
