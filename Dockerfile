@@ -10,7 +10,6 @@ ARG RUST_VERSION=1.95.0
 FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
 ARG TARGETARCH
 # musl-tools comes from the pinned base image's Debian release.
-# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends musl-tools \
     && rm -rf /var/lib/apt/lists/*

@@ -19,6 +19,9 @@ cargo test --workspace --exclude e2e --locked
 step "building kcp, kube-apiserver and etcd (skipped when unchanged)"
 e2e/env/build.sh
 
+step "Dockerfile lint (BuildKit's checks, no engine needed)"
+.e2e-bin/dockerfile-lint Dockerfile
+
 step "end-to-end tests against the real servers"
 cargo build --locked --bin testenv --bin sync-agent --bin offering-operator
 target/debug/testenv run -- cargo test --locked -p e2e

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the test environment's servers from Go modules: kcp (module ./kcp),
-# kube-apiserver and etcd (module ./kube-apiserver), and helm (module ./helm)
-# for the chart's tests. Binaries go to
+# kube-apiserver and etcd (module ./kube-apiserver), helm (module ./helm)
+# for the chart's tests, and dockerfile-lint (module ./dockerfile-lint,
+# BuildKit's Dockerfile checks) for the Dockerfile. Binaries go to
 # <repo>/.e2e-bin and are rebuilt only when their module's go.mod/go.sum or
 # the Go version change. Go's module and build caches stay in their default
 # places, so a rebuild after a change reuses everything that did not change.
@@ -17,8 +18,13 @@ export GONOSUMDB=${GONOSUMDB:-github.com/kcp-dev}
 export GOFLAGS="${GOFLAGS:-} -mod=readonly"
 export GOTOOLCHAIN=local
 
+# A module's own Go files (the lint tool's) count as inputs too.
 inputs_hash() {
-  { go version; cat "$here/$1/go.mod" "$here/$1/go.sum"; } | sha256sum | cut -d' ' -f1
+  {
+    go version
+    cat "$here/$1/go.mod" "$here/$1/go.sum"
+    find "$here/$1" -maxdepth 1 -name '*.go' -exec cat {} +
+  } | sha256sum | cut -d' ' -f1
 }
 
 # build <module dir> <output name> <package>
@@ -42,3 +48,4 @@ build kcp kcp github.com/kcp-dev/kcp/cmd/kcp
 build kube-apiserver kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
 build kube-apiserver etcd go.etcd.io/etcd/server/v3
 build helm helm helm.sh/helm/v3/cmd/helm
+build dockerfile-lint dockerfile-lint .
