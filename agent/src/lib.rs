@@ -9,6 +9,7 @@ pub mod controller;
 pub mod dns;
 pub mod http;
 pub mod kcp;
+pub mod leader;
 pub mod metrics;
 pub mod mutation;
 pub mod options;

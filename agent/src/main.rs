@@ -9,9 +9,10 @@ use std::time::Duration;
 use sync_agent::controller::{self, Context};
 use sync_agent::http::{self, Health};
 use sync_agent::kcp::{KcpTarget, workspace_of};
+use sync_agent::leader::{Leadership, TermEnd};
 use sync_agent::metrics::Metrics;
 use sync_agent::options::{ControllerName, Options};
-use sync_agent::process::{self, Leadership, TermEnd, stopping};
+use sync_agent::process::{self, stopping};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
@@ -83,7 +84,7 @@ async fn run(options: Options, stopped: watch::Receiver<bool>) -> anyhow::Result
             controller::FIELD_MANAGER,
             stopped.clone(),
         )
-        .await?
+        .await
         {
             Some(leadership) => Some(leadership),
             None => return Ok(()),
@@ -118,7 +119,7 @@ async fn run(options: Options, stopped: watch::Receiver<bool>) -> anyhow::Result
             let end = leadership.term(stopped.clone()).await;
             if end == TermEnd::Lost {
                 // Another replica may lead already: stop writing at once.
-                controllers.abort_all();
+                controllers.shutdown().await;
             } else {
                 process::drain(&mut controllers).await;
             }

@@ -13,8 +13,9 @@ use offering_operator::credentials::{Rotation, SecretLocation};
 use offering_operator::names::{FIELD_MANAGER, KUBECONFIG_KEY};
 use offering_operator::provision::Settings;
 use sync_agent::http::{self, Health};
+use sync_agent::leader::{Leadership, TermEnd};
 use sync_agent::options::LogFormat;
-use sync_agent::process::{self, Leadership, TermEnd, stopping};
+use sync_agent::process::{self, stopping};
 use tracing::{error, info};
 
 /// Provisions kcp APIExports, sync agents and consumer bindings from
@@ -213,7 +214,7 @@ async fn run(options: RunOptions) -> anyhow::Result<()> {
             FIELD_MANAGER,
             stopped.clone(),
         )
-        .await?
+        .await
         {
             Some(leadership) => Some(leadership),
             None => return Ok(()),
@@ -223,7 +224,7 @@ async fn run(options: RunOptions) -> anyhow::Result<()> {
     };
     info!(namespace = ?options.watch_namespace, "Reconciling PublishedOfferings");
     let ctx = Context::new(client, settings, metrics, identity);
-    let controller = tokio::spawn(controller::run(
+    let mut controller = tokio::spawn(controller::run(
         ctx,
         options.watch_namespace.clone(),
         stopping(stopped.clone()),
@@ -231,10 +232,14 @@ async fn run(options: RunOptions) -> anyhow::Result<()> {
     match leadership {
         Some(mut leadership) => {
             let end = leadership.term(stopped.clone()).await;
-            if end == TermEnd::Lost {
+            // The Lease is released only once the controller has stopped.
+            if end == TermEnd::Lost
+                || tokio::time::timeout(Duration::from_secs(20), &mut controller)
+                    .await
+                    .is_err()
+            {
                 controller.abort();
-            } else {
-                let _ = tokio::time::timeout(Duration::from_secs(20), controller).await;
+                let _ = controller.await;
             }
             leadership.release().await;
             if end == TermEnd::Lost {

@@ -1,0 +1,357 @@
+//! Lease-based leader election with client-go's semantics, so that replicas
+//! of this project and of Go controllers (upstream api-syncagent) can share a
+//! Lease: a holder's claim is valid for the Lease's duration after a standby
+//! last saw it change (local clocks only, no trust in the holder's clock);
+//! every write carries the resourceVersion it read, so two replicas never
+//! both succeed; a leader that cannot renew within the renew deadline steps
+//! down before its claim runs out; a released Lease (empty holder) is taken
+//! at a standby's next retry.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::{Client, ResourceExt};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+/// How long a holder's claim is valid after it was last seen renewed.
+const LEASE_DURATION: Duration = Duration::from_secs(15);
+/// How long a leader keeps trying to renew before it steps down; shorter
+/// than [`LEASE_DURATION`] so it stops before a standby may take over.
+const RENEW_DEADLINE: Duration = Duration::from_secs(10);
+/// How often a leader renews and a standby tries to take the Lease.
+const RETRY_PERIOD: Duration = Duration::from_secs(2);
+
+/// Leadership of a Lease, held until released or lost.
+#[derive(Debug)]
+pub struct Leadership {
+    lock: Lock,
+    leading: watch::Receiver<bool>,
+    renewing: JoinHandle<()>,
+}
+
+/// How a leader's term ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TermEnd {
+    /// The shutdown flag was raised.
+    Stopped,
+    /// The Lease was taken by another replica or could not be renewed.
+    Lost,
+}
+
+/// What this replica last saw of the Lease, and when it changed.
+#[derive(Clone, Debug)]
+struct Observed {
+    spec: LeaseSpec,
+    resource_version: Option<String>,
+    changed_at: Instant,
+}
+
+/// The Lease and this replica's view of it.
+#[derive(Clone, Debug)]
+struct Lock {
+    leases: Api<Lease>,
+    name: String,
+    identity: String,
+    /// Field manager of every write.
+    write_params: PostParams,
+    observed: Option<Observed>,
+}
+
+impl Leadership {
+    /// Competes for the Lease `name` in `namespace` until this replica
+    /// leads (`Some`) or the process is stopped (`None`), writing as
+    /// `field_manager`. Errors of the API server are retried; they never end
+    /// the process.
+    pub async fn acquire(
+        client: Client,
+        namespace: &str,
+        name: &str,
+        identity: &str,
+        field_manager: &str,
+        mut stopped: watch::Receiver<bool>,
+    ) -> Option<Self> {
+        let mut lock = Lock {
+            leases: Api::namespaced(client, namespace),
+            name: name.to_string(),
+            identity: identity.to_string(),
+            write_params: PostParams {
+                field_manager: Some(field_manager.to_string()),
+                ..PostParams::default()
+            },
+            observed: None,
+        };
+        info!(lease = %name, %namespace, "Waiting for leadership");
+        loop {
+            match lock.try_acquire_or_renew().await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(error) => warn!(%error, lease = %name, "Leader election failed; retrying"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(jittered(RETRY_PERIOD)) => {}
+                _ = stopped.wait_for(|s| *s) => return None,
+            }
+        }
+        info!(lease = %name, "Became the leader");
+        let (leading_tx, leading) = watch::channel(true);
+        let renewing = tokio::spawn(renew(lock.clone(), leading_tx));
+        Some(Self {
+            lock,
+            leading,
+            renewing,
+        })
+    }
+
+    /// Waits until the term ends: shutdown or a lost Lease.
+    pub async fn term(&mut self, mut stopped: watch::Receiver<bool>) -> TermEnd {
+        tokio::select! {
+            _ = self.leading.wait_for(|l| !*l) => TermEnd::Lost,
+            _ = stopped.wait_for(|s| *s) => TermEnd::Stopped,
+        }
+    }
+
+    /// Stops renewing and gives the Lease up, if this replica still holds
+    /// it, so that a standby takes over at its next retry.
+    pub async fn release(mut self) {
+        self.renewing.abort();
+        let _ = (&mut self.renewing).await;
+        match self.lock.release().await {
+            Ok(true) => info!("Released the Lease"),
+            Ok(false) => debug!("The Lease was no longer ours to release"),
+            Err(error) => {
+                warn!(%error, "Releasing the Lease failed; a standby takes over once it expires")
+            }
+        }
+    }
+}
+
+/// Renews every [`RETRY_PERIOD`] while the Lease is ours; says `false` on
+/// `leading` when another replica holds it or no renewal succeeded within
+/// [`RENEW_DEADLINE`].
+async fn renew(mut lock: Lock, leading: watch::Sender<bool>) {
+    let mut renewed_at = Instant::now();
+    loop {
+        tokio::time::sleep(RETRY_PERIOD).await;
+        let deadline = renewed_at + RENEW_DEADLINE;
+        let outcome = tokio::time::timeout_at(deadline, lock.try_acquire_or_renew()).await;
+        match outcome {
+            Ok(Ok(true)) => renewed_at = Instant::now(),
+            Ok(Ok(false)) => {
+                warn!(lease = %lock.name, "Another replica holds the Lease");
+                let _ = leading.send(false);
+                return;
+            }
+            Ok(Err(error)) if Instant::now() + RETRY_PERIOD < deadline => {
+                warn!(%error, lease = %lock.name, "Renewing the Lease failed; retrying");
+            }
+            Ok(Err(_)) | Err(_) => {
+                warn!(lease = %lock.name, "The Lease was not renewed in time; stepping down");
+                let _ = leading.send(false);
+                return;
+            }
+        }
+    }
+}
+
+impl Lock {
+    /// Takes or renews the Lease when it is free, ours, or its holder's
+    /// claim ran out; `false` when another replica holds it or won a race.
+    async fn try_acquire_or_renew(&mut self) -> kube::Result<bool> {
+        let now = Timestamp::now();
+        let Some(current) = self.leases.get_opt(&self.name).await? else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.name.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(claim(None, &self.identity, now)),
+            };
+            return self.write(self.leases.create(&self.write_params, &lease).await);
+        };
+        let spec = current.spec.clone().unwrap_or_default();
+        let resource_version = current.resource_version();
+        let seen_before = self
+            .observed
+            .as_ref()
+            .is_some_and(|o| o.resource_version == resource_version);
+        if !seen_before {
+            self.observed = Some(Observed {
+                spec: spec.clone(),
+                resource_version,
+                changed_at: Instant::now(),
+            });
+        }
+        let observed = self.observed.as_ref().expect("just set");
+        if held_by_another(
+            &observed.spec,
+            &self.identity,
+            observed.changed_at.elapsed(),
+        ) {
+            return Ok(false);
+        }
+        let mut lease = current;
+        lease.spec = Some(claim(Some(&spec), &self.identity, now));
+        let written = self
+            .leases
+            .replace(&self.name, &self.write_params, &lease)
+            .await;
+        self.write(written)
+    }
+
+    /// Records a successful write; a conflict means another replica wrote
+    /// first.
+    fn write(&mut self, written: kube::Result<Lease>) -> kube::Result<bool> {
+        match written {
+            Ok(lease) => {
+                self.observed = Some(Observed {
+                    spec: lease.spec.clone().unwrap_or_default(),
+                    resource_version: lease.resource_version(),
+                    changed_at: Instant::now(),
+                });
+                Ok(true)
+            }
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Empties the holder if this replica still holds the Lease.
+    async fn release(&mut self) -> kube::Result<bool> {
+        let Some(mut lease) = self.leases.get_opt(&self.name).await? else {
+            return Ok(false);
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return Ok(false);
+        }
+        lease.spec = Some(released(&spec, Timestamp::now()));
+        let written = self
+            .leases
+            .replace(&self.name, &self.write_params, &lease)
+            .await;
+        self.write(written)
+    }
+}
+
+/// Whether `spec` names a holder other than `identity` whose claim is still
+/// valid, `since` after this replica saw the Lease change.
+fn held_by_another(spec: &LeaseSpec, identity: &str, since: Duration) -> bool {
+    let holder = spec.holder_identity.as_deref().unwrap_or_default();
+    if holder.is_empty() || holder == identity {
+        return false;
+    }
+    let seconds = spec
+        .lease_duration_seconds
+        .and_then(|s| u64::try_from(s).ok())
+        .unwrap_or(LEASE_DURATION.as_secs());
+    since < Duration::from_secs(seconds)
+}
+
+/// The Lease spec by which `identity` takes or renews the Lease whose spec
+/// was `previous`.
+fn claim(previous: Option<&LeaseSpec>, identity: &str, now: Timestamp) -> LeaseSpec {
+    let previous = previous.cloned().unwrap_or_default();
+    let renewing = previous.holder_identity.as_deref() == Some(identity);
+    let transitions = previous.lease_transitions.unwrap_or(0);
+    LeaseSpec {
+        holder_identity: Some(identity.to_string()),
+        lease_duration_seconds: Some(LEASE_DURATION.as_secs() as i32),
+        acquire_time: if renewing {
+            previous.acquire_time.clone()
+        } else {
+            Some(MicroTime(now))
+        },
+        renew_time: Some(MicroTime(now)),
+        lease_transitions: Some(if renewing || previous.holder_identity.is_none() {
+            transitions
+        } else {
+            transitions + 1
+        }),
+        ..previous
+    }
+}
+
+/// The spec of a Lease given up at `now`: no holder, as client-go writes it.
+fn released(previous: &LeaseSpec, now: Timestamp) -> LeaseSpec {
+    LeaseSpec {
+        holder_identity: Some(String::new()),
+        lease_duration_seconds: Some(1),
+        acquire_time: Some(MicroTime(now)),
+        renew_time: Some(MicroTime(now)),
+        ..previous.clone()
+    }
+}
+
+/// `period` plus up to a fifth more, so that standbys do not retry in step.
+fn jittered(period: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    period + period.mul_f64(f64::from(nanos % 1000) / 5000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(holder: &str, seconds: i32) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(holder.into()),
+            lease_duration_seconds: Some(seconds),
+            lease_transitions: Some(3),
+            acquire_time: Some(MicroTime(Timestamp::UNIX_EPOCH)),
+            ..LeaseSpec::default()
+        }
+    }
+
+    #[test]
+    fn a_claim_is_valid_for_its_duration_after_it_was_seen() {
+        let other = spec("b", 15);
+        assert!(held_by_another(&other, "a", Duration::from_secs(14)));
+        assert!(!held_by_another(&other, "a", Duration::from_secs(15)));
+        assert!(!held_by_another(&spec("a", 15), "a", Duration::ZERO));
+        assert!(!held_by_another(&spec("", 1), "a", Duration::ZERO));
+        assert!(!held_by_another(&LeaseSpec::default(), "a", Duration::ZERO));
+    }
+
+    #[test]
+    fn taking_counts_a_transition_and_renewing_keeps_the_acquire_time() {
+        let now = Timestamp::from_second(100).unwrap();
+        let taken = claim(Some(&spec("b", 15)), "a", now);
+        assert_eq!(taken.holder_identity.as_deref(), Some("a"));
+        assert_eq!(taken.lease_transitions, Some(4));
+        assert_eq!(taken.acquire_time, Some(MicroTime(now)));
+        assert_eq!(taken.lease_duration_seconds, Some(15));
+
+        let renewed = claim(Some(&spec("a", 15)), "a", now);
+        assert_eq!(renewed.lease_transitions, Some(3));
+        assert_eq!(renewed.acquire_time, Some(MicroTime(Timestamp::UNIX_EPOCH)));
+        assert_eq!(renewed.renew_time, Some(MicroTime(now)));
+
+        let fresh = claim(None, "a", now);
+        assert_eq!(fresh.lease_transitions, Some(0));
+    }
+
+    #[test]
+    fn a_released_lease_has_no_holder() {
+        let now = Timestamp::from_second(100).unwrap();
+        let given_up = released(&spec("a", 15), now);
+        assert_eq!(given_up.holder_identity.as_deref(), Some(""));
+        assert!(!held_by_another(&given_up, "b", Duration::ZERO));
+        assert_eq!(given_up.lease_transitions, Some(3));
+    }
+
+    #[test]
+    fn jitter_stays_within_a_fifth() {
+        let period = Duration::from_secs(2);
+        let jittered = jittered(period);
+        assert!(jittered >= period && jittered <= period + period / 5);
+    }
+}
