@@ -111,16 +111,15 @@ pub fn schemas(states: &[(String, SchemaState)], missing_kinds: &[String]) -> Ve
 
 /// `AgentAvailable` from the agent Deployment's status, as the Deployment
 /// controller reports it. A rollout in progress keeps the condition true
-/// while replicas of either version are available (the leader syncs either
-/// way) and says so; a rollout past its progress deadline is false even if
-/// replicas of the previous version still sync, since the change asked for
-/// did not happen.
+/// while replicas are available (the leader syncs with either version) and
+/// says so. A rollout past its progress deadline, or held by a paused
+/// Deployment, is false even if replicas of the previous version still
+/// sync, since the change asked for does not happen. Conditions are read
+/// only once the controller has seen the current generation: the status of
+/// the previous one says nothing about the change just applied.
 pub fn agent(deployment: &Deployment) -> Verdict {
-    let desired = deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.replicas)
-        .unwrap_or(1);
+    let spec = deployment.spec.clone().unwrap_or_default();
+    let desired = spec.replicas.unwrap_or(1);
     let status = deployment.status.clone().unwrap_or_default();
     let available = status.available_replicas.unwrap_or(0);
     let updated = status.updated_replicas.unwrap_or(0);
@@ -130,11 +129,30 @@ pub fn agent(deployment: &Deployment) -> Verdict {
             "the agent runs no replicas; set spec.agent.replicas above 0 to sync",
         );
     }
-    let stuck = status.conditions.iter().flatten().find(|c| {
-        c.type_ == "Progressing"
-            && c.status == "False"
-            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-    });
+    let observed =
+        status.observed_generation.unwrap_or(0) >= deployment.metadata.generation.unwrap_or(0);
+    let pending = !observed || updated < desired || status.replicas.unwrap_or(0) > updated;
+    let condition = |type_: &str, state: &str| {
+        status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| observed && c.type_ == type_ && c.status == state)
+    };
+    if spec.paused == Some(true) && pending {
+        return Verdict::failed(
+            "AgentRolloutPaused",
+            format!(
+                "the agent's Deployment is paused, so its change does not roll out \
+                 ({available} replicas of the previous version are available); \
+                 kubectl -n {} rollout resume deployment/{}",
+                deployment.metadata.namespace.as_deref().unwrap_or_default(),
+                deployment.metadata.name.as_deref().unwrap_or_default(),
+            ),
+        );
+    }
+    let stuck = condition("Progressing", "False")
+        .filter(|c| c.reason.as_deref() == Some("ProgressDeadlineExceeded"));
     if let Some(stuck) = stuck {
         return Verdict::failed(
             "AgentRolloutStuck",
@@ -147,15 +165,20 @@ pub fn agent(deployment: &Deployment) -> Verdict {
         );
     }
     if available == 0 {
+        let why = condition("ReplicaFailure", "True")
+            .map(|c| {
+                format!(
+                    "pods cannot be created: {}",
+                    c.message.as_deref().unwrap_or("no message")
+                )
+            })
+            .unwrap_or_else(|| "see the agent's pods and logs".to_string());
         return Verdict::failed(
             "AgentUnavailable",
-            format!("0 of {desired} agent replicas are available; see the agent's pods and logs"),
+            format!("0 of {desired} agent replicas are available; {why}"),
         );
     }
-    let observed =
-        status.observed_generation.unwrap_or(0) >= deployment.metadata.generation.unwrap_or(0);
-    let old_pods = status.replicas.unwrap_or(0) > updated;
-    if !observed || updated < desired || old_pods {
+    if pending {
         return Verdict::ok(
             "RollingOut",
             format!(
@@ -420,9 +443,39 @@ mod tests {
             "type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
             "message": "ReplicaSet \"a-1\" has timed out progressing.",
         }]);
-        let verdict = agent(&deployment(2, stuck));
+        let verdict = agent(&deployment(2, stuck.clone()));
         assert!(!verdict.ok);
         assert_eq!(verdict.reason, "AgentRolloutStuck");
         assert!(verdict.message.contains("timed out progressing"));
+
+        // The status of the generation before says nothing of this one.
+        stuck["observedGeneration"] = json!(1);
+        assert_eq!(agent(&deployment(2, stuck)).reason, "RollingOut");
+    }
+
+    #[test]
+    fn a_paused_rollout_and_failing_pod_creation_say_so() {
+        let mut paused = deployment(
+            2,
+            json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 0, "availableReplicas": 2}),
+        );
+        paused.spec.as_mut().unwrap().paused = Some(true);
+        paused.metadata.namespace = Some("team".into());
+        let verdict = agent(&paused);
+        assert_eq!(verdict.reason, "AgentRolloutPaused");
+        assert!(verdict.message.contains("rollout resume deployment/a"));
+        paused.status.as_mut().unwrap().updated_replicas = Some(2);
+        assert_eq!(agent(&paused).reason, "Available");
+
+        let quota = deployment(
+            2,
+            json!({"observedGeneration": 2, "conditions": [{
+                "type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+                "message": "pods \"a-1\" is forbidden: exceeded quota",
+            }]}),
+        );
+        let verdict = agent(&quota);
+        assert_eq!(verdict.reason, "AgentUnavailable");
+        assert!(verdict.message.contains("exceeded quota"));
     }
 }
