@@ -206,6 +206,8 @@ async fn bad_offerings_say_why_while_a_good_one_beside_them_stays_ready() {
     for (name, kubeconfig) in [
         ("kcp-unreachable", &unreachable),
         ("kcp-token-file", &token_file),
+        // The name of the Secret the operator writes for offering "clash".
+        ("clash-kcp-kubeconfig", &admin),
     ] {
         let secret: Secret = serde_json::from_value(json!({
             "metadata": {"name": name},
@@ -259,6 +261,11 @@ async fn bad_offerings_say_why_while_a_good_one_beside_them_stays_ready() {
             "ExportConflict",
         ),
         (
+            "clash",
+            json!({"kcp": {"workspace": scene.provider.workspace.path, "kubeconfigSecretRef": {"name": "clash-kcp-kubeconfig"}}}),
+            "InvalidSpec",
+        ),
+        (
             "no-crd",
             json!({"resources": [{"name": "gizmos", "resource": {"apiGroup": scene.provider.group, "kind": "Gizmo"}}]}),
             "ResourceKindNotFound",
@@ -304,6 +311,16 @@ async fn bad_offerings_say_why_while_a_good_one_beside_them_stays_ready() {
             .get("offering.syncagent.dev/owner")
             .map(String::as_str),
         Some(format!("{ns}/good").as_str())
+    );
+    // The operator's credentials in a Secret named like the agent's stay.
+    let clash = Api::<Secret>::namespaced(service.clone(), &ns)
+        .get("clash-kcp-kubeconfig")
+        .await
+        .expect("the clashing Secret");
+    assert_eq!(
+        clash.data.unwrap()["kubeconfig"].0,
+        admin.as_bytes(),
+        "the operator overwrote a Secret it does not own"
     );
     // The good offering stays Ready and the operator keeps running.
     scene
@@ -620,4 +637,154 @@ async fn deletion_keeps_or_removes_kcp_objects_as_the_policy_says() {
             "{name}: ClusterRole left"
         );
     }
+}
+
+/// Waits until the offering `name` is gone.
+async fn wait_until_deleted(scene: &OfferingScene, name: &str) {
+    let offerings = scene.offerings();
+    poll_until(
+        &format!("offering {name} to be deleted"),
+        TIMEOUT,
+        async || match offerings.get_opt(name).await.map_err(|e| e.to_string())? {
+            None => Ok(()),
+            Some(o) => Err(format!("still there: {:?}", o.status.map(|s| s.conditions))),
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\noperator log: {}", scene.operator.process.log_tail()));
+}
+
+#[tokio::test]
+async fn deletion_waits_for_a_workspace_it_may_not_enter_and_not_for_one_that_is_gone() {
+    let scene = OfferingScene::new("op-gone", &[]).await.expect("scene");
+    let service = scene.provider.service.clone();
+    let ns = scene.provider.namespace.clone();
+    let workspace = scene.provider.workspace.path.clone();
+    scene
+        .apply("widgets", scene.spec(json!({"agent": {"replicas": 1}})))
+        .await
+        .expect("offering");
+    scene
+        .wait_for_condition("widgets", "CredentialsReady", "True", "TokenIssued")
+        .await
+        .expect("provisioned");
+
+    // kcp credentials of a user who may not enter the workspace: deleting
+    // waits, and says how to go on.
+    let admin = std::fs::read_to_string(&scene.provider.env.kcp_kubeconfig).unwrap();
+    let mut stranger = Kubeconfig::from_yaml(&admin).unwrap();
+    for user in stranger
+        .auth_infos
+        .iter_mut()
+        .filter_map(|u| u.auth_info.as_mut())
+    {
+        *user = kube::config::AuthInfo {
+            token: Some(scene.provider.env.kcp_agent_token.clone().into()),
+            ..Default::default()
+        };
+    }
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "kcp-stranger"},
+        "stringData": {"kubeconfig": serde_json::to_string(&stranger).unwrap()},
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(service.clone(), &ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("the stranger's Secret");
+    let stranger_ref =
+        json!({"kcp": {"workspace": workspace, "kubeconfigSecretRef": {"name": "kcp-stranger"}}});
+    scene
+        .apply("widgets", scene.spec(stranger_ref))
+        .await
+        .expect("the offering with the stranger's credentials");
+    scene
+        .offerings()
+        .delete("widgets", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let offering = scene
+        .wait_for_condition("widgets", "Ready", "False", "KcpForbidden")
+        .await
+        .expect("deletion waits");
+    let message = &offering.status.unwrap().conditions[0].message;
+    assert!(
+        message.contains("offering.syncagent.dev/skip-kcp-cleanup=true"),
+        "{message}"
+    );
+    scene
+        .offerings()
+        .patch(
+            "widgets",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {
+                "offering.syncagent.dev/skip-kcp-cleanup": "true"}}})),
+        )
+        .await
+        .expect("annotate");
+    wait_until_deleted(&scene, "widgets").await;
+    let skipped = scene
+        .wait_for_warning("widgets", "KcpCleanupSkipped")
+        .await
+        .expect("a Warning event");
+    assert!(
+        skipped
+            .note
+            .unwrap_or_default()
+            .contains("must be removed by hand"),
+        "the event says what stays"
+    );
+    // As asked, what it had in kcp stays.
+    Api::<ServiceAccount>::namespaced(scene.provider.kcp_client.clone(), "sync-agents")
+        .get("sync-agent-widgets")
+        .await
+        .expect("the agent's kcp ServiceAccount stays");
+
+    // A provider workspace that is gone holds nothing to remove.
+    let kcp = &scene.provider.kcp;
+    let doomed = kcp
+        .create_workspace("root", "op-doomed")
+        .await
+        .expect("workspace");
+    let doomed_ref =
+        json!({"kcp": {"workspace": doomed.path, "kubeconfigSecretRef": {"name": KCP_SECRET}}});
+    scene
+        .apply("orphan", scene.spec(doomed_ref))
+        .await
+        .expect("offering in the doomed workspace");
+    scene
+        .wait_for_condition("orphan", "CredentialsReady", "True", "TokenIssued")
+        .await
+        .expect("provisioned");
+    let root: Api<sync_agent::api::kcp::tenancy_v1alpha1::Workspace> =
+        Api::all(kcp.client("root").unwrap());
+    let name = doomed.path.rsplit(':').next().unwrap().to_string();
+    root.delete(&name, &DeleteParams::default())
+        .await
+        .expect("delete the workspace");
+    poll_until("the workspace to be gone", TIMEOUT, async || {
+        match root.get_opt(&name).await.map_err(|e| e.to_string())? {
+            None => Ok(()),
+            Some(_) => Err("still there".to_string()),
+        }
+    })
+    .await
+    .expect("workspace gone");
+    scene
+        .offerings()
+        .delete("orphan", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_until_deleted(&scene, "orphan").await;
+    let skipped = scene
+        .wait_for_warning("orphan", "KcpCleanupSkipped")
+        .await
+        .expect("a Warning event");
+    assert!(
+        skipped
+            .note
+            .unwrap_or_default()
+            .contains("no longer exists"),
+        "the event says the workspace is gone"
+    );
 }

@@ -14,12 +14,16 @@ use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use sync_agent::api::kcp::apis_v1alpha1::APIResourceSchema;
 use sync_agent::api::kcp::apis_v1alpha2::APIExport;
+use sync_agent::api::kcp::tenancy_v1alpha1::Workspace;
 
 use crate::api::{DeletionPolicy, PublishedOffering};
 use crate::consumers;
 use crate::credentials;
 use crate::error::Error;
-use crate::names::{KCP_NAMESPACE, Names, OFFERING_NAME_LABEL, OFFERING_NAMESPACE_LABEL};
+use crate::names::{
+    KCP_NAMESPACE, Names, OFFERING_NAME_LABEL, OFFERING_NAMESPACE_LABEL,
+    SKIP_KCP_CLEANUP_ANNOTATION,
+};
 use crate::provision::{Kcp, Settings, delete_if_present, delete_owned, kcp_secret_location};
 use sync_agent::api::published_resource::PublishedResource;
 
@@ -67,20 +71,41 @@ async fn cleanup_kcp(
     let provider = kcp.client(path)?;
     match kcp.logical_cluster(&provider, path).await {
         Ok(_) => {}
-        // Gone, or the operator may no longer enter it: either way nothing
-        // can be removed there, and what may be left is reported.
+        // kcp refuses entry into a workspace that does not exist just as
+        // into one the operator may not enter: only its parent tells.
         Err(Error::WorkspaceNotFound(why)) => {
-            return Ok(Some(format!(
-                "{why}; if it exists, the agent's ServiceAccount and ClusterRoles named syncagent:{} stay there{} and must be removed by hand",
-                names.export,
-                if offering.spec.deletion_policy == DeletionPolicy::Delete {
-                    format!(
-                        ", and so do the APIExport {} and the consumers' bindings",
-                        names.export
-                    )
-                } else {
-                    String::new()
-                }
+            if workspace_is_gone(kcp, path).await {
+                return Ok(Some(format!(
+                    "workspace {path} no longer exists, and with it the APIExport {} and the agent's identity{}",
+                    names.export,
+                    if offering.spec.deletion_policy == DeletionPolicy::Delete {
+                        "; consumers' bindings to the export stay in their workspaces"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+            if offering
+                .annotations()
+                .get(SKIP_KCP_CLEANUP_ANNOTATION)
+                .map(String::as_str)
+                == Some("true")
+            {
+                return Ok(Some(format!(
+                    "{why}; as {SKIP_KCP_CLEANUP_ANNOTATION} asks, the agent's ServiceAccount and ClusterRoles named syncagent:{} stay there{} and must be removed by hand",
+                    names.export,
+                    if offering.spec.deletion_policy == DeletionPolicy::Delete {
+                        format!(
+                            ", and so do the APIExport {} and the consumers' bindings",
+                            names.export
+                        )
+                    } else {
+                        String::new()
+                    }
+                )));
+            }
+            return Err(Error::KcpForbidden(format!(
+                "{why}, so the offering's objects there cannot be removed; fix the operator's kcp credentials, or annotate the offering {SKIP_KCP_CLEANUP_ANNOTATION}=true to delete it and leave them"
             )));
         }
         Err(error) => return Err(error),
@@ -138,8 +163,21 @@ async fn cleanup_kcp(
     Ok(None)
 }
 
-/// Deletes the export (if this offering's) and then its schemas that no
-/// other export in the workspace refers to.
+/// Whether the workspace at `path` is gone: its parent, if the operator may
+/// read it, has no such child.
+async fn workspace_is_gone(kcp: &Kcp, path: &str) -> bool {
+    let Some((parent, name)) = path.rsplit_once(':') else {
+        return false;
+    };
+    let Ok(parent) = kcp.client(parent) else {
+        return false;
+    };
+    matches!(Api::<Workspace>::all(parent).get_opt(name).await, Ok(None))
+}
+
+/// Deletes the export's schemas that no other export in the workspace
+/// refers to, then the export (if this offering's): a retry after a failure
+/// still finds the export and with it the schemas left to delete.
 async fn delete_export(provider: &kube::Client, names: &Names) -> Result<(), kube::Error> {
     let exports: Api<APIExport> = Api::all(provider.clone());
     let Some(export) = exports.get_opt(&names.export).await? else {
@@ -148,7 +186,6 @@ async fn delete_export(provider: &kube::Client, names: &Names) -> Result<(), kub
     if export.annotations().get(crate::names::OWNER_ANNOTATION) != Some(&names.owner) {
         return Ok(());
     }
-    delete_if_present(&exports, &names.export).await?;
     let in_use: BTreeSet<String> = exports
         .list(&ListParams::default())
         .await?
@@ -163,7 +200,7 @@ async fn delete_export(provider: &kube::Client, names: &Names) -> Result<(), kub
             delete_if_present(&schemas, &resource.schema).await?;
         }
     }
-    Ok(())
+    delete_if_present(&exports, &names.export).await
 }
 
 /// Deletes `name` when its labels name this offering.

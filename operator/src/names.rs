@@ -23,6 +23,10 @@ pub const AGENT_LABEL: &str = "offering.syncagent.dev/agent";
 pub const OFFERING_NAMESPACE_LABEL: &str = "offering.syncagent.dev/namespace";
 /// See [`OFFERING_NAMESPACE_LABEL`].
 pub const OFFERING_NAME_LABEL: &str = "offering.syncagent.dev/name";
+/// Annotation on an offering that lets its deletion go on without removing
+/// its objects in kcp when the operator may not enter the provider
+/// workspace; they stay there.
+pub const SKIP_KCP_CLEANUP_ANNOTATION: &str = "offering.syncagent.dev/skip-kcp-cleanup";
 /// Namespace in the provider workspace holding the agents' ServiceAccounts.
 pub const KCP_NAMESPACE: &str = "sync-agents";
 /// Where the agent's kcp kubeconfig Secret is mounted.

@@ -669,6 +669,12 @@ pub async fn provision(
     validate(offering)?;
     ensure_agent_name_is_ours(client, &names).await?;
     let location = kcp_secret_location(offering, settings)?;
+    if location.namespace == names.namespace && location.name == names.kcp_secret {
+        return Err(Error::InvalidSpec(format!(
+            "spec.kcp.kubeconfigSecretRef names {}, the Secret the operator writes the agent's kubeconfig to; keep the operator's kcp kubeconfig in a Secret of another name",
+            names.kcp_secret
+        )));
+    }
     let kcp = Kcp::new(credentials::load(client, &location).await?);
     let path = offering.spec.kcp.workspace.as_str();
     let provider = kcp.client(path)?;
