@@ -14,6 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::{Client, ResourceExt};
+use prometheus::IntGauge;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -33,6 +34,7 @@ pub struct Leadership {
     lock: Lock,
     leading: watch::Receiver<bool>,
     renewing: JoinHandle<()>,
+    status: IntGauge,
 }
 
 /// How a leader's term ended.
@@ -66,16 +68,19 @@ struct Lock {
 impl Leadership {
     /// Competes for the Lease `name` in `namespace` until this replica
     /// leads (`Some`) or the process is stopped (`None`), writing as
-    /// `field_manager`. Errors of the API server are retried; they never end
-    /// the process.
+    /// `field_manager`; `status` (controller-runtime's
+    /// `leader_election_master_status`) is 1 while it leads. Errors of the
+    /// API server are retried; they never end the process.
     pub async fn acquire(
         client: Client,
         namespace: &str,
         name: &str,
         identity: &str,
         field_manager: &str,
+        status: IntGauge,
         mut stopped: watch::Receiver<bool>,
     ) -> Option<Self> {
+        status.set(0);
         let mut lock = Lock {
             leases: Api::namespaced(client, namespace),
             name: name.to_string(),
@@ -99,12 +104,14 @@ impl Leadership {
             }
         }
         info!(lease = %name, "Became the leader");
+        status.set(1);
         let (leading_tx, leading) = watch::channel(true);
-        let renewing = tokio::spawn(renew(lock.clone(), leading_tx));
+        let renewing = tokio::spawn(renew(lock.clone(), leading_tx, status.clone()));
         Some(Self {
             lock,
             leading,
             renewing,
+            status,
         })
     }
 
@@ -121,6 +128,7 @@ impl Leadership {
     pub async fn release(mut self) {
         self.renewing.abort();
         let _ = (&mut self.renewing).await;
+        self.status.set(0);
         match self.lock.release().await {
             Ok(true) => info!("Released the Lease"),
             Ok(false) => debug!("The Lease was no longer ours to release"),
@@ -134,7 +142,7 @@ impl Leadership {
 /// Renews every [`RETRY_PERIOD`] while the Lease is ours; says `false` on
 /// `leading` when another replica holds it or no renewal succeeded within
 /// [`RENEW_DEADLINE`].
-async fn renew(mut lock: Lock, leading: watch::Sender<bool>) {
+async fn renew(mut lock: Lock, leading: watch::Sender<bool>, status: IntGauge) {
     let mut renewed_at = Instant::now();
     loop {
         tokio::time::sleep(RETRY_PERIOD).await;
@@ -144,6 +152,7 @@ async fn renew(mut lock: Lock, leading: watch::Sender<bool>) {
             Ok(Ok(true)) => renewed_at = Instant::now(),
             Ok(Ok(false)) => {
                 warn!(lease = %lock.name, "Another replica holds the Lease");
+                status.set(0);
                 let _ = leading.send(false);
                 return;
             }
@@ -152,6 +161,7 @@ async fn renew(mut lock: Lock, leading: watch::Sender<bool>) {
             }
             Ok(Err(_)) | Err(_) => {
                 warn!(lease = %lock.name, "The Lease was not renewed in time; stepping down");
+                status.set(0);
                 let _ = leading.send(false);
                 return;
             }

@@ -82,6 +82,7 @@ async fn run(options: Options, stopped: watch::Receiver<bool>) -> anyhow::Result
             &lease_name,
             &identity,
             controller::FIELD_MANAGER,
+            metrics.leader_status(&lease_name),
             stopped.clone(),
         )
         .await

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder as _, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder as _, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// controller-runtime's reconcile metrics, by controller.
@@ -15,6 +15,7 @@ pub struct ControllerMetrics {
     reconcile_total: IntCounterVec,
     reconcile_errors: IntCounterVec,
     reconcile_time: HistogramVec,
+    leader_status: IntGaugeVec,
 }
 
 /// The agent's metrics, registered in their own registry.
@@ -93,10 +94,19 @@ impl ControllerMetrics {
             &["controller"],
         )
         .expect("valid metric");
+        let leader_status = IntGaugeVec::new(
+            Opts::new(
+                "leader_election_master_status",
+                "Gauge of if the reporting system is master of the relevant lease, 0 indicates backup, 1 indicates master",
+            ),
+            &["name"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(reconcile_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconcile_errors.clone()),
             Box::new(reconcile_time.clone()),
+            Box::new(leader_status.clone()),
         ] {
             registry
                 .register(collector)
@@ -106,7 +116,13 @@ impl ControllerMetrics {
             reconcile_total,
             reconcile_errors,
             reconcile_time,
+            leader_status,
         }
+    }
+
+    /// 1 while this replica holds the Lease `lease`, else 0.
+    pub fn leader_status(&self, lease: &str) -> IntGauge {
+        self.leader_status.with_label_values(&[lease])
     }
 
     /// Records one reconcile of `controller`.
@@ -212,6 +228,11 @@ impl Metrics {
     /// Records a failed reconcile of `controller` by error category.
     pub fn failed(&self, controller: &str, category: &str) {
         self.controllers.failed(controller, category);
+    }
+
+    /// 1 while this replica holds the Lease `lease`, else 0.
+    pub fn leader_status(&self, lease: &str) -> IntGauge {
+        self.controllers.leader_status(lease)
     }
 
     /// The metrics in Prometheus' text format.

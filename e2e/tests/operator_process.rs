@@ -19,6 +19,16 @@ async fn reconciled(process: &AgentProcess) -> bool {
     })
 }
 
+/// The operator's `leader_election_master_status` for its Lease.
+async fn leader_status(process: &AgentProcess) -> String {
+    let metrics = process.metrics().await.expect("operator metrics");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"leader_election_master_status{name="offering-operator"} "#))
+        .unwrap_or("missing")
+        .to_string()
+}
+
 /// Who holds the operator's Lease, once someone does and it is not `not`.
 async fn holder(leases: &Api<Lease>, not: Option<&str>) -> String {
     poll_until(
@@ -76,6 +86,8 @@ async fn two_operators_elect_one_leader_and_hand_over_on_shutdown() {
         !reconciled(&scene.operator.process).await,
         "the standby does not reconcile"
     );
+    assert_eq!(leader_status(&first).await, "1");
+    assert_eq!(leader_status(&scene.operator.process).await, "0");
 
     let stopping = Instant::now();
     let exit = first.stop().await.expect("the leader stops");
@@ -83,7 +95,8 @@ async fn two_operators_elect_one_leader_and_hand_over_on_shutdown() {
     let second_holder = holder(&leases, Some(&first_holder)).await;
     let takeover = stopping.elapsed();
     eprintln!("the standby {second_holder} took over {takeover:?} after SIGTERM");
-    // Released, not expired: the standby need not wait out the Lease.
+    // Released, not expired: the standby takes it at its next try (every
+    // 2 s) instead of waiting out the Lease's 15 s.
     assert!(
         takeover < Duration::from_secs(5),
         "took over after {takeover:?}"
@@ -97,5 +110,6 @@ async fn two_operators_elect_one_leader_and_hand_over_on_shutdown() {
         reconciled(&scene.operator.process).await,
         "the new leader reconciles"
     );
+    assert_eq!(leader_status(&scene.operator.process).await, "1");
     scene.provider.cleanup().await.expect("cleanup");
 }

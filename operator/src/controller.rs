@@ -17,7 +17,7 @@ use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use prometheus::{IntCounter, Registry};
+use prometheus::{IntCounter, IntGauge, Registry};
 use serde_json::json;
 use sync_agent::api::published_resource::PublishedResource;
 use sync_agent::metrics::{ControllerMetrics, ReconcileResult};
@@ -84,6 +84,11 @@ impl Metrics {
             controllers,
             tokens_issued,
         }
+    }
+
+    /// 1 while this replica holds the Lease `lease`, else 0.
+    pub fn leader_status(&self, lease: &str) -> IntGauge {
+        self.controllers.leader_status(lease)
     }
 }
 

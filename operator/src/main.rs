@@ -212,6 +212,7 @@ async fn run(options: RunOptions) -> anyhow::Result<()> {
             FIELD_MANAGER,
             &identity,
             FIELD_MANAGER,
+            metrics.leader_status(FIELD_MANAGER),
             stopped.clone(),
         )
         .await
