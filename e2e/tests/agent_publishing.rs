@@ -649,6 +649,19 @@ async fn with_leader_election_one_agent_writes_and_the_other_takes_over() {
     } else {
         (second, first)
     };
+    let status_line = |value: u8| {
+        format!(
+            "leader_election_master_status{{name=\"syncagent.{}\"}} {value}",
+            provider.agent_name
+        )
+    };
+    let leader_metrics = leader.metrics().await.expect("metrics");
+    assert!(leader_metrics.contains(&status_line(1)), "{leader_metrics}");
+    let standby_metrics = standby.metrics().await.expect("metrics");
+    assert!(
+        standby_metrics.contains(&status_line(0)),
+        "{standby_metrics}"
+    );
 
     leader.stop().await.expect("the leader stops");
     let two = provider
