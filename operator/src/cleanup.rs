@@ -40,7 +40,7 @@ pub async fn cleanup(
         return Ok(None);
     };
     let skipped = match load_kcp(client, offering, settings).await {
-        Ok(kcp) => cleanup_kcp(&kcp, offering, &names).await?,
+        Ok(kcp) => cleanup_kcp(client, &kcp, offering, &names).await?,
         Err(error @ (Error::KcpSecretMissing(_) | Error::InvalidKcpKubeconfig(_))) => {
             Some(format!(
                 "{error}; the agent's ServiceAccount and ClusterRoles named syncagent:{} stay in {} and must be removed by hand",
@@ -63,6 +63,7 @@ async fn load_kcp(
 }
 
 async fn cleanup_kcp(
+    client: &Client,
     kcp: &Kcp,
     offering: &PublishedOffering,
     names: &Names,
@@ -131,8 +132,13 @@ async fn cleanup_kcp(
             }
         }
         if !remaining.is_empty() {
+            let agent = if agent_is_available(client, names).await {
+                "the agent runs and releases them"
+            } else {
+                "but no agent replica is available to release them: restore the agent's Deployment (a deleted namespace takes it along; delete offerings before their namespace)"
+            };
             return Err(Error::Deleting(format!(
-                "waiting for kcp to delete the APIBindings in {}; kcp deletes the consumers' objects first, and the agent must run to release them",
+                "waiting for kcp to delete the APIBindings in {}; kcp deletes the consumers' objects first, {agent}",
                 remaining.join(", ")
             )));
         }
@@ -161,6 +167,19 @@ async fn cleanup_kcp(
         .await
         .map_err(kcp_error("deleting the agent's ServiceAccount"))?;
     Ok(None)
+}
+
+/// Whether the offering's agent Deployment has an available replica.
+async fn agent_is_available(client: &Client, names: &Names) -> bool {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &names.namespace);
+    deployments
+        .get_opt(&names.agent_workload)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|d| d.status)
+        .and_then(|s| s.available_replicas)
+        .is_some_and(|n| n > 0)
 }
 
 /// Whether the workspace at `path` is gone: its parent, if the operator may
