@@ -165,7 +165,8 @@ pub fn role(offering: &PublishedOffering, names: &Names) -> Role {
         rules: Some(vec![rule(
             "coordination.k8s.io",
             &["leases"],
-            &["get", "list", "watch", "create", "update", "patch"],
+            // What the leader election reads and writes: one Lease, by name.
+            &["get", "create", "update"],
         )]),
     }
 }
