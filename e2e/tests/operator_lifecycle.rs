@@ -219,6 +219,13 @@ async fn bad_offerings_say_why_while_a_good_one_beside_them_stays_ready() {
             .await
             .unwrap_or_else(|e| panic!("Secret {name}: {e}"));
     }
+    // A ServiceAccount of the name offering "squat" would give its agent.
+    let squatter: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "squat-sync-agent"}})).unwrap();
+    Api::<ServiceAccount>::namespaced(service.clone(), &ns)
+        .create(&PostParams::default(), &squatter)
+        .await
+        .expect("someone's ServiceAccount");
     let foreign_export = Api::<APIExport>::all(scene.provider.kcp_client.clone())
         .get(&scene.provider.export)
         .await
@@ -265,6 +272,7 @@ async fn bad_offerings_say_why_while_a_good_one_beside_them_stays_ready() {
             json!({"kcp": {"workspace": scene.provider.workspace.path, "kubeconfigSecretRef": {"name": "clash-kcp-kubeconfig"}}}),
             "InvalidSpec",
         ),
+        ("squat", json!({}), "ObjectConflict"),
         (
             "no-crd",
             json!({"resources": [{"name": "gizmos", "resource": {"apiGroup": scene.provider.group, "kind": "Gizmo"}}]}),
@@ -321,6 +329,15 @@ async fn bad_offerings_say_why_while_a_good_one_beside_them_stays_ready() {
         clash.data.unwrap()["kubeconfig"].0,
         admin.as_bytes(),
         "the operator overwrote a Secret it does not own"
+    );
+    let squatter = Api::<ServiceAccount>::namespaced(service.clone(), &ns)
+        .get("squat-sync-agent")
+        .await
+        .expect("someone's ServiceAccount");
+    assert!(
+        squatter.labels().is_empty() && squatter.owner_references().is_empty(),
+        "the operator took over someone's ServiceAccount: {:?}",
+        squatter.metadata
     );
     // The good offering stays Ready and the operator keeps running.
     scene

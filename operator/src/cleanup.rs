@@ -20,10 +20,7 @@ use crate::api::{DeletionPolicy, PublishedOffering};
 use crate::consumers;
 use crate::credentials;
 use crate::error::Error;
-use crate::names::{
-    KCP_NAMESPACE, Names, OFFERING_NAME_LABEL, OFFERING_NAMESPACE_LABEL,
-    SKIP_KCP_CLEANUP_ANNOTATION,
-};
+use crate::names::{KCP_NAMESPACE, Names, SKIP_KCP_CLEANUP_ANNOTATION};
 use crate::provision::{Kcp, Settings, delete_if_present, delete_owned, kcp_secret_location};
 use sync_agent::api::published_resource::PublishedResource;
 
@@ -228,10 +225,7 @@ where
     K: Resource + Clone + DeserializeOwned + Debug,
 {
     match api.get_opt(name).await? {
-        Some(object)
-            if object.labels().get(OFFERING_NAMESPACE_LABEL) == Some(&names.namespace)
-                && object.labels().get(OFFERING_NAME_LABEL) == Some(&names.offering) =>
-        {
+        Some(object) if names.labels_name_this(object.labels()) => {
             delete_if_present(api, name).await
         }
         _ => Ok(()),

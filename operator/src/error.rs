@@ -32,6 +32,10 @@ pub enum Error {
     /// Another offering's agent goes by the same agent name.
     #[error("{0}")]
     AgentNameConflict(String),
+    /// A service-cluster object the offering would write exists and is not
+    /// the offering's.
+    #[error("{0}")]
+    ObjectConflict(String),
     /// Minting the agent's kcp token failed.
     #[error("{0}")]
     TokenRequestFailed(String),
@@ -56,6 +60,7 @@ impl Error {
             Error::Kcp(_) => "KcpError",
             Error::ExportConflict(_) => "ExportConflict",
             Error::AgentNameConflict(_) => "AgentNameConflict",
+            Error::ObjectConflict(_) => "ObjectConflict",
             Error::TokenRequestFailed(_) => "TokenRequestFailed",
             Error::ServiceCluster(_) => "ServiceClusterError",
             Error::Deleting(_) => "Deleting",
@@ -67,7 +72,9 @@ impl Error {
         match self {
             Error::InvalidSpec(_) => "spec",
             Error::KcpSecretMissing(_) | Error::InvalidKcpKubeconfig(_) => "credentials",
-            Error::ExportConflict(_) | Error::AgentNameConflict(_) => "conflict",
+            Error::ExportConflict(_) | Error::AgentNameConflict(_) | Error::ObjectConflict(_) => {
+                "conflict"
+            }
             Error::KcpUnreachable(_)
             | Error::WorkspaceNotFound(_)
             | Error::KcpForbidden(_)

@@ -163,6 +163,12 @@ impl Names {
         ])
     }
 
+    /// Whether `labels` (of a service-cluster object) name this offering.
+    pub fn labels_name_this(&self, labels: &BTreeMap<String, String>) -> bool {
+        labels.get(OFFERING_NAMESPACE_LABEL) == Some(&self.namespace)
+            && labels.get(OFFERING_NAME_LABEL) == Some(&self.offering)
+    }
+
     /// Label selector over the cluster-scoped children of this offering.
     pub fn children_selector(&self) -> String {
         format!(

@@ -77,6 +77,48 @@ where
     .await
 }
 
+/// Applies `object` as `name` on the service cluster unless an object of
+/// that name exists that is not the offering's (it lacks the offering's
+/// labels): the operator never takes over what someone else made.
+async fn apply_ours<K>(
+    api: &Api<K>,
+    name: &str,
+    object: &(impl Serialize + Debug),
+    names: &Names,
+    what: &'static str,
+) -> Result<K, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let existing = api
+        .get_metadata_opt(name)
+        .await
+        .map_err(|error| Error::service(what, error))?;
+    if let Some(existing) = existing {
+        refuse_foreign::<K>(&existing.metadata, names)?;
+    }
+    apply(api, name, object)
+        .await
+        .map_err(|error| Error::service(what, error))
+}
+
+/// An [`Error::ObjectConflict`] when `metadata` (of a `K`) does not carry the
+/// offering's labels.
+fn refuse_foreign<K: Resource<DynamicType = ()>>(
+    metadata: &ObjectMeta,
+    names: &Names,
+) -> Result<(), Error> {
+    if names.labels_name_this(metadata.labels.as_ref().unwrap_or(&BTreeMap::new())) {
+        return Ok(());
+    }
+    Err(Error::ObjectConflict(format!(
+        "{} {} exists and is not this offering's (it lacks the labels {}); delete or rename it, or give the offering another name",
+        K::kind(&()),
+        metadata.name.as_deref().unwrap_or_default(),
+        names.children_selector()
+    )))
+}
+
 /// Deletes `name` if it exists; `Ok(true)` when it is gone or going.
 pub async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<(), kube::Error>
 where
@@ -488,6 +530,9 @@ async fn provision_token(
         .get_opt(&names.kcp_secret)
         .await
         .map_err(|error| Error::service("reading the agent's kcp Secret", error))?;
+    if let Some(existing) = &existing {
+        refuse_foreign::<Secret>(&existing.metadata, names)?;
+    }
     let now = Timestamp::now();
     if let Some(renew_at) = credentials::renewal_time(
         existing.as_ref(),
@@ -538,45 +583,50 @@ async fn provision_cluster(
     let ns = names.namespace.as_str();
     let err = |what: &'static str| move |error| Error::service(what, error);
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    apply(
+    apply_ours(
         &accounts,
         &names.agent_workload,
         &cluster::service_account(offering, names),
+        names,
+        "applying the agent's ServiceAccount",
     )
-    .await
-    .map_err(err("applying the agent's ServiceAccount"))?;
+    .await?;
     let cluster_roles: Api<ClusterRole> = Api::all(client.clone());
-    apply(
+    apply_ours(
         &cluster_roles,
         &names.cluster_role,
         &cluster::cluster_role(names, synced, related),
+        names,
+        "applying the agent's ClusterRole",
     )
-    .await
-    .map_err(err("applying the agent's ClusterRole"))?;
+    .await?;
     let cluster_bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
-    apply(
+    apply_ours(
         &cluster_bindings,
         &names.cluster_role,
         &cluster::cluster_role_binding(names),
+        names,
+        "applying the agent's ClusterRoleBinding",
     )
-    .await
-    .map_err(err("applying the agent's ClusterRoleBinding"))?;
+    .await?;
     let roles: Api<Role> = Api::namespaced(client.clone(), ns);
-    apply(
+    apply_ours(
         &roles,
         &names.agent_workload,
         &cluster::role(offering, names),
+        names,
+        "applying the agent's Role",
     )
-    .await
-    .map_err(err("applying the agent's Role"))?;
+    .await?;
     let role_bindings: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
-    apply(
+    apply_ours(
         &role_bindings,
         &names.agent_workload,
         &cluster::role_binding(offering, names),
+        names,
+        "applying the agent's RoleBinding",
     )
-    .await
-    .map_err(err("applying the agent's RoleBinding"))?;
+    .await?;
 
     let published_api: Api<PublishedResource> = Api::all(client.clone());
     let desired = cluster::published_resources(offering, names);
@@ -584,9 +634,14 @@ async fn provision_cluster(
     for resource in &desired {
         let name = resource.name_any();
         published.push(
-            apply(&published_api, &name, resource)
-                .await
-                .map_err(err("applying a PublishedResource"))?,
+            apply_ours(
+                &published_api,
+                &name,
+                resource,
+                names,
+                "applying a PublishedResource",
+            )
+            .await?,
         );
     }
     let wanted: BTreeSet<String> = desired.iter().map(|r| r.name_any()).collect();
@@ -605,21 +660,23 @@ async fn provision_cluster(
     }
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let deployment = apply(
+    let deployment = apply_ours(
         &deployments,
         &names.agent_workload,
         &cluster::deployment(offering, names, image, kubeconfig),
+        names,
+        "applying the agent's Deployment",
     )
-    .await
-    .map_err(err("applying the agent's Deployment"))?;
+    .await?;
     let services: Api<Service> = Api::namespaced(client.clone(), ns);
-    apply(
+    apply_ours(
         &services,
         &names.metrics_service,
         &cluster::metrics_service(offering, names),
+        names,
+        "applying the agent's metrics Service",
     )
-    .await
-    .map_err(err("applying the agent's metrics Service"))?;
+    .await?;
     Ok((published, deployment))
 }
 

@@ -313,6 +313,7 @@ fn part_of(error: &Error) -> Option<&'static str> {
         Error::TokenRequestFailed(_) => Some(CREDENTIALS_READY),
         Error::InvalidSpec(_)
         | Error::AgentNameConflict(_)
+        | Error::ObjectConflict(_)
         | Error::ServiceCluster(_)
         | Error::Deleting(_) => None,
     }
