@@ -1,19 +1,20 @@
 //! Lease-based leader election with client-go's semantics, so that replicas
 //! of this project and of Go controllers (upstream api-syncagent) can share a
 //! Lease: a holder's claim is valid for the Lease's duration after a standby
-//! last saw it change (local clocks only, no trust in the holder's clock);
-//! every write carries the resourceVersion it read, so two replicas never
-//! both succeed; a leader that cannot renew within the renew deadline steps
-//! down before its claim runs out; a released Lease (empty holder) is taken
-//! at a standby's next retry.
+//! last saw its record change (local clocks only, no trust in the holder's
+//! clock); every write carries the resourceVersion it read, so two replicas
+//! never both succeed; a leader that cannot renew within the renew deadline,
+//! counted from the start of its last successful attempt, steps down before
+//! its claim runs out anywhere; a released Lease (empty holder) is taken at a
+//! standby's next retry. Every request is bounded in time.
 
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
+use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};
-use kube::{Client, ResourceExt};
 use prometheus::IntGauge;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -46,12 +47,23 @@ pub enum TermEnd {
     Lost,
 }
 
-/// What this replica last saw of the Lease, and when it changed.
+/// What this replica last saw of the Lease's record, and when it changed.
+/// Metadata writes (labels, annotations) do not count as a change.
 #[derive(Clone, Debug)]
 struct Observed {
     spec: LeaseSpec,
-    resource_version: Option<String>,
     changed_at: Instant,
+}
+
+/// How an attempt to take or renew the Lease ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Attempt {
+    /// This replica holds the Lease.
+    Leading,
+    /// Another replica's claim is valid.
+    HeldByAnother,
+    /// Someone wrote the Lease between our read and our write.
+    Conflict,
 }
 
 /// The Lease and this replica's view of it.
@@ -92,21 +104,30 @@ impl Leadership {
             observed: None,
         };
         info!(lease = %name, %namespace, "Waiting for leadership");
-        loop {
-            match lock.try_acquire_or_renew().await {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(error) => warn!(%error, lease = %name, "Leader election failed; retrying"),
+        let acquired_at = loop {
+            let started = Instant::now();
+            // Bounded, so that an API server that does not answer neither
+            // stalls the election nor keeps the process from stopping.
+            tokio::select! {
+                attempt = tokio::time::timeout(RENEW_DEADLINE, lock.try_acquire_or_renew()) => {
+                    match attempt {
+                        Ok(Ok(Attempt::Leading)) => break started,
+                        Ok(Ok(_)) => {}
+                        Ok(Err(error)) => warn!(%error, lease = %name, "Leader election failed; retrying"),
+                        Err(_) => warn!(lease = %name, "The API server did not answer in time; retrying"),
+                    }
+                }
+                _ = stopped.wait_for(|s| *s) => return None,
             }
             tokio::select! {
                 () = tokio::time::sleep(jittered(RETRY_PERIOD)) => {}
                 _ = stopped.wait_for(|s| *s) => return None,
             }
-        }
+        };
         info!(lease = %name, "Became the leader");
         status.set(1);
         let (leading_tx, leading) = watch::channel(true);
-        let renewing = tokio::spawn(renew(lock.clone(), leading_tx, status.clone()));
+        let renewing = tokio::spawn(renew(lock.clone(), acquired_at, leading_tx, status.clone()));
         Some(Self {
             lock,
             leading,
@@ -123,17 +144,25 @@ impl Leadership {
         }
     }
 
+    /// Resolves once this replica no longer leads.
+    pub async fn lost(&mut self) {
+        let _ = self.leading.wait_for(|l| !*l).await;
+    }
+
     /// Stops renewing and gives the Lease up, if this replica still holds
     /// it, so that a standby takes over at its next retry.
     pub async fn release(mut self) {
         self.renewing.abort();
         let _ = (&mut self.renewing).await;
         self.status.set(0);
-        match self.lock.release().await {
-            Ok(true) => info!("Released the Lease"),
-            Ok(false) => debug!("The Lease was no longer ours to release"),
-            Err(error) => {
+        match tokio::time::timeout(RENEW_DEADLINE, self.lock.release()).await {
+            Ok(Ok(true)) => info!("Released the Lease"),
+            Ok(Ok(false)) => debug!("The Lease was no longer ours to release"),
+            Ok(Err(error)) => {
                 warn!(%error, "Releasing the Lease failed; a standby takes over once it expires")
+            }
+            Err(_) => {
+                warn!("The API server did not answer; a standby takes over once the Lease expires")
             }
         }
     }
@@ -141,38 +170,45 @@ impl Leadership {
 
 /// Renews every [`RETRY_PERIOD`] while the Lease is ours; says `false` on
 /// `leading` when another replica holds it or no renewal succeeded within
-/// [`RENEW_DEADLINE`].
-async fn renew(mut lock: Lock, leading: watch::Sender<bool>, status: IntGauge) {
-    let mut renewed_at = Instant::now();
+/// [`RENEW_DEADLINE`] of the start of the last attempt that did (a standby
+/// counts from when it saw that write, which is later).
+async fn renew(
+    mut lock: Lock,
+    acquired_at: Instant,
+    leading: watch::Sender<bool>,
+    status: IntGauge,
+) {
+    let mut renewed_at = acquired_at;
+    let name = lock.name.clone();
+    let stepped_down = |why: &str| {
+        warn!(lease = %name, "{why}; stepping down");
+        status.set(0);
+        let _ = leading.send(false);
+    };
     loop {
         tokio::time::sleep(RETRY_PERIOD).await;
         let deadline = renewed_at + RENEW_DEADLINE;
-        let outcome = tokio::time::timeout_at(deadline, lock.try_acquire_or_renew()).await;
-        match outcome {
-            Ok(Ok(true)) => renewed_at = Instant::now(),
-            Ok(Ok(false)) => {
-                warn!(lease = %lock.name, "Another replica holds the Lease");
-                status.set(0);
-                let _ = leading.send(false);
-                return;
+        let started = Instant::now();
+        match tokio::time::timeout_at(deadline, lock.try_acquire_or_renew()).await {
+            Ok(Ok(Attempt::Leading)) => renewed_at = started,
+            Ok(Ok(Attempt::HeldByAnother)) => {
+                return stepped_down("Another replica holds the Lease");
+            }
+            Ok(Ok(Attempt::Conflict)) if Instant::now() + RETRY_PERIOD < deadline => {
+                debug!(lease = %name, "The Lease changed while renewing; retrying");
             }
             Ok(Err(error)) if Instant::now() + RETRY_PERIOD < deadline => {
-                warn!(%error, lease = %lock.name, "Renewing the Lease failed; retrying");
+                warn!(%error, lease = %name, "Renewing the Lease failed; retrying");
             }
-            Ok(Err(_)) | Err(_) => {
-                warn!(lease = %lock.name, "The Lease was not renewed in time; stepping down");
-                status.set(0);
-                let _ = leading.send(false);
-                return;
-            }
+            Ok(_) | Err(_) => return stepped_down("The Lease was not renewed in time"),
         }
     }
 }
 
 impl Lock {
     /// Takes or renews the Lease when it is free, ours, or its holder's
-    /// claim ran out; `false` when another replica holds it or won a race.
-    async fn try_acquire_or_renew(&mut self) -> kube::Result<bool> {
+    /// claim ran out.
+    async fn try_acquire_or_renew(&mut self) -> kube::Result<Attempt> {
         let now = Timestamp::now();
         let Some(current) = self.leases.get_opt(&self.name).await? else {
             let lease = Lease {
@@ -185,15 +221,9 @@ impl Lock {
             return self.write(self.leases.create(&self.write_params, &lease).await);
         };
         let spec = current.spec.clone().unwrap_or_default();
-        let resource_version = current.resource_version();
-        let seen_before = self
-            .observed
-            .as_ref()
-            .is_some_and(|o| o.resource_version == resource_version);
-        if !seen_before {
+        if self.observed.as_ref().is_none_or(|o| o.spec != spec) {
             self.observed = Some(Observed {
                 spec: spec.clone(),
-                resource_version,
                 changed_at: Instant::now(),
             });
         }
@@ -203,7 +233,7 @@ impl Lock {
             &self.identity,
             observed.changed_at.elapsed(),
         ) {
-            return Ok(false);
+            return Ok(Attempt::HeldByAnother);
         }
         let mut lease = current;
         lease.spec = Some(claim(Some(&spec), &self.identity, now));
@@ -214,19 +244,17 @@ impl Lock {
         self.write(written)
     }
 
-    /// Records a successful write; a conflict means another replica wrote
-    /// first.
-    fn write(&mut self, written: kube::Result<Lease>) -> kube::Result<bool> {
+    /// Records a successful write; a conflict means someone wrote first.
+    fn write(&mut self, written: kube::Result<Lease>) -> kube::Result<Attempt> {
         match written {
             Ok(lease) => {
                 self.observed = Some(Observed {
                     spec: lease.spec.clone().unwrap_or_default(),
-                    resource_version: lease.resource_version(),
                     changed_at: Instant::now(),
                 });
-                Ok(true)
+                Ok(Attempt::Leading)
             }
-            Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(Attempt::Conflict),
             Err(error) => Err(error),
         }
     }
@@ -245,7 +273,7 @@ impl Lock {
             .leases
             .replace(&self.name, &self.write_params, &lease)
             .await;
-        self.write(written)
+        Ok(self.write(written)? == Attempt::Leading)
     }
 }
 
@@ -264,9 +292,18 @@ fn held_by_another(spec: &LeaseSpec, identity: &str, since: Duration) -> bool {
 }
 
 /// The Lease spec by which `identity` takes or renews the Lease whose spec
-/// was `previous`.
+/// was `previous` (`None`: the Lease is new).
 fn claim(previous: Option<&LeaseSpec>, identity: &str, now: Timestamp) -> LeaseSpec {
-    let previous = previous.cloned().unwrap_or_default();
+    let Some(previous) = previous else {
+        return LeaseSpec {
+            holder_identity: Some(identity.to_string()),
+            lease_duration_seconds: Some(LEASE_DURATION.as_secs() as i32),
+            acquire_time: Some(MicroTime(now)),
+            renew_time: Some(MicroTime(now)),
+            lease_transitions: Some(0),
+            ..LeaseSpec::default()
+        };
+    };
     let renewing = previous.holder_identity.as_deref() == Some(identity);
     let transitions = previous.lease_transitions.unwrap_or(0);
     LeaseSpec {
@@ -278,12 +315,12 @@ fn claim(previous: Option<&LeaseSpec>, identity: &str, now: Timestamp) -> LeaseS
             Some(MicroTime(now))
         },
         renew_time: Some(MicroTime(now)),
-        lease_transitions: Some(if renewing || previous.holder_identity.is_none() {
+        lease_transitions: Some(if renewing {
             transitions
         } else {
             transitions + 1
         }),
-        ..previous
+        ..previous.clone()
     }
 }
 
@@ -347,6 +384,8 @@ mod tests {
 
         let fresh = claim(None, "a", now);
         assert_eq!(fresh.lease_transitions, Some(0));
+        let unheld = claim(Some(&LeaseSpec::default()), "a", now);
+        assert_eq!(unheld.lease_transitions, Some(1));
     }
 
     #[test]

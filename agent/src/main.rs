@@ -117,12 +117,17 @@ async fn run(options: Options, stopped: watch::Receiver<bool>) -> anyhow::Result
 
     match lease {
         Some(mut leadership) => {
-            let end = leadership.term(stopped.clone()).await;
+            let mut end = leadership.term(stopped.clone()).await;
+            if end == TermEnd::Stopped {
+                // Drain, unless the Lease is lost meanwhile.
+                tokio::select! {
+                    () = process::drain(&mut controllers) => {}
+                    () = leadership.lost() => end = TermEnd::Lost,
+                }
+            }
             if end == TermEnd::Lost {
                 // Another replica may lead already: stop writing at once.
                 controllers.shutdown().await;
-            } else {
-                process::drain(&mut controllers).await;
             }
             leadership.release().await;
             if end == TermEnd::Lost {

@@ -66,11 +66,36 @@ async fn cleanup_kcp(
     names: &Names,
 ) -> Result<Option<String>, Error> {
     let path = offering.spec.kcp.workspace.as_str();
+    let left_in_kcp = || {
+        format!(
+            "the agent's ServiceAccount and ClusterRoles named syncagent:{} stay in {path}{} and must be removed by hand",
+            names.export,
+            if offering.spec.deletion_policy == DeletionPolicy::Delete {
+                format!(
+                    ", and so do the APIExport {} and the consumers' bindings",
+                    names.export
+                )
+            } else {
+                String::new()
+            }
+        )
+    };
+    if offering
+        .annotations()
+        .get(SKIP_KCP_CLEANUP_ANNOTATION)
+        .map(String::as_str)
+        == Some("true")
+    {
+        return Ok(Some(format!(
+            "as {SKIP_KCP_CLEANUP_ANNOTATION} asks, nothing is removed in kcp: {}",
+            left_in_kcp()
+        )));
+    }
     let provider = kcp.client(path)?;
     match kcp.logical_cluster(&provider, path).await {
         Ok(_) => {}
         // kcp refuses entry into a workspace that does not exist just as
-        // into one the operator may not enter: only its parent tells.
+        // into one the operator may not enter: only an ancestor tells.
         Err(Error::WorkspaceNotFound(why)) => {
             if workspace_is_gone(kcp, path).await {
                 return Ok(Some(format!(
@@ -83,27 +108,18 @@ async fn cleanup_kcp(
                     }
                 )));
             }
-            if offering
-                .annotations()
-                .get(SKIP_KCP_CLEANUP_ANNOTATION)
-                .map(String::as_str)
-                == Some("true")
+            let never_there = if offering
+                .status
+                .as_ref()
+                .and_then(|s| s.export.as_ref())
+                .is_none()
             {
-                return Ok(Some(format!(
-                    "{why}; as {SKIP_KCP_CLEANUP_ANNOTATION} asks, the agent's ServiceAccount and ClusterRoles named syncagent:{} stay there{} and must be removed by hand",
-                    names.export,
-                    if offering.spec.deletion_policy == DeletionPolicy::Delete {
-                        format!(
-                            ", and so do the APIExport {} and the consumers' bindings",
-                            names.export
-                        )
-                    } else {
-                        String::new()
-                    }
-                )));
-            }
+                " (if the offering never got there, say the path was mistyped, nothing is left behind)"
+            } else {
+                ""
+            };
             return Err(Error::KcpForbidden(format!(
-                "{why}, so the offering's objects there cannot be removed; fix the operator's kcp credentials, or annotate the offering {SKIP_KCP_CLEANUP_ANNOTATION}=true to delete it and leave them"
+                "{why}, so the offering's objects there cannot be removed; fix the operator's kcp credentials, or annotate the offering {SKIP_KCP_CLEANUP_ANNOTATION}=true to delete it and leave them{never_there}"
             )));
         }
         Err(error) => return Err(error),
@@ -179,16 +195,29 @@ async fn agent_is_available(client: &Client, names: &Names) -> bool {
         .is_some_and(|n| n > 0)
 }
 
-/// Whether the workspace at `path` is gone: its parent, if the operator may
-/// read it, has no such child.
+/// Whether the workspace at `path` is gone: the nearest ancestor the
+/// operator may read has no child on the way to it (deleting a workspace
+/// deletes the ones below it too).
 async fn workspace_is_gone(kcp: &Kcp, path: &str) -> bool {
-    let Some((parent, name)) = path.rsplit_once(':') else {
-        return false;
-    };
-    let Ok(parent) = kcp.client(parent) else {
-        return false;
-    };
-    matches!(Api::<Workspace>::all(parent).get_opt(name).await, Ok(None))
+    let mut child = path;
+    while let Some((parent, name)) = child.rsplit_once(':') {
+        let Ok(client) = kcp.client(parent) else {
+            return false;
+        };
+        match Api::<Workspace>::all(client).get(name).await {
+            Ok(_) => return false,
+            // A 404 for this very Workspace, not one for an API not served.
+            Err(kube::Error::Api(status)) if status.code == 404 => {
+                return status
+                    .details
+                    .as_ref()
+                    .is_some_and(|d| d.kind == "workspaces" && d.name == name);
+            }
+            Err(kube::Error::Api(status)) if status.code == 403 => child = parent,
+            Err(_) => return false,
+        }
+    }
+    false
 }
 
 /// Deletes the export's schemas that no other export in the workspace

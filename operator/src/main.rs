@@ -232,13 +232,19 @@ async fn run(options: RunOptions) -> anyhow::Result<()> {
     ));
     match leadership {
         Some(mut leadership) => {
-            let end = leadership.term(stopped.clone()).await;
+            let mut end = leadership.term(stopped.clone()).await;
+            let mut finished = false;
+            if end == TermEnd::Stopped {
+                // Let the controller finish, unless the Lease is lost meanwhile.
+                tokio::select! {
+                    done = tokio::time::timeout(Duration::from_secs(20), &mut controller) => {
+                        finished = done.is_ok();
+                    }
+                    () = leadership.lost() => end = TermEnd::Lost,
+                }
+            }
             // The Lease is released only once the controller has stopped.
-            if end == TermEnd::Lost
-                || tokio::time::timeout(Duration::from_secs(20), &mut controller)
-                    .await
-                    .is_err()
-            {
+            if !finished {
                 controller.abort();
                 let _ = controller.await;
             }

@@ -139,7 +139,7 @@ pub fn agent(deployment: &Deployment) -> Verdict {
             .flatten()
             .find(|c| observed && c.type_ == type_ && c.status == state)
     };
-    if spec.paused == Some(true) && pending {
+    if spec.paused == Some(true) && observed && pending {
         return Verdict::failed(
             "AgentRolloutPaused",
             format!(
