@@ -135,6 +135,25 @@ impl OfferingScene {
         waited.with_context(|| format!("operator log: {}", self.operator.process.log_tail()))
     }
 
+    /// Deletes the offering `name` and waits until its finalizer let it go.
+    pub async fn delete_and_wait(&self, name: &str) -> anyhow::Result<()> {
+        let offerings = self.offerings();
+        offerings
+            .delete(name, &Default::default())
+            .await
+            .with_context(|| format!("deleting offering {name}"))?;
+        let gone = poll_until(
+            &format!("offering {name} to be deleted"),
+            TIMEOUT,
+            async || match offerings.get_opt(name).await.map_err(|e| e.to_string())? {
+                None => Ok(()),
+                Some(o) => Err(format!("still there: {:?}", o.status.map(|s| s.conditions))),
+            },
+        )
+        .await;
+        gone.with_context(|| format!("operator log: {}", self.operator.process.log_tail()))
+    }
+
     /// Waits for a Warning event with `reason` on the offering `name`.
     pub async fn wait_for_warning(&self, name: &str, reason: &str) -> anyhow::Result<Event> {
         let events: Api<Event> =

@@ -6,9 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use e2e::offering::{OfferingScene, TIMEOUT};
+use e2e::offering::OfferingScene;
 use e2e::pod::Pod;
-use e2e::poll::poll_until;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::discovery::{Discovery, Scope};
 use kube::{Client, ResourceExt};
@@ -251,27 +250,12 @@ async fn the_charts_service_account_is_enough_to_make_an_offering_ready() {
         .wait_for_warning("broken", "KcpSecretMissing")
         .await
         .expect("a Warning event with the chart's RBAC");
-    let offerings = scene.offerings();
-    offerings
-        .delete("broken", &Default::default())
+    scene
+        .delete_and_wait("broken")
         .await
-        .expect("delete broken");
-    offerings
-        .delete("widgets", &Default::default())
+        .expect("a broken offering goes when deleted");
+    scene
+        .delete_and_wait("widgets")
         .await
-        .expect("delete");
-    poll_until(
-        "the offering's cleanup with the chart's RBAC",
-        TIMEOUT,
-        async || match offerings
-            .get_opt("widgets")
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            None => Ok(()),
-            Some(o) => Err(format!("still there: {:?}", o.status.map(|s| s.conditions))),
-        },
-    )
-    .await
-    .expect("cleaned up");
+        .expect("the offering's cleanup with the chart's RBAC");
 }

@@ -656,19 +656,16 @@ async fn deletion_keeps_or_removes_kcp_objects_as_the_policy_says() {
     }
 }
 
-/// Waits until the offering `name` is gone.
-async fn wait_until_deleted(scene: &OfferingScene, name: &str) {
-    let offerings = scene.offerings();
-    poll_until(
-        &format!("offering {name} to be deleted"),
-        TIMEOUT,
-        async || match offerings.get_opt(name).await.map_err(|e| e.to_string())? {
-            None => Ok(()),
-            Some(o) => Err(format!("still there: {:?}", o.status.map(|s| s.conditions))),
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}\noperator log: {}", scene.operator.process.log_tail()));
+/// Deletes the offering `name`, waits until it is gone, and returns the
+/// note of the `KcpCleanupSkipped` Warning it left.
+async fn deleted_skipping_kcp(scene: &OfferingScene, name: &str) -> String {
+    scene.delete_and_wait(name).await.expect("deleted");
+    scene
+        .wait_for_warning(name, "KcpCleanupSkipped")
+        .await
+        .expect("a Warning event")
+        .note
+        .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -739,18 +736,8 @@ async fn deletion_waits_for_a_workspace_it_may_not_enter_and_not_for_one_that_is
         )
         .await
         .expect("annotate");
-    wait_until_deleted(&scene, "widgets").await;
-    let skipped = scene
-        .wait_for_warning("widgets", "KcpCleanupSkipped")
-        .await
-        .expect("a Warning event");
-    assert!(
-        skipped
-            .note
-            .unwrap_or_default()
-            .contains("must be removed by hand"),
-        "the event says what stays"
-    );
+    let note = deleted_skipping_kcp(&scene, "widgets").await;
+    assert!(note.contains("must be removed by hand"), "{note}");
     // As asked, what it had in kcp stays.
     Api::<ServiceAccount>::namespaced(scene.provider.kcp_client.clone(), "sync-agents")
         .get("sync-agent-widgets")
@@ -787,21 +774,6 @@ async fn deletion_waits_for_a_workspace_it_may_not_enter_and_not_for_one_that_is
     })
     .await
     .expect("workspace gone");
-    scene
-        .offerings()
-        .delete("orphan", &DeleteParams::default())
-        .await
-        .expect("delete");
-    wait_until_deleted(&scene, "orphan").await;
-    let skipped = scene
-        .wait_for_warning("orphan", "KcpCleanupSkipped")
-        .await
-        .expect("a Warning event");
-    assert!(
-        skipped
-            .note
-            .unwrap_or_default()
-            .contains("no longer exists"),
-        "the event says the workspace is gone"
-    );
+    let note = deleted_skipping_kcp(&scene, "orphan").await;
+    assert!(note.contains("no longer exists"), "{note}");
 }
