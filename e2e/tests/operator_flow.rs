@@ -128,6 +128,16 @@ async fn one_offering_provisions_everything_and_a_consumer_object_round_trips() 
     })
     .await
     .expect("secret");
+    // The metrics Service is the last service-cluster object a reconcile
+    // writes: once it is there, so is everything before it.
+    poll_until("the agent's metrics Service", TIMEOUT, async || {
+        Api::<Service>::namespaced(service.clone(), ns)
+            .get("widgets-sync-agent-metrics")
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .expect("metrics Service");
     let data = secret.data.clone().unwrap();
     let token = String::from_utf8(data["token"].0.clone()).unwrap();
     assert!(String::from_utf8_lossy(&data["kubeconfig"].0).contains("tokenFile"));
@@ -148,10 +158,6 @@ async fn one_offering_provisions_everything_and_a_consumer_object_round_trips() 
         .await
         .expect("PublishedResource");
     assert_eq!(published.spec.resource.kind, "Widget");
-    Api::<Service>::namespaced(service.clone(), ns)
-        .get("widgets-sync-agent-metrics")
-        .await
-        .expect("metrics Service");
     let deployment = Api::<Deployment>::namespaced(service.clone(), ns)
         .get("widgets-sync-agent")
         .await
