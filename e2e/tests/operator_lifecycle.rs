@@ -39,27 +39,29 @@ async fn agent_availability_follows_the_rollout(scene: &OfferingScene) {
         .expect("Deployment")
         .metadata
         .generation;
-    let report = |progressing: Value| {
-        json!({"status": {
+    // Writes the status of 3 updated replicas, 1 available, with `progressing`.
+    let report = async |progressing: Value| {
+        let status = json!({"status": {
             "observedGeneration": generation,
             "replicas": 3,
             "updatedReplicas": 3,
             "availableReplicas": 1,
             "conditions": [progressing],
-        }})
+        }});
+        deployments
+            .patch_status(
+                "widgets-sync-agent",
+                &PatchParams::default(),
+                &Patch::Merge(status),
+            )
+            .await
+            .expect("the Deployment's status");
     };
-    let stuck = report(json!({
+    report(json!({
         "type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
         "message": "ReplicaSet \"widgets-sync-agent-2\" has timed out progressing.",
-    }));
-    deployments
-        .patch_status(
-            "widgets-sync-agent",
-            &PatchParams::default(),
-            &Patch::Merge(stuck),
-        )
-        .await
-        .expect("a stuck rollout");
+    }))
+    .await;
     let offering = scene
         .wait_for_condition("widgets", "Ready", "False", "AgentRolloutStuck")
         .await
@@ -75,17 +77,10 @@ async fn agent_availability_follows_the_rollout(scene: &OfferingScene) {
         .await
         .expect("a Warning event");
 
-    let done = report(json!({
+    report(json!({
         "type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
-    }));
-    deployments
-        .patch_status(
-            "widgets-sync-agent",
-            &PatchParams::default(),
-            &Patch::Merge(done),
-        )
-        .await
-        .expect("a finished rollout");
+    }))
+    .await;
     scene
         .wait_for_condition("widgets", "AgentAvailable", "True", "Available")
         .await

@@ -39,15 +39,29 @@ pub async fn cleanup(
     let skipped = match load_kcp(client, offering, settings).await {
         Ok(kcp) => cleanup_kcp(client, &kcp, offering, &names).await?,
         Err(error @ (Error::KcpSecretMissing(_) | Error::InvalidKcpKubeconfig(_))) => {
-            Some(format!(
-                "{error}; the agent's ServiceAccount and ClusterRoles named syncagent:{} stay in {} and must be removed by hand",
-                names.export, offering.spec.kcp.workspace
-            ))
+            Some(format!("{error}; {}", left_in_kcp(offering, &names)))
         }
         Err(error) => return Err(error),
     };
     cleanup_cluster(client, &names).await?;
     Ok(skipped)
+}
+
+/// What stays in kcp when its side of the cleanup is skipped.
+fn left_in_kcp(offering: &PublishedOffering, names: &Names) -> String {
+    format!(
+        "the agent's ServiceAccount and ClusterRoles named syncagent:{} stay in {}{} and must be removed by hand",
+        names.export,
+        offering.spec.kcp.workspace,
+        if offering.spec.deletion_policy == DeletionPolicy::Delete {
+            format!(
+                ", and so do the APIExport {} and the consumers' bindings",
+                names.export
+            )
+        } else {
+            String::new()
+        }
+    )
 }
 
 async fn load_kcp(
@@ -66,20 +80,6 @@ async fn cleanup_kcp(
     names: &Names,
 ) -> Result<Option<String>, Error> {
     let path = offering.spec.kcp.workspace.as_str();
-    let left_in_kcp = || {
-        format!(
-            "the agent's ServiceAccount and ClusterRoles named syncagent:{} stay in {path}{} and must be removed by hand",
-            names.export,
-            if offering.spec.deletion_policy == DeletionPolicy::Delete {
-                format!(
-                    ", and so do the APIExport {} and the consumers' bindings",
-                    names.export
-                )
-            } else {
-                String::new()
-            }
-        )
-    };
     if offering
         .annotations()
         .get(SKIP_KCP_CLEANUP_ANNOTATION)
@@ -88,7 +88,7 @@ async fn cleanup_kcp(
     {
         return Ok(Some(format!(
             "as {SKIP_KCP_CLEANUP_ANNOTATION} asks, nothing is removed in kcp: {}",
-            left_in_kcp()
+            left_in_kcp(offering, names)
         )));
     }
     let provider = kcp.client(path)?;
