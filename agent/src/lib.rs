@@ -5,8 +5,8 @@
 //! `PublishedResource` CRD and the kcp types both crates read and write.
 
 pub mod api;
+pub mod context;
 pub mod controller;
-pub mod dns;
 pub mod http;
 pub mod kcp;
 pub mod leader;

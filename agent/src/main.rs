@@ -6,7 +6,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use std::sync::Arc;
 use std::time::Duration;
-use sync_agent::controller::{self, Context};
+use sync_agent::context::{self, Context};
+use sync_agent::controller;
 use sync_agent::http::{self, Health};
 use sync_agent::kcp::{KcpTarget, workspace_of};
 use sync_agent::leader::{Leadership, TermEnd};
@@ -81,7 +82,7 @@ async fn run(options: Options, stopped: watch::Receiver<bool>) -> anyhow::Result
             &options.namespace,
             &lease_name,
             &identity,
-            controller::FIELD_MANAGER,
+            context::FIELD_MANAGER,
             metrics.leader_status(&lease_name),
             stopped.clone(),
         )

@@ -172,7 +172,7 @@ impl Options {
             return Err(OptionsError::Empty("--apiexportendpointslice-ref"));
         }
         let name = self.agent_name();
-        if !crate::dns::is_dns1035_label(&name) {
+        if !crate::api::dns::is_dns1035_label(&name) {
             return Err(OptionsError::AgentName(name));
         }
         self.metrics_address()?;

@@ -14,7 +14,8 @@ use kube::api::{
 };
 use kube::core::GroupVersionKind;
 use serde_json::json;
-use sync_agent::sync::identity::{self, sha1_hex};
+use sync_agent::api::hash::sha1_hex;
+use sync_agent::sync::identity;
 use sync_agent::sync::naming::sha3_hex;
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use sync_agent::sync::identity::sha1_hex;
+use sync_agent::api::hash::sha1_hex;
 
 use crate::api::PublishedOffering;
 
@@ -69,18 +69,6 @@ pub struct Names {
     pub metrics_service: String,
     /// ClusterRole and ClusterRoleBinding of the agent on the service cluster.
     pub cluster_role: String,
-}
-
-/// Whether `name` is a DNS-1035 label, as Service names must be.
-pub fn is_dns1035_label(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= LABEL_MAX
-        && bytes[0].is_ascii_lowercase()
-        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
 }
 
 impl Names {
@@ -250,23 +238,6 @@ mod tests {
         assert!(long.metrics_service.len() <= LABEL_MAX);
         assert!(long.metrics_service.ends_with("-sync-agent-metrics"));
         assert!(long.agent_workload.ends_with("-sync-agent"));
-    }
-
-    #[test]
-    fn only_dns1035_labels_can_name_a_service() {
-        for good in ["databases", "db-2", "a"] {
-            assert!(is_dns1035_label(good), "{good}");
-        }
-        for bad in [
-            "",
-            "2fast",
-            "db.example",
-            "db-",
-            "Databases",
-            &"x".repeat(64),
-        ] {
-            assert!(!is_dns1035_label(bad), "{bad}");
-        }
     }
 
     #[test]

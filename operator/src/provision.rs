@@ -17,7 +17,6 @@ use sync_agent::api::kcp::apis_v1alpha1::APIExportEndpointSlice;
 use sync_agent::api::kcp::apis_v1alpha2::APIExport;
 use sync_agent::api::kcp::core_v1alpha1::LogicalCluster;
 use sync_agent::api::published_resource::PublishedResource;
-use sync_agent::sync::related::service_group_resource;
 use tracing::info;
 
 use crate::api::{ExportStatus, PublishedOffering};
@@ -226,7 +225,7 @@ pub fn kcp_secret_location(
 /// and unique resource names.
 pub fn validate(offering: &PublishedOffering) -> Result<(), Error> {
     let name = offering.name_any();
-    if !crate::names::is_dns1035_label(&name) {
+    if !sync_agent::api::dns::is_dns1035_label(&name) {
         return Err(Error::InvalidSpec(format!(
             "the offering's name {name:?} must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter) because its agent's metrics Service is named after it"
         )));
@@ -295,7 +294,7 @@ async fn resolve_kinds(
         .iter()
         .flat_map(|r| r.spec.related.iter().flatten())
         .map(|related| {
-            let (group, resource) = service_group_resource(related);
+            let (group, resource) = related.service_group_resource();
             GroupResource { group, resource }
         })
         .collect();
@@ -702,7 +701,8 @@ fn schema_states(
             let state = match failed {
                 Some(c) => SchemaState::Failed(c.reason.clone(), c.message.clone()),
                 None if conditions.iter().any(|c| {
-                    c.type_ == sync_agent::controller::schemas::CONDITION && c.status == "True"
+                    c.type_ == sync_agent::api::published_resource::SCHEMA_PUBLISHED_CONDITION
+                        && c.status == "True"
                 }) =>
                 {
                     SchemaState::Published

@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use sync_agent::controller::{condition, set_condition};
+use sync_agent::api::condition::{condition, set_condition};
 
 use crate::error::Error;
 

@@ -16,6 +16,11 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// Condition type on PublishedResources: the schema is published to kcp.
+pub const SCHEMA_PUBLISHED_CONDITION: &str = "SchemaPublished";
+/// Condition type on PublishedResources: the sync worker runs.
+pub const SYNCING_CONDITION: &str = "Syncing";
+
 /// Describes how an API type of the service cluster (usually defined by a
 /// CRD) is exposed in kcp workspaces: which versions, under which group,
 /// kind and scope, how synced objects are named, filtered and rewritten,
@@ -422,6 +427,60 @@ pub struct RelatedResourceObjectSelector {
     pub match_expressions: Option<Vec<LabelSelectorRequirement>>,
     /// How a found name becomes the name on the destination side.
     pub rewrite: RelatedResourceSelectorRewrite,
+}
+
+/// A (group, version, resource) triple.
+pub type Gvr = (String, String, String);
+
+impl RelatedResourceSpec {
+    /// Origin and destination (group, version, resource): `kind` (the legacy
+    /// field) or `group`/`version`/`resource` on the origin side, with the
+    /// projection's non-empty fields replacing them on the destination side.
+    pub fn gvrs(&self) -> (Gvr, Gvr) {
+        let origin = match self.kind {
+            Some(RelatedResourceKind::ConfigMap) => {
+                (String::new(), "v1".into(), "configmaps".into())
+            }
+            Some(RelatedResourceKind::Secret) => (String::new(), "v1".into(), "secrets".into()),
+            None => (
+                self.group.clone().unwrap_or_default(),
+                self.version.clone().unwrap_or_default(),
+                self.resource.clone().unwrap_or_default(),
+            ),
+        };
+        let projection = self.projection.clone().unwrap_or_default();
+        let pick = |over: Option<String>, base: &String| {
+            over.filter(|v| !v.is_empty())
+                .unwrap_or_else(|| base.clone())
+        };
+        let destination = (
+            pick(projection.group, &origin.0),
+            pick(projection.version, &origin.1),
+            pick(projection.resource, &origin.2),
+        );
+        (origin, destination)
+    }
+
+    /// The (group, resource) on the service cluster: the origin for
+    /// `origin: service`, the destination for `origin: kcp`.
+    pub fn service_group_resource(&self) -> (String, String) {
+        self.group_resource_on(RelatedResourceOrigin::Service)
+    }
+
+    /// The (group, resource) in the consumer's workspace.
+    pub fn kcp_group_resource(&self) -> (String, String) {
+        self.group_resource_on(RelatedResourceOrigin::Kcp)
+    }
+
+    fn group_resource_on(&self, side: RelatedResourceOrigin) -> (String, String) {
+        let (origin, destination) = self.gvrs();
+        let (group, _, resource) = if self.origin == side {
+            origin
+        } else {
+            destination
+        };
+        (group, resource)
+    }
 }
 
 impl RelatedResourceObjectSelector {

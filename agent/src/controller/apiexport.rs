@@ -23,11 +23,9 @@ use kube_runtime::reflector::{self, Store};
 use kube_runtime::{WatchStreamExt, watcher};
 use tracing::{debug, info, instrument, warn};
 
-use super::{Context, FIELD_MANAGER};
 use crate::api::kcp::apis_v1alpha2::{APIExport, APIExportSpec, PermissionClaim, ResourceSchema};
-use crate::api::published_resource::{
-    PublishedResource, RelatedResourceKind, RelatedResourceOrigin, RelatedResourceSpec,
-};
+use crate::api::published_resource::PublishedResource;
+use crate::context::{Context, FIELD_MANAGER};
 use crate::metrics::ReconcileResult;
 use crate::schema::{AGENT_NAME_KEY, parse_schema_name};
 
@@ -183,7 +181,7 @@ pub fn required_claims(
             ));
         }
         for related in related {
-            let (group, resource) = kcp_side_group_resource(related);
+            let (group, resource) = related.kcp_group_resource();
             if !served.contains(&(group.clone(), resource.clone())) {
                 claims.insert((
                     group,
@@ -194,33 +192,6 @@ pub fn required_claims(
         }
     }
     claims
-}
-
-/// The group and resource of a related object on the kcp side.
-fn kcp_side_group_resource(related: &RelatedResourceSpec) -> (String, String) {
-    let (group, resource) = match related.kind {
-        Some(RelatedResourceKind::ConfigMap) => (String::new(), "configmaps".to_string()),
-        Some(RelatedResourceKind::Secret) => (String::new(), "secrets".to_string()),
-        None => (
-            related.group.clone().unwrap_or_default(),
-            related.resource.clone().unwrap_or_default(),
-        ),
-    };
-    match (related.origin, &related.projection) {
-        (RelatedResourceOrigin::Service, Some(projection)) => (
-            projection
-                .group
-                .clone()
-                .filter(|g| !g.is_empty())
-                .unwrap_or(group),
-            projection
-                .resource
-                .clone()
-                .filter(|r| !r.is_empty())
-                .unwrap_or(resource),
-        ),
-        _ => (group, resource),
-    }
 }
 
 /// Runs the controller until `shutdown` resolves.

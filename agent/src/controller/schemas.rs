@@ -21,17 +21,16 @@ use kube_runtime::watcher;
 use serde_json::json;
 use tracing::{info, instrument, warn};
 
-use super::{Context, condition, set_condition};
+use crate::api::condition::{condition, set_condition};
 use crate::api::kcp::apis_v1alpha1::APIResourceSchema;
-use crate::api::published_resource::PublishedResource;
+use crate::api::published_resource::{PublishedResource, SCHEMA_PUBLISHED_CONDITION};
+use crate::context::Context;
 use crate::metrics::ReconcileResult;
 use crate::schema::{self, ProjectionError};
 use crate::source::{self, SourceError};
 
 /// Name of the controller in metrics and `--disabled-controllers`.
 pub const NAME: &str = "apiresourceschema";
-/// Condition type on PublishedResources.
-pub const CONDITION: &str = "SchemaPublished";
 
 /// Why a schema could not be published.
 #[derive(Debug, thiserror::Error)]
@@ -128,7 +127,7 @@ async fn reconcile(pr: Arc<PublishedResource>, ctx: Arc<Context>) -> Result<Acti
                 &ctx,
                 Some(name),
                 condition(
-                    CONDITION,
+                    SCHEMA_PUBLISHED_CONDITION,
                     true,
                     "Published",
                     format!("published as APIResourceSchema {name}"),
@@ -145,7 +144,7 @@ async fn reconcile(pr: Arc<PublishedResource>, ctx: Arc<Context>) -> Result<Acti
                 &ctx,
                 None,
                 condition(
-                    CONDITION,
+                    SCHEMA_PUBLISHED_CONDITION,
                     false,
                     error.reason(),
                     error.to_string(),

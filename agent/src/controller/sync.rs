@@ -20,13 +20,15 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use super::Context;
+use crate::api::condition::{condition, set_condition};
 use crate::api::kcp::apis_v1alpha1::APIExportEndpointSlice;
-use crate::api::published_resource::{PublishedResource, ResourceFilter};
+use crate::api::published_resource::{PublishedResource, ResourceFilter, SYNCING_CONDITION};
+use crate::context::Context;
 use crate::mutation::Mutator;
 use crate::schema;
 use crate::source;
-use crate::sync::worker::{self, WorkerConfig};
+use crate::sync::config::WorkerConfig;
+use crate::sync::worker;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 /// Name of the controller in `--disabled-controllers`.
@@ -285,9 +287,6 @@ async fn worker_config(
     Ok(config)
 }
 
-/// Condition type on PublishedResources for the sync worker.
-pub const CONDITION: &str = "Syncing";
-
 /// Records on the PublishedResource whether its objects are being synced and,
 /// if not, why (condition `Syncing`, and a Warning event on failures).
 async fn report(ctx: &Context, pr: &PublishedResource, outcome: Result<(), &ConfigError>) {
@@ -300,10 +299,10 @@ async fn report(ctx: &Context, pr: &PublishedResource, outcome: Result<(), &Conf
         .as_ref()
         .and_then(|s| s.conditions.clone())
         .unwrap_or_default();
-    let changed = super::set_condition(
+    let changed = set_condition(
         &mut conditions,
-        super::condition(
-            CONDITION,
+        condition(
+            SYNCING_CONDITION,
             ok,
             reason,
             message.clone(),

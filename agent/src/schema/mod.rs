@@ -18,11 +18,11 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 use kube::api::ObjectMeta;
 use sha1::{Digest, Sha1};
 
+use crate::api::dns;
 use crate::api::kcp::apis_v1alpha1::{
     APIResourceSchema, APIResourceSchemaSpec, APIResourceVersion, Conversion,
 };
 use crate::api::published_resource::{PublishedResourceSpec, ResourceScope};
-use crate::dns;
 pub use version::sort_versions;
 
 /// Label and annotation naming the agent that owns an object.

@@ -13,7 +13,7 @@ use prometheus::IntCounter;
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use crate::controller::FIELD_MANAGER;
+use crate::context::FIELD_MANAGER;
 
 /// Events waiting to be written before new ones are dropped.
 pub const QUEUE: usize = 1000;

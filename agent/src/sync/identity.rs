@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::api::hash::sha1_hex;
 use kube::ResourceExt;
 use kube::api::DynamicObject;
-use sha1::{Digest, Sha1};
 
 /// Label: logical cluster name of the kcp object.
 pub const REMOTE_CLUSTER_LABEL: &str = "syncagent.kcp.io/remote-object-cluster";
@@ -42,14 +42,6 @@ impl Side {
             Side::Service => "service",
         }
     }
-}
-
-/// Hex SHA-1 of a string.
-pub fn sha1_hex(value: &str) -> String {
-    Sha1::digest(value.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// A kcp object's identity: workspace, namespace, name.
@@ -163,12 +155,6 @@ pub fn copy_labels(object: &DynamicObject) -> Option<BTreeMap<String, String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hashes_are_full_sha1_hex_as_upstream() {
-        // SHA-1("abc") is a published test vector.
-        assert_eq!(sha1_hex("abc"), "a9993e364706816aba3e25717850c26c9cd0d89d");
-    }
 
     #[test]
     fn labels_annotations_and_selector_of_a_namespaced_object() {

@@ -1,6 +1,8 @@
 //! Object sync between consumer workspaces and the service cluster.
 
+pub mod config;
 pub mod echo;
+pub mod error;
 pub mod events;
 pub mod identity;
 pub mod mirror;

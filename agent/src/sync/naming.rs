@@ -12,7 +12,7 @@ use handlebars::{
 use serde_json::{Value, json};
 use sha3::{Digest, Sha3_256};
 
-use super::identity::sha1_hex;
+use crate::api::hash::sha1_hex;
 
 /// Default template of local names.
 pub const DEFAULT_NAME: &str =

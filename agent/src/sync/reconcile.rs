@@ -14,15 +14,16 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tracing::{debug, info};
 
+use super::config::{CopyMirror, WorkerConfig};
+use super::error::SyncError;
 use super::events::EventSink;
 use super::identity::{AGENT_LABEL, FINALIZER, REMOTE_CLUSTER_LABEL, RemoteKey, Side};
 use super::mirror::Mirror;
-use super::naming::{self, DEFAULT_NAME, DEFAULT_NAMESPACE, NamingContext, NamingError};
+use super::naming::{self, DEFAULT_NAME, DEFAULT_NAMESPACE, NamingContext};
 use super::object::{Owner, finalizer_patch, new_local, update_patch};
 use super::related;
-use super::worker::{CopyMirror, WorkerConfig};
-use crate::controller::{Context, FIELD_MANAGER};
-use crate::dns;
+use crate::api::dns;
+use crate::context::{Context, FIELD_MANAGER};
 use crate::kcp::retarget_url;
 
 /// How often objects with unwatched related resources are looked at again.
@@ -32,68 +33,6 @@ const WATCHED_RELATED_RESYNC: Duration = Duration::from_secs(60);
 
 /// Requeue after a write, to confirm the result (as upstream).
 const AFTER_WRITE: Duration = Duration::from_secs(5);
-
-/// Why an object could not be synced.
-#[derive(Debug, thiserror::Error)]
-pub enum SyncError {
-    /// A request to kcp failed.
-    #[error("kcp: {0}")]
-    Kcp(#[source] kube::Error),
-    /// A request to the service cluster failed.
-    #[error("service cluster: {0}")]
-    Service(#[source] kube::Error),
-    /// The naming rules produced no valid name.
-    #[error(transparent)]
-    Naming(#[from] NamingError),
-    /// A rendered name is not a valid Kubernetes name.
-    #[error("naming rules produced {0:?}, which is not a valid {1}")]
-    InvalidName(String, &'static str),
-    /// An object could not be converted (a bug, or a malformed object).
-    #[error("malformed object: {0}")]
-    Malformed(String),
-    /// A mutation rule failed on this object.
-    #[error(transparent)]
-    Mutation(#[from] crate::mutation::MutationError),
-    /// The local name is used by the copy of another object.
-    #[error("the local name {0:?} belongs to the copy of another object; change the naming rules")]
-    NameTaken(String),
-    /// A related object cannot be synced.
-    #[error("related resources: {0}")]
-    Related(String),
-    /// The reconcile took too long (a request hung).
-    #[error("gave up after {0:?}")]
-    Timeout(Duration),
-    /// More than one local object claims to be the copy.
-    #[error("{0} local objects carry the identity of this object; remove the extra ones")]
-    Ambiguous(usize),
-}
-
-impl SyncError {
-    /// Whether a write was refused because it was based on an outdated
-    /// version; the watch event bringing the newer one wakes the object.
-    pub fn is_conflict(&self) -> bool {
-        matches!(self, SyncError::Kcp(kube::Error::Api(status))
-            | SyncError::Service(kube::Error::Api(status)) if status.code == 409)
-    }
-
-    /// Metric label.
-    pub fn reason(&self) -> &'static str {
-        if self.is_conflict() {
-            return "conflict";
-        }
-        match self {
-            SyncError::Kcp(_) => "kcp",
-            SyncError::Service(_) => "service_cluster",
-            SyncError::Naming(_) | SyncError::InvalidName(..) => "naming",
-            SyncError::Ambiguous(_) => "ambiguous",
-            SyncError::Malformed(_) => "malformed",
-            SyncError::Mutation(_) => "mutation",
-            SyncError::Timeout(_) => "timeout",
-            SyncError::Related(_) => "related",
-            SyncError::NameTaken(_) => "name_taken",
-        }
-    }
-}
 
 /// What a reconcile did and whether to come back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,13 +20,13 @@ use regex::Regex;
 use serde_json::{Map, Value, json};
 use tracing::{debug, info};
 
+use super::error::SyncError;
 use super::identity::Side;
 use super::naming;
 use super::object::{finalizer_patch, merge_diff};
-use super::reconcile::SyncError;
 use crate::api::published_resource::{
-    RelatedResourceKind, RelatedResourceObjectSelector, RelatedResourceObjectSpec,
-    RelatedResourceOrigin, RelatedResourceSpec,
+    RelatedResourceObjectSelector, RelatedResourceObjectSpec, RelatedResourceOrigin,
+    RelatedResourceSpec,
 };
 use crate::mutation::{get, split_path};
 
@@ -96,41 +96,6 @@ fn sides(spec: &RelatedResourceSpec) -> (Side, Side) {
     }
 }
 
-/// The (group, resource) of a related resource on the service cluster: its
-/// origin for `origin: service`, its destination for `origin: kcp`.
-pub fn service_group_resource(spec: &RelatedResourceSpec) -> (String, String) {
-    let (origin, destination) = gvrs(spec);
-    let (group, _, resource) = match spec.origin {
-        RelatedResourceOrigin::Service => origin,
-        RelatedResourceOrigin::Kcp => destination,
-    };
-    (group, resource)
-}
-
-/// Origin and destination (group, version, resource).
-fn gvrs(spec: &RelatedResourceSpec) -> ((String, String, String), (String, String, String)) {
-    let origin = match spec.kind {
-        Some(RelatedResourceKind::ConfigMap) => (String::new(), "v1".into(), "configmaps".into()),
-        Some(RelatedResourceKind::Secret) => (String::new(), "v1".into(), "secrets".into()),
-        None => (
-            spec.group.clone().unwrap_or_default(),
-            spec.version.clone().unwrap_or_default(),
-            spec.resource.clone().unwrap_or_default(),
-        ),
-    };
-    let projection = spec.projection.clone().unwrap_or_default();
-    let pick = |over: Option<String>, base: &String| {
-        over.filter(|v| !v.is_empty())
-            .unwrap_or_else(|| base.clone())
-    };
-    let destination = (
-        pick(projection.group, &origin.0),
-        pick(projection.version, &origin.1),
-        pick(projection.resource, &origin.2),
-    );
-    (origin, destination)
-}
-
 impl KindCache {
     async fn resolve(
         &self,
@@ -177,7 +142,7 @@ pub async fn origin_kind(
     spec: &RelatedResourceSpec,
 ) -> Result<ApiResource, SyncError> {
     let (origin, _) = sides(spec);
-    kinds.resolve(client, origin, &gvrs(spec).0).await
+    kinds.resolve(client, origin, &spec.gvrs().0).await
 }
 
 /// Values a locator yields on one side: reference (strings, arrays of
@@ -455,7 +420,7 @@ pub async fn sync(
     let mut missing = Vec::new();
     for spec in related {
         let (origin, destination) = sides(spec);
-        let (origin_gvr, destination_gvr) = gvrs(spec);
+        let (origin_gvr, destination_gvr) = spec.gvrs();
         let origin_kind = kinds
             .resolve(primaries.client(origin), origin, &origin_gvr)
             .await?;
@@ -494,7 +459,7 @@ pub async fn sync(
                     .map_err(side_error(origin))?;
             }
             if let Some(namespace) = &pair.destination_namespace {
-                ensure_namespace(primaries.client(destination), namespace)
+                crate::context::ensure_namespace(primaries.client(destination), namespace)
                     .await
                     .map_err(side_error(destination))?;
             }
@@ -602,7 +567,7 @@ pub async fn cleanup(
         if !(spec.cleanup == Some(true) || origin == Side::Kcp) {
             continue;
         }
-        let (origin_gvr, destination_gvr) = gvrs(spec);
+        let (origin_gvr, destination_gvr) = spec.gvrs();
         let origin_kind = kinds
             .resolve(primaries.client(origin), origin, &origin_gvr)
             .await?;
@@ -656,64 +621,17 @@ pub async fn cleanup(
     Ok(done)
 }
 
-/// Creates a namespace unless it exists.
-pub(crate) async fn ensure_namespace(client: &Client, name: &str) -> Result<(), kube::Error> {
-    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    if api.get_opt(name).await?.is_some() {
-        return Ok(());
-    }
-    let namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap_or_default();
-    match api.create(&PostParams::default(), &namespace).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
-        Err(error) => Err(error),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn the_service_side_of_a_related_resource_follows_its_origin() {
-        let from_kcp: RelatedResourceSpec = serde_json::from_value(json!({
-            "identifier": "creds", "origin": "kcp", "group": "", "version": "v1",
-            "resource": "configmaps", "projection": {"resource": "secrets"},
-            "object": {"reference": {"path": "spec.secretName"}}
-        }))
-        .unwrap();
-        assert_eq!(
-            service_group_resource(&from_kcp),
-            (String::new(), "secrets".into())
-        );
-        let from_service: RelatedResourceSpec = serde_json::from_value(json!({
-            "identifier": "creds", "origin": "service", "kind": "Secret",
-            "projection": {"resource": "configmaps"},
-            "object": {"reference": {"path": "spec.secretName"}}
-        }))
-        .unwrap();
-        assert_eq!(
-            service_group_resource(&from_service),
-            (String::new(), "secrets".into())
-        );
-    }
-
-    #[test]
-    fn legacy_kinds_and_projections_give_the_gvr_of_each_side() {
+    fn the_origin_is_the_source_side() {
         let spec: RelatedResourceSpec = serde_json::from_value(json!({
-            "identifier": "ca", "origin": "service", "version": "v1", "resource": "configmaps",
-            "projection": {"resource": "secrets"}, "object": {"reference": {"path": "spec.ca"}}
-        }))
-        .expect("spec");
-        let (origin, destination) = gvrs(&spec);
-        assert_eq!(origin, (String::new(), "v1".into(), "configmaps".into()));
-        assert_eq!(destination, (String::new(), "v1".into(), "secrets".into()));
-        let legacy: RelatedResourceSpec = serde_json::from_value(json!({
             "identifier": "c", "origin": "kcp", "kind": "Secret", "object": {"reference": {"path": "a"}}
         }))
         .expect("spec");
-        assert_eq!(gvrs(&legacy).0.2, "secrets");
-        assert_eq!(sides(&legacy), (Side::Kcp, Side::Service));
+        assert_eq!(sides(&spec), (Side::Kcp, Side::Service));
     }
 
     #[tokio::test]

@@ -8,25 +8,25 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kube::api::{Api, ApiResource, DynamicObject};
+use kube::api::{Api, DynamicObject};
 use kube::{Client, ResourceExt};
 use kube_runtime::watcher::Event;
 use kube_runtime::{WatchStreamExt, watcher};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{debug, info, warn};
 
+use super::config::{CopyMirror, WorkerConfig};
+use super::echo::Echoes;
+use super::error::SyncError;
 use super::events::EventSink;
 use super::identity::{AGENT_LABEL, RemoteKey, Side, copy_labels};
 use super::mirror::Mirror;
 use super::reconcile::{self, Target};
 use crate::api::kcp::CLUSTER_ANNOTATION;
-use crate::api::published_resource::{RelatedResourceOrigin, RelatedResourceSpec, ResourceNaming};
-use crate::controller::Context;
+use crate::api::published_resource::{RelatedResourceOrigin, RelatedResourceSpec};
+use crate::context::Context;
 use crate::kcp::retarget_url;
-use crate::mutation::Mutator;
-use crate::sync::echo::Echoes;
 use crate::sync::related;
-use crate::sync::related::KindCache;
 
 /// Objects reconciled at the same time by one worker.
 pub const CONCURRENCY: usize = 4;
@@ -36,43 +36,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest time one discovery request may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Everything a worker needs to know about its PublishedResource.
-#[derive(Debug, Clone)]
-pub struct WorkerConfig {
-    /// Name of the PublishedResource.
-    pub published_resource: String,
-    /// The kind as consumers see it in kcp (storage version).
-    pub remote: ApiResource,
-    /// Whether kcp objects live in namespaces.
-    pub remote_namespaced: bool,
-    /// The kind on the service cluster (storage version).
-    pub local: ApiResource,
-    /// Whether local copies live in namespaces.
-    pub local_namespaced: bool,
-    /// Whether the local kind has a status subresource to copy back.
-    pub local_status: bool,
-    /// Naming templates.
-    pub naming: ResourceNaming,
-    /// Label selector on kcp objects, if any.
-    pub resource_filter: Option<kube::core::Selector>,
-    /// Label selector on the namespaces of kcp objects, if any.
-    pub namespace_filter: Option<kube::core::Selector>,
-    /// Whether to record workspace paths (`enableWorkspacePaths`).
-    pub workspace_paths: bool,
-    /// Virtual workspace endpoints of the export.
-    pub endpoints: Vec<String>,
-    /// Rules applied to kcp objects before they are written locally.
-    pub spec_mutator: Arc<Mutator>,
-    /// Rules applied to local copies before their status goes to kcp.
-    pub status_mutator: Arc<Mutator>,
-    /// Related resources.
-    pub related: Vec<RelatedResourceSpec>,
-    /// Kinds of related resources, resolved once.
-    pub kinds: Arc<KindCache>,
-    /// Versions of the worker's own writes, whose watch events are dropped.
-    pub echoes: Arc<Echoes>,
-}
 
 /// Keys waiting, running, or due again, shared by a worker's tasks.
 #[derive(Default)]
@@ -109,9 +72,6 @@ impl Queue {
 }
 
 type Shared = Arc<Mutex<Queue>>;
-
-/// The local copies of a worker, found by their identification labels.
-pub type CopyMirror = Mirror<std::collections::BTreeMap<String, String>>;
 
 /// The object a watch event is about, unless it only marks a (re)list.
 fn touched(event: &Event<DynamicObject>) -> Option<&DynamicObject> {
@@ -316,7 +276,7 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
                 reconcile::reconcile(&ctx, &config, &target),
             )
             .await
-            .unwrap_or(Err(reconcile::SyncError::Timeout(RECONCILE_TIMEOUT)));
+            .unwrap_or(Err(SyncError::Timeout(RECONCILE_TIMEOUT)));
             let label = config.published_resource.as_str();
             let requeue = match result {
                 Ok(outcome) => {

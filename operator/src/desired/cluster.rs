@@ -18,8 +18,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 use kube::api::ObjectMeta;
+use sync_agent::api::hash::sha1_hex;
 use sync_agent::api::published_resource::PublishedResource;
-use sync_agent::sync::identity::sha1_hex;
 
 use crate::api::{AgentSettings, LogFormat, PublishedOffering};
 use crate::names::{AGENT_LABEL, KCP_MOUNT_PATH, KUBECONFIG_KEY, Names, OWNER_ANNOTATION};

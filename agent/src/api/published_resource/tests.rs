@@ -142,3 +142,52 @@ fn an_unknown_origin_is_rejected() {
         .expect_err("origin outside the enum must not parse");
     assert!(error.to_string().contains("elsewhere"), "{error}");
 }
+
+fn related(value: serde_json::Value) -> RelatedResourceSpec {
+    serde_json::from_value(value).expect("related resource spec")
+}
+
+#[test]
+fn legacy_kinds_and_projections_give_the_gvr_of_each_side() {
+    let spec = related(serde_json::json!({
+        "identifier": "ca", "origin": "service", "version": "v1", "resource": "configmaps",
+        "projection": {"resource": "secrets"}, "object": {"reference": {"path": "spec.ca"}}
+    }));
+    let (origin, destination) = spec.gvrs();
+    assert_eq!(origin, (String::new(), "v1".into(), "configmaps".into()));
+    assert_eq!(destination, (String::new(), "v1".into(), "secrets".into()));
+    let legacy = related(serde_json::json!({
+        "identifier": "c", "origin": "kcp", "kind": "Secret", "object": {"reference": {"path": "a"}}
+    }));
+    assert_eq!(legacy.gvrs().0.2, "secrets");
+}
+
+#[test]
+fn each_side_of_a_related_resource_follows_its_origin() {
+    let from_kcp = related(serde_json::json!({
+        "identifier": "creds", "origin": "kcp", "group": "", "version": "v1",
+        "resource": "configmaps", "projection": {"resource": "secrets"},
+        "object": {"reference": {"path": "spec.secretName"}}
+    }));
+    assert_eq!(
+        from_kcp.service_group_resource(),
+        (String::new(), "secrets".into())
+    );
+    assert_eq!(
+        from_kcp.kcp_group_resource(),
+        (String::new(), "configmaps".into())
+    );
+    let from_service = related(serde_json::json!({
+        "identifier": "creds", "origin": "service", "kind": "Secret",
+        "projection": {"group": "example.com", "resource": "credentials"},
+        "object": {"reference": {"path": "spec.secretName"}}
+    }));
+    assert_eq!(
+        from_service.service_group_resource(),
+        (String::new(), "secrets".into())
+    );
+    assert_eq!(
+        from_service.kcp_group_resource(),
+        ("example.com".into(), "credentials".into())
+    );
+}

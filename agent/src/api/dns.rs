@@ -31,7 +31,19 @@ mod tests {
         assert!(is_dns1123_label("a-1") && is_dns1123_label("1a"));
         assert!(!is_dns1123_label("A") && !is_dns1123_label("-a") && !is_dns1123_label("a-"));
         assert!(!is_dns1123_label(&"a".repeat(64)));
-        assert!(is_dns1035_label("agent-1") && !is_dns1035_label("1agent"));
+        for good in ["agent-1", "databases", "a"] {
+            assert!(is_dns1035_label(good), "{good}");
+        }
+        for bad in [
+            "",
+            "1agent",
+            "db.example",
+            "db-",
+            "Databases",
+            &"x".repeat(64),
+        ] {
+            assert!(!is_dns1035_label(bad), "{bad}");
+        }
         assert!(is_dns1123_subdomain("example.corp") && !is_dns1123_subdomain("Example.corp"));
         assert!(!is_dns1123_subdomain("a..b"));
     }

@@ -1,0 +1,127 @@
+//! What every controller of the agent shares: clients, recorders, metrics,
+//! the agent's identity and options, and the namespaces known to exist.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use kube::Client;
+use kube::api::{Api, PostParams};
+use kube_runtime::events::{Recorder, Reporter};
+use serde_json::json;
+
+use crate::kcp::KcpTarget;
+use crate::metrics::Metrics;
+use crate::options::Options;
+
+/// Field manager and event reporter of everything the agent writes.
+pub const FIELD_MANAGER: &str = "sync-agent";
+
+/// What every controller needs.
+#[derive(Clone)]
+pub struct Context {
+    /// Client of the service cluster.
+    pub service: Client,
+    /// Where the export lives in kcp.
+    pub kcp: KcpTarget,
+    /// The agent's name (ownership label value).
+    pub agent_name: String,
+    /// Label selector of the PublishedResources this agent handles.
+    pub selector: String,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Events on service-cluster objects.
+    pub service_events: Recorder,
+    /// Events on objects in the export's workspace.
+    pub kcp_events: Recorder,
+    /// Wait for other finalizers on kcp objects before deleting copies.
+    pub wait_for_foreign_finalizers: bool,
+    /// Finalizer on kcp-origin related objects: `syncagent.kcp.io/cleanup`,
+    /// or one per agent with `--per-agent-related-finalizer`.
+    pub related_finalizer: String,
+    /// Namespaces on the service cluster the agent knows to exist.
+    service_namespaces: Arc<Mutex<HashSet<String>>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("kcp", &self.kcp)
+            .field("agent_name", &self.agent_name)
+            .field("selector", &self.selector)
+            .finish()
+    }
+}
+
+impl Context {
+    /// Builds the shared context; `instance` names this replica in events.
+    pub fn new(
+        service: Client,
+        kcp: KcpTarget,
+        options: &Options,
+        metrics: Metrics,
+        instance: String,
+    ) -> Arc<Self> {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some(instance),
+        };
+        Arc::new(Self {
+            service_events: Recorder::new(service.clone(), reporter.clone()),
+            kcp_events: Recorder::new(kcp.export_client.clone(), reporter),
+            service,
+            kcp,
+            agent_name: options.agent_name(),
+            selector: options.published_resource_selector.clone(),
+            metrics,
+            wait_for_foreign_finalizers: options.wait_for_foreign_finalizers,
+            related_finalizer: options.related_finalizer(),
+            service_namespaces: Arc::default(),
+        })
+    }
+
+    fn known_namespaces(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.service_namespaces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes sure a namespace exists on the service cluster, asking the
+    /// server only the first time. A namespace deleted later is noticed
+    /// when a create in it fails (see [`Context::forget_service_namespace`]).
+    pub async fn ensure_service_namespace(&self, name: &str) -> Result<(), kube::Error> {
+        if self.known_namespaces().contains(name) {
+            return Ok(());
+        }
+        ensure_namespace(&self.service, name).await?;
+        self.known_namespaces().insert(name.to_string());
+        Ok(())
+    }
+
+    /// Forgets that a namespace exists, after a create in it found it gone.
+    pub fn forget_service_namespace(&self, name: &str) {
+        self.known_namespaces().remove(name);
+    }
+}
+
+/// Creates a namespace unless it exists, on either side.
+pub async fn ensure_namespace(client: &Client, name: &str) -> Result<(), kube::Error> {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    if api.get_opt(name).await?.is_some() {
+        return Ok(());
+    }
+    let namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap_or_default();
+    match api
+        .create(
+            &PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PostParams::default()
+            },
+            &namespace,
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(error) => Err(error),
+    }
+}
