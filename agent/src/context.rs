@@ -10,8 +10,8 @@ use kube_runtime::events::{Recorder, Reporter};
 use serde_json::json;
 
 use crate::kcp::KcpTarget;
-use crate::metrics::Metrics;
 use crate::options::Options;
+use crate::runtime::metrics::Metrics;
 
 /// Field manager and event reporter of everything the agent writes.
 pub const FIELD_MANAGER: &str = "sync-agent";

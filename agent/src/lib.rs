@@ -7,13 +7,10 @@
 pub mod api;
 pub mod context;
 pub mod controller;
-pub mod http;
 pub mod kcp;
-pub mod leader;
-pub mod metrics;
 pub mod mutation;
 pub mod options;
-pub mod process;
+pub mod runtime;
 pub mod schema;
 pub mod source;
 pub mod sync;

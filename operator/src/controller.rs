@@ -20,7 +20,7 @@ use kube::{Client, Resource, ResourceExt};
 use prometheus::{IntCounter, IntGauge, Registry};
 use serde_json::json;
 use sync_agent::api::published_resource::PublishedResource;
-use sync_agent::metrics::{ControllerMetrics, ReconcileResult};
+use sync_agent::runtime::metrics::{ControllerMetrics, ReconcileResult};
 use tracing::{info, instrument, warn};
 
 use crate::api::{ConsumerCounts, PublishedOffering, PublishedOfferingStatus};

@@ -12,10 +12,10 @@ use offering_operator::crdgen;
 use offering_operator::credentials::{Rotation, SecretLocation};
 use offering_operator::names::{FIELD_MANAGER, KUBECONFIG_KEY};
 use offering_operator::provision::Settings;
-use sync_agent::http::{self, Health};
-use sync_agent::leader::{Leadership, TermEnd};
 use sync_agent::options::LogFormat;
-use sync_agent::process::{self, stopping};
+use sync_agent::runtime::http::{self, Health};
+use sync_agent::runtime::leader::{Leadership, TermEnd};
+use sync_agent::runtime::process::{self, stopping};
 use tracing::{error, info};
 
 /// Provisions kcp APIExports, sync agents and consumer bindings from
@@ -193,7 +193,7 @@ async fn run(options: RunOptions) -> anyhow::Result<()> {
         let registry = metrics.registry.clone();
         tokio::spawn(http::serve_metrics(
             address,
-            move || sync_agent::metrics::render(&registry),
+            move || sync_agent::runtime::metrics::render(&registry),
             stopping(stopped.clone()),
         ));
     }

@@ -26,7 +26,7 @@ use tracing::{debug, info, instrument, warn};
 use crate::api::kcp::apis_v1alpha2::{APIExport, APIExportSpec, PermissionClaim, ResourceSchema};
 use crate::api::published_resource::PublishedResource;
 use crate::context::{Context, FIELD_MANAGER};
-use crate::metrics::ReconcileResult;
+use crate::runtime::metrics::ReconcileResult;
 use crate::schema::{AGENT_NAME_KEY, parse_schema_name};
 
 /// Name of the controller in metrics and `--disabled-controllers`.

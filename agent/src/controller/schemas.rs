@@ -25,7 +25,7 @@ use crate::api::condition::{condition, set_condition};
 use crate::api::kcp::apis_v1alpha1::APIResourceSchema;
 use crate::api::published_resource::{PublishedResource, SCHEMA_PUBLISHED_CONDITION};
 use crate::context::Context;
-use crate::metrics::ReconcileResult;
+use crate::runtime::metrics::ReconcileResult;
 use crate::schema::{self, ProjectionError};
 use crate::source::{self, SourceError};
 

@@ -1,6 +1,6 @@
 //! What a controller process of this project needs around its controllers:
 //! logging, the shutdown signal fanned out to every task, and a bounded
-//! drain. Shared by the agent and the operator, like [`crate::leader`].
+//! drain. Shared by the agent and the operator, like [`crate::runtime::leader`].
 
 use std::time::Duration;
 
