@@ -128,3 +128,58 @@ async fn a_published_offering_is_accepted_with_its_defaults() {
         .await
         .expect("namespace deleted");
 }
+
+#[tokio::test]
+async fn no_short_name_of_ours_is_taken_by_another_resource_the_server_serves() {
+    let env = EnvFile::load().expect("test environment is running");
+    let client = service::client(&env).await.expect("service cluster client");
+    service::apply_project_crds(&client)
+        .await
+        .expect("CRDs are accepted and established");
+
+    let mut lists = vec![
+        client
+            .list_core_api_resources("v1")
+            .await
+            .expect("core discovery"),
+    ];
+    for group in client.list_api_groups().await.expect("groups").groups {
+        for version in group.versions {
+            lists.push(
+                client
+                    .list_api_group_resources(&version.group_version)
+                    .await
+                    .expect("group discovery"),
+            );
+        }
+    }
+    let crds = service::project_crds().expect("project CRDs");
+    let ours: Vec<(String, String)> = crds
+        .iter()
+        .map(|crd| (crd.spec.group.clone(), crd.spec.names.plural.clone()))
+        .collect();
+    let mut checked = 0;
+    for crd in &crds {
+        for short in crd.spec.names.short_names.iter().flatten() {
+            checked += 1;
+            let taken_by: Vec<String> = lists
+                .iter()
+                .flat_map(|list| {
+                    let group = list.group_version.split('/').rev().nth(1).unwrap_or("");
+                    list.resources
+                        .iter()
+                        .filter(move |r| r.short_names.iter().flatten().any(|s| s == short))
+                        .map(move |r| (group.to_string(), r.name.clone()))
+                })
+                .filter(|resource| !ours.contains(resource))
+                .map(|(group, name)| format!("{name}.{group}"))
+                .collect();
+            assert!(
+                taken_by.is_empty(),
+                "short name {short:?} of {} is also {taken_by:?}",
+                crd.spec.names.plural
+            );
+        }
+    }
+    assert!(checked > 0, "our CRDs declare short names to check");
+}

@@ -23,7 +23,7 @@ use sync_agent::api::published_resource::PublishedResourceSpec;
     version = "v1alpha1",
     kind = "PublishedOffering",
     plural = "publishedofferings",
-    shortname = "po",
+    shortname = "pof",
     category = "kcp",
     namespaced,
     status = "PublishedOfferingStatus",

@@ -104,7 +104,7 @@ fn published_resource_crd_is_cluster_scoped_with_status_and_cel_rules() {
 fn published_offering_crd_has_short_name_category_and_ready_column() {
     let crd = PublishedOffering::crd();
     assert_eq!(crd.spec.scope, "Namespaced");
-    assert_eq!(crd.spec.names.short_names, Some(vec!["po".to_string()]));
+    assert_eq!(crd.spec.names.short_names, Some(vec!["pof".to_string()]));
     assert_eq!(crd.spec.names.categories, Some(vec!["kcp".to_string()]));
     let columns = crd.spec.versions[0]
         .additional_printer_columns
