@@ -184,6 +184,12 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     println!("    the consumer sees status {}", back.data["status"]);
 
+    if cli.no_wait {
+        println!(
+            "\nThe demo is done; --no-wait stops the agent, the operator and both servers now."
+        );
+        return Ok(());
+    }
     let kcp_config = env.kcp_kubeconfig.display();
     let service_config = env.service_kubeconfig.display();
     println!("\nThe demo runs on. Look around with:");
@@ -195,9 +201,6 @@ async fn main() -> anyhow::Result<()> {
         "    kubectl --kubeconfig {kcp_config} --server {}/clusters/root:demo-consumer get databases -A",
         kcp.url()
     );
-    if cli.no_wait {
-        return Ok(());
-    }
     println!("\nPress Ctrl-C to stop the agent, the operator and both servers.");
     tokio::signal::ctrl_c().await?;
     drop(agent);
