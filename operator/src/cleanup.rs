@@ -23,7 +23,8 @@ use crate::credentials;
 use crate::error::Error;
 use crate::kcp::Kcp;
 use crate::names::{KCP_NAMESPACE, Names, SKIP_KCP_CLEANUP_ANNOTATION};
-use crate::provision::{Settings, kcp_secret_location};
+use crate::provision::Settings;
+use crate::validate::kcp_secret_location;
 use sync_agent::api::published_resource::PublishedResource;
 
 /// Removes what `offering` provisioned. `Ok(Some(why))` when the kcp side
@@ -71,7 +72,7 @@ async fn load_kcp(
     offering: &PublishedOffering,
     settings: &Settings,
 ) -> Result<Kcp, Error> {
-    let location = kcp_secret_location(offering, settings)?;
+    let location = kcp_secret_location(offering, settings.default_kcp_secret.as_ref())?;
     Ok(Kcp::new(credentials::load(client, &location).await?))
 }
 

@@ -15,3 +15,4 @@ pub mod kcp;
 pub mod names;
 pub mod provision;
 pub mod status;
+pub mod validate;

@@ -23,10 +23,10 @@ use crate::desired::kcp::{self as kcp_objects, DEFAULT_BIND_GROUPS};
 use crate::error::Error;
 use crate::kcp::Kcp;
 use crate::names::{
-    KCP_NAMESPACE, KUBECONFIG_KEY, Names, OFFERING_NAME_LABEL, OFFERING_NAMESPACE_LABEL,
-    OWNER_ANNOTATION,
+    KCP_NAMESPACE, Names, OFFERING_NAME_LABEL, OFFERING_NAMESPACE_LABEL, OWNER_ANNOTATION,
 };
 use crate::status::{self, ConsumerReport, SchemaState, Verdict};
+use crate::validate::{Validated, validate};
 
 /// Operator-wide settings the pipeline needs.
 #[derive(Clone, Debug)]
@@ -55,46 +55,6 @@ pub struct Provisioned {
     pub renew_at: Timestamp,
     /// Whether this apply minted a new token.
     pub rotated: bool,
-}
-
-/// Where the offering's kcp kubeconfig is.
-pub fn kcp_secret_location(
-    offering: &PublishedOffering,
-    settings: &Settings,
-) -> Result<SecretLocation, Error> {
-    match &offering.spec.kcp.kubeconfig_secret_ref {
-        Some(reference) => Ok(SecretLocation {
-            namespace: offering.namespace().unwrap_or_default(),
-            name: reference.name.clone(),
-            key: reference.key.clone().unwrap_or_else(|| KUBECONFIG_KEY.into()),
-        }),
-        None => settings.default_kcp_secret.clone().ok_or_else(|| {
-            Error::KcpSecretMissing(
-                "spec.kcp.kubeconfigSecretRef is unset and the operator has no --default-kcp-secret".into(),
-            )
-        }),
-    }
-}
-
-/// Checks what the schema cannot: a name the offering's Service can carry,
-/// and unique resource names.
-pub fn validate(offering: &PublishedOffering) -> Result<(), Error> {
-    let name = offering.name_any();
-    if !sync_agent::api::dns::is_dns1035_label(&name) {
-        return Err(Error::InvalidSpec(format!(
-            "the offering's name {name:?} must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter) because its agent's metrics Service is named after it"
-        )));
-    }
-    let mut seen = BTreeSet::new();
-    for resource in &offering.spec.resources {
-        if !seen.insert(resource.name.as_str()) {
-            return Err(Error::InvalidSpec(format!(
-                "spec.resources has two entries named {:?}; names must be unique",
-                resource.name
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// The kinds the agent syncs on the service cluster, the related kinds, and
@@ -563,16 +523,11 @@ pub async fn provision(
     settings: &Settings,
     tokens_issued: &prometheus::IntCounter,
 ) -> Result<Provisioned, Error> {
-    let names = Names::of(offering).map_err(Error::InvalidSpec)?;
-    validate(offering)?;
+    let Validated {
+        names,
+        kcp_secret: location,
+    } = validate(offering, settings.default_kcp_secret.as_ref())?;
     ensure_agent_name_is_ours(client, &names).await?;
-    let location = kcp_secret_location(offering, settings)?;
-    if location.namespace == names.namespace && location.name == names.kcp_secret {
-        return Err(Error::InvalidSpec(format!(
-            "spec.kcp.kubeconfigSecretRef names {}, the Secret the operator writes the agent's kubeconfig to; keep the operator's kcp kubeconfig in a Secret of another name",
-            names.kcp_secret
-        )));
-    }
     let kcp = Kcp::new(credentials::load(client, &location).await?);
     let path = offering.spec.kcp.workspace.as_str();
     let provider = kcp.client(path)?;
