@@ -17,11 +17,14 @@ use sync_agent::api::kcp::apis_v1alpha2::APIExport;
 use sync_agent::api::kcp::tenancy_v1alpha1::Workspace;
 
 use crate::api::{DeletionPolicy, PublishedOffering};
+use crate::apply::{delete_if_present, delete_owned, is_ours};
 use crate::consumers;
 use crate::credentials;
 use crate::error::Error;
+use crate::kcp::Kcp;
 use crate::names::{KCP_NAMESPACE, Names, SKIP_KCP_CLEANUP_ANNOTATION};
-use crate::provision::{Kcp, Settings, delete_if_present, delete_owned, kcp_secret_location};
+use crate::provision::Settings;
+use crate::validate::kcp_secret_location;
 use sync_agent::api::published_resource::PublishedResource;
 
 /// Removes what `offering` provisioned. `Ok(Some(why))` when the kcp side
@@ -69,7 +72,7 @@ async fn load_kcp(
     offering: &PublishedOffering,
     settings: &Settings,
 ) -> Result<Kcp, Error> {
-    let location = kcp_secret_location(offering, settings)?;
+    let location = kcp_secret_location(offering, settings.default_kcp_secret.as_ref())?;
     Ok(Kcp::new(credentials::load(client, &location).await?))
 }
 
@@ -228,7 +231,7 @@ async fn delete_export(provider: &kube::Client, names: &Names) -> Result<(), kub
     let Some(export) = exports.get_opt(&names.export).await? else {
         return Ok(());
     };
-    if export.annotations().get(crate::names::OWNER_ANNOTATION) != Some(&names.owner) {
+    if !is_ours(&export, names) {
         return Ok(());
     }
     let in_use: BTreeSet<String> = exports

@@ -9,10 +9,11 @@ use sync_agent::api::kcp::apis_v1alpha2::{APIBinding, APIExport};
 use sync_agent::api::kcp::tenancy_v1alpha1::Workspace;
 
 use crate::api::{DeletionPolicy, PublishedOffering};
+use crate::apply::{apply, delete_if_present, is_ours};
 use crate::desired::consumer::binding;
 use crate::error::{Error, is_not_found};
-use crate::names::{Names, OWNER_ANNOTATION};
-use crate::provision::{Kcp, apply, delete_if_present};
+use crate::kcp::Kcp;
+use crate::names::Names;
 use crate::status::ConsumerReport;
 
 /// The consumer workspaces the spec asks for.
@@ -188,7 +189,7 @@ async fn bind(
         .await
         .map_err(|error| access_error(path, error))?;
     if let Some(existing) = &existing
-        && existing.annotations().get(OWNER_ANNOTATION) != Some(&names.owner)
+        && !is_ours(existing, names)
     {
         return Ok(None);
     }
@@ -233,7 +234,7 @@ pub async fn unbind(kcp: &Kcp, path: &str, names: &Names) -> Result<bool, Error>
     let Some(existing) = existing else {
         return Ok(true);
     };
-    if existing.annotations().get(OWNER_ANNOTATION) != Some(&names.owner) {
+    if !is_ours(&existing, names) {
         return Ok(true);
     }
     if existing.metadata.deletion_timestamp.is_none() {

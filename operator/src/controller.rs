@@ -2,8 +2,7 @@
 //! cleanup in kube-runtime's finalizer, writes the status and events, and
 //! backs off per offering on errors.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -20,6 +19,7 @@ use kube::{Client, Resource, ResourceExt};
 use prometheus::{IntCounter, IntGauge, Registry};
 use serde_json::json;
 use sync_agent::api::published_resource::PublishedResource;
+use sync_agent::runtime::backoff::{Backoff, Failures};
 use sync_agent::runtime::metrics::{ControllerMetrics, ReconcileResult};
 use tracing::{info, instrument, warn};
 
@@ -46,9 +46,9 @@ const TRANSIENT_REASONS: [&str; 4] = [
     "AgentUnavailable",
     "BindingPending",
 ];
-/// First and longest delay after a failed reconcile.
-const BACKOFF_MIN: Duration = Duration::from_secs(2);
-const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Delays after consecutive failed reconciles of one offering: 2 s
+/// doubling to 5 min.
+const RETRY: Backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(300));
 
 /// The operator's metrics.
 #[derive(Clone, Debug)]
@@ -102,7 +102,7 @@ pub struct Context {
     recorder: Recorder,
     settings: Settings,
     metrics: Metrics,
-    failures: Mutex<HashMap<ObjectRef<PublishedOffering>, u32>>,
+    failures: Failures<ObjectRef<PublishedOffering>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -130,22 +130,16 @@ impl Context {
             client,
             settings,
             metrics,
-            failures: Mutex::new(HashMap::new()),
+            failures: Failures::new(RETRY),
         })
     }
 
     fn backoff(&self, offering: &impl Resource) -> Duration {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let count = failures.entry(key(offering)).or_insert(0);
-        *count = count.saturating_add(1);
-        BACKOFF_MIN
-            .saturating_mul(2u32.saturating_pow(count.saturating_sub(1).min(16)))
-            .min(BACKOFF_MAX)
+        self.failures.failed(key(offering))
     }
 
     fn succeeded(&self, offering: &impl Resource) {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        failures.remove(&key(offering));
+        self.failures.succeeded(&key(offering));
     }
 
     async fn event(
@@ -398,7 +392,10 @@ async fn write_status(
     );
     api.patch_status(
         &offering.name_any(),
-        &PatchParams::default(),
+        &PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        },
         &Patch::Merge(json!({"status": next})),
     )
     .await

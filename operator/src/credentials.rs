@@ -16,7 +16,7 @@ use kube::config::{
 use kube::{Client, Config};
 
 use crate::error::{Error, is_not_found};
-use crate::names::{KCP_NAMESPACE, KUBECONFIG_KEY, Names, TOKEN_KEY};
+use crate::names::{FIELD_MANAGER, KCP_NAMESPACE, KUBECONFIG_KEY, Names, TOKEN_KEY};
 
 /// Annotation on the agent's Secret: when its token expires (RFC 3339).
 pub const EXPIRES_ANNOTATION: &str = "offering.syncagent.dev/token-expires-at";
@@ -292,7 +292,14 @@ pub async fn mint(kcp: &Client, names: &Names, lifetime: Duration) -> Result<Min
         ..Default::default()
     };
     let response = accounts
-        .create_token_request(&names.kcp_service_account, &PostParams::default(), &request)
+        .create_token_request(
+            &names.kcp_service_account,
+            &PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PostParams::default()
+            },
+            &request,
+        )
         .await
         .map_err(|error| {
             Error::TokenRequestFailed(format!(

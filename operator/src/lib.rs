@@ -3,6 +3,7 @@
 //! one sync-agent Deployment per offering, and consumer APIBindings.
 
 pub mod api;
+pub mod apply;
 pub mod cleanup;
 pub mod consumers;
 pub mod controller;
@@ -10,6 +11,8 @@ pub mod crdgen;
 pub mod credentials;
 pub mod desired;
 pub mod error;
+pub mod kcp;
 pub mod names;
 pub mod provision;
 pub mod status;
+pub mod validate;

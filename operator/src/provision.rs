@@ -3,32 +3,30 @@
 //! bindings, each step idempotent (server-side apply with one field manager).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt::Debug;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams};
-use kube::{Client, Config, Resource, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use kube::api::{Api, ListParams, ObjectMeta};
+use kube::{Client, Resource, ResourceExt};
 use sync_agent::api::kcp::apis_v1alpha1::APIExportEndpointSlice;
 use sync_agent::api::kcp::apis_v1alpha2::APIExport;
-use sync_agent::api::kcp::core_v1alpha1::LogicalCluster;
 use sync_agent::api::published_resource::PublishedResource;
 use tracing::info;
 
 use crate::api::{ExportStatus, PublishedOffering};
-use crate::credentials::{self, KcpCredentials, Rotation, SecretLocation};
+use crate::apply::{apply, apply_ours, delete_if_present, delete_owned, is_ours, refuse_foreign};
+use crate::credentials::{self, Rotation, SecretLocation};
 use crate::desired::cluster::{self, GroupResource};
 use crate::desired::kcp::{self as kcp_objects, DEFAULT_BIND_GROUPS};
-use crate::error::{Error, is_not_found};
+use crate::error::Error;
+use crate::kcp::Kcp;
 use crate::names::{
-    FIELD_MANAGER, KCP_NAMESPACE, KUBECONFIG_KEY, Names, OFFERING_NAME_LABEL,
-    OFFERING_NAMESPACE_LABEL, OWNER_ANNOTATION,
+    KCP_NAMESPACE, Names, OFFERING_NAME_LABEL, OFFERING_NAMESPACE_LABEL, OWNER_ANNOTATION,
 };
 use crate::status::{self, ConsumerReport, SchemaState, Verdict};
+use crate::validate::{Validated, validate};
 
 /// Operator-wide settings the pipeline needs.
 #[derive(Clone, Debug)]
@@ -57,189 +55,6 @@ pub struct Provisioned {
     pub renew_at: Timestamp,
     /// Whether this apply minted a new token.
     pub rotated: bool,
-}
-
-/// Server-side applies `object` as the operator.
-pub async fn apply<K>(
-    api: &Api<K>,
-    name: &str,
-    object: &(impl Serialize + Debug),
-) -> Result<K, kube::Error>
-where
-    K: Resource + Clone + DeserializeOwned + Debug,
-{
-    api.patch(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(object),
-    )
-    .await
-}
-
-/// Applies `object` as `name` on the service cluster unless an object of
-/// that name exists that is not the offering's (it lacks the offering's
-/// labels): the operator never takes over what someone else made.
-async fn apply_ours<K>(
-    api: &Api<K>,
-    name: &str,
-    object: &(impl Serialize + Debug),
-    names: &Names,
-    what: &'static str,
-) -> Result<K, Error>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
-{
-    let existing = api
-        .get_metadata_opt(name)
-        .await
-        .map_err(|error| Error::service(what, error))?;
-    if let Some(existing) = existing {
-        refuse_foreign::<K>(&existing.metadata, names)?;
-    }
-    apply(api, name, object)
-        .await
-        .map_err(|error| Error::service(what, error))
-}
-
-/// An [`Error::ObjectConflict`] when `metadata` (of a `K`) does not carry the
-/// offering's labels.
-fn refuse_foreign<K: Resource<DynamicType = ()>>(
-    metadata: &ObjectMeta,
-    names: &Names,
-) -> Result<(), Error> {
-    if names.labels_name_this(metadata.labels.as_ref().unwrap_or(&BTreeMap::new())) {
-        return Ok(());
-    }
-    Err(Error::ObjectConflict(format!(
-        "{} {} exists and is not this offering's (it lacks the labels {}); delete or rename it, or give the offering another name",
-        K::kind(&()),
-        metadata.name.as_deref().unwrap_or_default(),
-        names.children_selector()
-    )))
-}
-
-/// Deletes `name` if it exists; `Ok(true)` when it is gone or going.
-pub async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<(), kube::Error>
-where
-    K: Resource + Clone + DeserializeOwned + Debug,
-{
-    match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(()),
-        Err(error) if is_not_found(&error) => Ok(()),
-        Err(error) => Err(error),
-    }
-}
-
-/// The operator's access to kcp, by workspace path.
-#[derive(Clone)]
-pub struct Kcp {
-    credentials: KcpCredentials,
-    base: String,
-}
-
-impl std::fmt::Debug for Kcp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Kcp").field("base", &self.base).finish()
-    }
-}
-
-/// How long a kcp request may wait for its answer. The operator makes
-/// only short requests to kcp (no watches), so a kcp that accepts the
-/// connection and never answers fails the reconcile, which then retries
-/// with backoff, instead of holding it forever.
-const KCP_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-impl Kcp {
-    /// Access with `credentials`.
-    pub fn new(mut credentials: KcpCredentials) -> Self {
-        credentials.config.read_timeout = Some(KCP_READ_TIMEOUT);
-        // Count from sending the request, not from when a pooled
-        // connection last did something.
-        credentials.config.reset_reader_on_write = true;
-        let base = credentials::base_url(&credentials.config.cluster_url.to_string());
-        Self { credentials, base }
-    }
-
-    /// A client for the workspace at `path`.
-    pub fn client(&self, path: &str) -> Result<Client, Error> {
-        let url = format!("{}/clusters/{path}", self.base);
-        let mut config: Config = self.credentials.config.clone();
-        config.cluster_url = url
-            .parse()
-            .map_err(|_| Error::InvalidSpec(format!("{url} is not a valid URL")))?;
-        Client::try_from(config)
-            .map_err(|error| Error::InvalidKcpKubeconfig(format!("building a kcp client: {error}")))
-    }
-
-    /// The logical cluster name of the workspace at `path`, checking that
-    /// the workspace exists and the operator may enter it.
-    pub async fn logical_cluster(&self, client: &Client, path: &str) -> Result<String, Error> {
-        let api: Api<LogicalCluster> = Api::all(client.clone());
-        match api.get("cluster").await {
-            Ok(cluster) => Ok(cluster
-                .annotations()
-                .get(sync_agent::api::kcp::CLUSTER_ANNOTATION)
-                .cloned()
-                .unwrap_or_else(|| path.to_string())),
-            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 403 => {
-                Err(Error::WorkspaceNotFound(format!(
-                    "workspace {path} does not exist or the operator's kcp credentials may not enter it ({})",
-                    status.message
-                )))
-            }
-            Err(error) => Err(Error::kcp(&format!("reading workspace {path}"), error)),
-        }
-    }
-
-    /// The operator's kubeconfig as stored.
-    pub fn kubeconfig(&self) -> &kube::config::Kubeconfig {
-        &self.credentials.kubeconfig
-    }
-
-    /// The server part of the kcp URL.
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-}
-
-/// Where the offering's kcp kubeconfig is.
-pub fn kcp_secret_location(
-    offering: &PublishedOffering,
-    settings: &Settings,
-) -> Result<SecretLocation, Error> {
-    match &offering.spec.kcp.kubeconfig_secret_ref {
-        Some(reference) => Ok(SecretLocation {
-            namespace: offering.namespace().unwrap_or_default(),
-            name: reference.name.clone(),
-            key: reference.key.clone().unwrap_or_else(|| KUBECONFIG_KEY.into()),
-        }),
-        None => settings.default_kcp_secret.clone().ok_or_else(|| {
-            Error::KcpSecretMissing(
-                "spec.kcp.kubeconfigSecretRef is unset and the operator has no --default-kcp-secret".into(),
-            )
-        }),
-    }
-}
-
-/// Checks what the schema cannot: a name the offering's Service can carry,
-/// and unique resource names.
-pub fn validate(offering: &PublishedOffering) -> Result<(), Error> {
-    let name = offering.name_any();
-    if !sync_agent::api::dns::is_dns1035_label(&name) {
-        return Err(Error::InvalidSpec(format!(
-            "the offering's name {name:?} must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter) because its agent's metrics Service is named after it"
-        )));
-    }
-    let mut seen = BTreeSet::new();
-    for resource in &offering.spec.resources {
-        if !seen.insert(resource.name.as_str()) {
-            return Err(Error::InvalidSpec(format!(
-                "spec.resources has two entries named {:?}; names must be unique",
-                resource.name
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// The kinds the agent syncs on the service cluster, the related kinds, and
@@ -341,18 +156,17 @@ async fn ensure_export_is_ours(
             error,
         )
     })?;
-    if let Some(export) = existing {
-        let owner = export.annotations().get(OWNER_ANNOTATION);
-        if owner != Some(&names.owner) {
-            let held_by = owner.map_or(
-                "nobody (it was created outside the operator)".to_string(),
-                |o| format!("offering {o}"),
-            );
-            return Err(Error::ExportConflict(format!(
-                "APIExport {} in {path} already exists and belongs to {held_by}; choose another spec.export.name, or annotate the export with {OWNER_ANNOTATION}={} to adopt it",
-                names.export, names.owner
-            )));
-        }
+    if let Some(export) = existing
+        && !is_ours(&export, names)
+    {
+        let held_by = export.annotations().get(OWNER_ANNOTATION).map_or(
+            "nobody (it was created outside the operator)".to_string(),
+            |o| format!("offering {o}"),
+        );
+        return Err(Error::ExportConflict(format!(
+            "APIExport {} in {path} already exists and belongs to {held_by}; choose another spec.export.name, or annotate the export with {OWNER_ANNOTATION}={} to adopt it",
+            names.export, names.owner
+        )));
     }
     Ok(())
 }
@@ -465,19 +279,6 @@ async fn provision_export(
                 error,
             )
         })
-}
-
-/// Deletes `name` when it carries this offering's owner annotation.
-pub async fn delete_owned<K>(api: &Api<K>, name: &str, names: &Names) -> Result<(), kube::Error>
-where
-    K: Resource + Clone + DeserializeOwned + Debug,
-{
-    match api.get_opt(name).await? {
-        Some(object) if object.annotations().get(OWNER_ANNOTATION) == Some(&names.owner) => {
-            delete_if_present(api, name).await
-        }
-        _ => Ok(()),
-    }
 }
 
 /// The endpoint URLs of the export's default slice (empty until a consumer binds).
@@ -722,16 +523,11 @@ pub async fn provision(
     settings: &Settings,
     tokens_issued: &prometheus::IntCounter,
 ) -> Result<Provisioned, Error> {
-    let names = Names::of(offering).map_err(Error::InvalidSpec)?;
-    validate(offering)?;
+    let Validated {
+        names,
+        kcp_secret: location,
+    } = validate(offering, settings.default_kcp_secret.as_ref())?;
     ensure_agent_name_is_ours(client, &names).await?;
-    let location = kcp_secret_location(offering, settings)?;
-    if location.namespace == names.namespace && location.name == names.kcp_secret {
-        return Err(Error::InvalidSpec(format!(
-            "spec.kcp.kubeconfigSecretRef names {}, the Secret the operator writes the agent's kubeconfig to; keep the operator's kcp kubeconfig in a Secret of another name",
-            names.kcp_secret
-        )));
-    }
     let kcp = Kcp::new(credentials::load(client, &location).await?);
     let path = offering.spec.kcp.workspace.as_str();
     let provider = kcp.client(path)?;

@@ -1,0 +1,130 @@
+//! The operator's access to kcp: one [`Kcp`] per offering's credentials,
+//! handing out one cached client per workspace URL.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::api::Api;
+use kube::{Client, Config, ResourceExt};
+use sync_agent::api::kcp::core_v1alpha1::LogicalCluster;
+
+use crate::credentials::{self, KcpCredentials};
+use crate::error::Error;
+
+/// The operator's access to kcp, by workspace path. Clones share the
+/// client cache.
+#[derive(Clone)]
+pub struct Kcp {
+    credentials: Arc<KcpCredentials>,
+    base: String,
+    clients: Arc<Mutex<HashMap<String, Client>>>,
+}
+
+impl std::fmt::Debug for Kcp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kcp").field("base", &self.base).finish()
+    }
+}
+
+/// How long a kcp request may wait for its answer. The operator makes
+/// only short requests to kcp (no watches), so a kcp that accepts the
+/// connection and never answers fails the reconcile, which then retries
+/// with backoff, instead of holding it forever.
+const KCP_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Kcp {
+    /// Access with `credentials`.
+    pub fn new(mut credentials: KcpCredentials) -> Self {
+        credentials.config.read_timeout = Some(KCP_READ_TIMEOUT);
+        // Count from sending the request, not from when a pooled
+        // connection last did something.
+        credentials.config.reset_reader_on_write = true;
+        let base = credentials::base_url(&credentials.config.cluster_url.to_string());
+        Self {
+            credentials: Arc::new(credentials),
+            base,
+            clients: Arc::default(),
+        }
+    }
+
+    /// The client for the workspace at `path`, made on first use.
+    pub fn client(&self, path: &str) -> Result<Client, Error> {
+        let url = format!("{}/clusters/{path}", self.base);
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = clients.get(&url) {
+            return Ok(client.clone());
+        }
+        let mut config: Config = self.credentials.config.clone();
+        config.cluster_url = url
+            .parse()
+            .map_err(|_| Error::InvalidSpec(format!("{url} is not a valid URL")))?;
+        let client = Client::try_from(config).map_err(|error| {
+            Error::InvalidKcpKubeconfig(format!("building a kcp client: {error}"))
+        })?;
+        clients.insert(url, client.clone());
+        Ok(client)
+    }
+
+    /// The logical cluster name of the workspace at `path`, checking that
+    /// the workspace exists and the operator may enter it.
+    pub async fn logical_cluster(&self, client: &Client, path: &str) -> Result<String, Error> {
+        let api: Api<LogicalCluster> = Api::all(client.clone());
+        match api.get("cluster").await {
+            Ok(cluster) => Ok(cluster
+                .annotations()
+                .get(sync_agent::api::kcp::CLUSTER_ANNOTATION)
+                .cloned()
+                .unwrap_or_else(|| path.to_string())),
+            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 403 => {
+                Err(Error::WorkspaceNotFound(format!(
+                    "workspace {path} does not exist or the operator's kcp credentials may not enter it ({})",
+                    status.message
+                )))
+            }
+            Err(error) => Err(Error::kcp(&format!("reading workspace {path}"), error)),
+        }
+    }
+
+    /// The operator's kubeconfig as stored.
+    pub fn kubeconfig(&self) -> &kube::config::Kubeconfig {
+        &self.credentials.kubeconfig
+    }
+
+    /// The server part of the kcp URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::config::Kubeconfig;
+
+    fn kcp() -> Kcp {
+        let config = Config::new("https://kcp.example:6443/clusters/root".parse().unwrap());
+        Kcp::new(KcpCredentials {
+            kubeconfig: Kubeconfig::default(),
+            config,
+        })
+    }
+
+    #[tokio::test]
+    async fn one_client_per_workspace_shared_by_clones() {
+        let kcp = kcp();
+        kcp.client("root:a").unwrap();
+        kcp.clone().client("root:a").unwrap();
+        kcp.client("root:b").unwrap();
+        let clients = kcp.clients.lock().unwrap();
+        let mut urls: Vec<&String> = clients.keys().collect();
+        urls.sort();
+        assert_eq!(
+            urls,
+            [
+                "https://kcp.example:6443/clusters/root:a",
+                "https://kcp.example:6443/clusters/root:b"
+            ]
+        );
+    }
+}
