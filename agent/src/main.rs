@@ -1,8 +1,5 @@
-use std::path::Path;
-
 use anyhow::Context as _;
 use clap::Parser;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +8,7 @@ use sync_agent::controller;
 use sync_agent::kcp::{KcpTarget, workspace_of};
 use sync_agent::options::{ControllerName, Options};
 use sync_agent::runtime::http::{self, Health};
+use sync_agent::runtime::kubeconfig;
 use sync_agent::runtime::leader::{Leadership, TermEnd};
 use sync_agent::runtime::metrics::Metrics;
 use sync_agent::runtime::process::{self, stopping};
@@ -57,7 +55,7 @@ async fn run(options: Options, stopped: watch::Receiver<bool>) -> anyhow::Result
     }
 
     let service = service_client(&options).await?;
-    let kcp_config = kubeconfig(&options.kcp_kubeconfig).await?;
+    let kcp_config = kubeconfig::from_file(&options.kcp_kubeconfig).await?;
     if workspace_of(&kcp_config).is_none() {
         anyhow::bail!(
             "the server of {} is {}; it must point at the workspace of the APIExportEndpointSlice, \
@@ -171,21 +169,8 @@ async fn resolve_with_retry(
     }
 }
 
-async fn kubeconfig(path: &Path) -> anyhow::Result<Config> {
-    let kubeconfig = Kubeconfig::read_from(path)
-        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-    Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .with_context(|| format!("loading kubeconfig {}", path.display()))
-}
-
 async fn service_client(options: &Options) -> anyhow::Result<Client> {
-    let mut config = match &options.kubeconfig {
-        Some(path) => kubeconfig(path).await?,
-        None => Config::infer()
-            .await
-            .context("finding the service cluster's configuration")?,
-    };
+    let mut config = kubeconfig::service_config(options.kubeconfig.as_deref()).await?;
     if !options.kubeconfig_host_override.is_empty() {
         config.cluster_url = options
             .kubeconfig_host_override
@@ -197,7 +182,7 @@ async fn service_client(options: &Options) -> anyhow::Result<Client> {
             .context("reading --kubeconfig-ca-file-override")?;
         config.root_cert = Some(pem_certificates(&pem)?);
     }
-    Client::try_from(config).context("building the service-cluster client")
+    Ok(kubeconfig::client(config)?)
 }
 
 /// DER certificates in a PEM bundle.
