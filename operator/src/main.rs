@@ -12,7 +12,7 @@ use offering_operator::names::{FIELD_MANAGER, KUBECONFIG_KEY};
 use offering_operator::provision::Settings;
 use sync_agent::runtime::http::{self, Health};
 use sync_agent::runtime::kubeconfig;
-use sync_agent::runtime::leader::{Leadership, TermEnd};
+use sync_agent::runtime::leader::{LeaseSettings, run_as_leader};
 use sync_agent::runtime::process::{self, LogFormat, stopping};
 use tracing::{error, info};
 
@@ -204,58 +204,24 @@ async fn run(options: RunOptions) -> anyhow::Result<()> {
     // Standby replicas are healthy and ready: they take over on failover.
     health.set_ready(true);
     let identity = process::instance_name(FIELD_MANAGER);
-    let leadership = if options.enable_leader_election {
-        match Leadership::acquire(
-            client.clone(),
-            &options.namespace,
-            FIELD_MANAGER,
-            &identity,
-            FIELD_MANAGER,
-            metrics.leader_status(FIELD_MANAGER),
-            stopped.clone(),
-        )
-        .await
-        {
-            Some(leadership) => Some(leadership),
-            None => return Ok(()),
-        }
-    } else {
-        None
-    };
-    info!(namespace = ?options.watch_namespace, "Reconciling PublishedOfferings");
+    let lease = options.enable_leader_election.then(|| LeaseSettings {
+        client: client.clone(),
+        namespace: options.namespace.clone(),
+        name: FIELD_MANAGER.to_string(),
+        identity: identity.clone(),
+        field_manager: FIELD_MANAGER.to_string(),
+        status: metrics.leader_status(FIELD_MANAGER),
+    });
     let ctx = Context::new(client, settings, metrics, identity);
-    let mut controller = tokio::spawn(controller::run(
-        ctx,
-        options.watch_namespace.clone(),
-        stopping(stopped.clone()),
-    ));
-    match leadership {
-        Some(mut leadership) => {
-            let mut end = leadership.term(stopped.clone()).await;
-            let mut finished = false;
-            if end == TermEnd::Stopped {
-                // Let the controller finish, unless the Lease is lost meanwhile.
-                tokio::select! {
-                    done = tokio::time::timeout(Duration::from_secs(20), &mut controller) => {
-                        finished = done.is_ok();
-                    }
-                    () = leadership.lost() => end = TermEnd::Lost,
-                }
-            }
-            // The Lease is released only once the controller has stopped.
-            if !finished {
-                controller.abort();
-                let _ = controller.await;
-            }
-            leadership.release().await;
-            if end == TermEnd::Lost {
-                anyhow::bail!("lost leadership; exiting so that only one replica writes");
-            }
-        }
-        None => {
-            let _ = controller.await;
-        }
-    }
+    run_as_leader(lease, stopped.clone(), |controllers| {
+        info!(namespace = ?options.watch_namespace, "Reconciling PublishedOfferings");
+        controllers.spawn(controller::run(
+            ctx,
+            options.watch_namespace.clone(),
+            stopping(stopped.clone()),
+        ));
+    })
+    .await?;
     Ok(())
 }
 
