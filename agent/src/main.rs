@@ -1,8 +1,5 @@
-use std::path::Path;
-
 use anyhow::Context as _;
 use clap::Parser;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,11 +8,11 @@ use sync_agent::controller;
 use sync_agent::kcp::{KcpTarget, workspace_of};
 use sync_agent::options::{ControllerName, Options};
 use sync_agent::runtime::http::{self, Health};
-use sync_agent::runtime::leader::{Leadership, TermEnd};
+use sync_agent::runtime::kubeconfig;
+use sync_agent::runtime::leader::{LeaseSettings, run_as_leader};
 use sync_agent::runtime::metrics::Metrics;
 use sync_agent::runtime::process::{self, stopping};
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 #[tokio::main]
@@ -57,7 +54,7 @@ async fn run(options: Options, stopped: watch::Receiver<bool>) -> anyhow::Result
     }
 
     let service = service_client(&options).await?;
-    let kcp_config = kubeconfig(&options.kcp_kubeconfig).await?;
+    let kcp_config = kubeconfig::from_file(&options.kcp_kubeconfig).await?;
     if workspace_of(&kcp_config).is_none() {
         anyhow::bail!(
             "the server of {} is {}; it must point at the workspace of the APIExportEndpointSlice, \
@@ -75,76 +72,40 @@ async fn run(options: Options, stopped: watch::Receiver<bool>) -> anyhow::Result
     health.set_ready(true);
 
     let identity = process::instance_name("sync-agent");
-    let lease = if options.enable_leader_election {
-        let lease_name = format!("syncagent.{agent_name}");
-        match Leadership::acquire(
-            service.clone(),
-            &options.namespace,
-            &lease_name,
-            &identity,
-            context::FIELD_MANAGER,
-            metrics.leader_status(&lease_name),
-            stopped.clone(),
-        )
-        .await
-        {
-            Some(leadership) => Some(leadership),
-            None => return Ok(()),
+    let lease = options.enable_leader_election.then(|| {
+        let name = format!("syncagent.{agent_name}");
+        LeaseSettings {
+            client: service.clone(),
+            namespace: options.namespace.clone(),
+            status: metrics.leader_status(&name),
+            name,
+            identity: identity.clone(),
+            field_manager: context::FIELD_MANAGER.to_string(),
         }
-    } else {
-        None
-    };
-
+    });
     let ctx = Context::new(service, kcp, &options, metrics, identity);
-    let mut controllers = JoinSet::new();
-    if options.runs(ControllerName::ApiResourceSchema) {
-        controllers.spawn(controller::schemas::run(
-            ctx.clone(),
-            stopping(stopped.clone()),
-        ));
-    }
-    if options.runs(ControllerName::ApiExport) {
-        controllers.spawn(controller::apiexport::run(
-            ctx.clone(),
-            stopping(stopped.clone()),
-        ));
-    }
-    if options.runs(ControllerName::Sync) {
-        controllers.spawn(controller::sync::run(
-            ctx.clone(),
-            stopping(stopped.clone()),
-        ));
-    }
-
-    match lease {
-        Some(mut leadership) => {
-            let mut end = leadership.term(stopped.clone()).await;
-            if end == TermEnd::Stopped {
-                // Drain, unless the Lease is lost meanwhile.
-                tokio::select! {
-                    () = process::drain(&mut controllers) => {}
-                    () = leadership.lost() => end = TermEnd::Lost,
-                }
-            }
-            if end == TermEnd::Lost {
-                // Another replica may lead already: stop writing at once.
-                controllers.shutdown().await;
-            }
-            leadership.release().await;
-            if end == TermEnd::Lost {
-                Err(anyhow::anyhow!(
-                    "lost leadership; exiting so that only one replica writes"
-                ))
-            } else {
-                Ok(())
-            }
+    run_as_leader(lease, stopped.clone(), |controllers| {
+        if options.runs(ControllerName::ApiResourceSchema) {
+            controllers.spawn(controller::schemas::run(
+                ctx.clone(),
+                stopping(stopped.clone()),
+            ));
         }
-        None => {
-            stopping(stopped.clone()).await;
-            process::drain(&mut controllers).await;
-            Ok(())
+        if options.runs(ControllerName::ApiExport) {
+            controllers.spawn(controller::apiexport::run(
+                ctx.clone(),
+                stopping(stopped.clone()),
+            ));
         }
-    }
+        if options.runs(ControllerName::Sync) {
+            controllers.spawn(controller::sync::run(
+                ctx.clone(),
+                stopping(stopped.clone()),
+            ));
+        }
+    })
+    .await?;
+    Ok(())
 }
 
 /// Resolves the export, retrying transient failures with backoff until it
@@ -171,21 +132,8 @@ async fn resolve_with_retry(
     }
 }
 
-async fn kubeconfig(path: &Path) -> anyhow::Result<Config> {
-    let kubeconfig = Kubeconfig::read_from(path)
-        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-    Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .with_context(|| format!("loading kubeconfig {}", path.display()))
-}
-
 async fn service_client(options: &Options) -> anyhow::Result<Client> {
-    let mut config = match &options.kubeconfig {
-        Some(path) => kubeconfig(path).await?,
-        None => Config::infer()
-            .await
-            .context("finding the service cluster's configuration")?,
-    };
+    let mut config = kubeconfig::service_config(options.kubeconfig.as_deref()).await?;
     if !options.kubeconfig_host_override.is_empty() {
         config.cluster_url = options
             .kubeconfig_host_override
@@ -197,7 +145,7 @@ async fn service_client(options: &Options) -> anyhow::Result<Client> {
             .context("reading --kubeconfig-ca-file-override")?;
         config.root_cert = Some(pem_certificates(&pem)?);
     }
-    Client::try_from(config).context("building the service-cluster client")
+    Ok(kubeconfig::client(config)?)
 }
 
 /// DER certificates in a PEM bundle.

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 
+use crate::runtime::process::LogFormat;
+
 /// Controllers that `--disabled-controllers` can switch off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum)]
 pub enum ControllerName {
@@ -18,17 +20,6 @@ pub enum ControllerName {
     /// Syncs objects between kcp and the service cluster.
     #[value(name = "sync")]
     Sync,
-}
-
-/// Log output format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// One JSON object per line.
-    #[value(alias = "JSON")]
-    Json,
-    /// Human-readable lines.
-    #[value(alias = "console", alias = "Console")]
-    Text,
 }
 
 /// Syncs objects between kcp workspaces and this service cluster, publishing

@@ -226,29 +226,9 @@ impl Drop for AgentProcess {
 
 /// A plain HTTP GET on loopback, returning the body of a 200 response.
 pub async fn http_get(url: &str) -> Result<String, String> {
-    let rest = url.strip_prefix("http://").ok_or("only http:// URLs")?;
-    let (address, path) = rest
-        .split_once('/')
-        .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
-    let mut stream = tokio::net::TcpStream::connect(address)
-        .await
-        .map_err(|e| e.to_string())?;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or("malformed response")?;
-    if head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200") {
-        Ok(body.to_string())
-    } else {
-        Err(head.lines().next().unwrap_or_default().to_string())
+    match sync_agent::runtime::http::get(url).await {
+        Ok((status, body)) if status == sync_agent::runtime::http::StatusCode::OK => Ok(body),
+        Ok((status, _)) => Err(status.to_string()),
+        Err(error) => Err(error.to_string()),
     }
 }

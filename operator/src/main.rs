@@ -5,17 +5,15 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
 use offering_operator::controller::{self, Context, Metrics};
 use offering_operator::crdgen;
 use offering_operator::credentials::{Rotation, SecretLocation};
 use offering_operator::names::{FIELD_MANAGER, KUBECONFIG_KEY};
 use offering_operator::provision::Settings;
-use sync_agent::options::LogFormat;
 use sync_agent::runtime::http::{self, Health};
-use sync_agent::runtime::leader::{Leadership, TermEnd};
-use sync_agent::runtime::process::{self, stopping};
+use sync_agent::runtime::kubeconfig;
+use sync_agent::runtime::leader::{LeaseSettings, run_as_leader};
+use sync_agent::runtime::process::{self, LogFormat, stopping};
 use tracing::{error, info};
 
 /// Provisions kcp APIExports, sync agents and consumer bindings from
@@ -197,7 +195,8 @@ async fn run(options: RunOptions) -> anyhow::Result<()> {
             stopping(stopped.clone()),
         ));
     }
-    let client = service_client(options.kubeconfig.as_deref()).await?;
+    let client =
+        kubeconfig::client(kubeconfig::service_config(options.kubeconfig.as_deref()).await?)?;
     client
         .apiserver_version()
         .await
@@ -205,103 +204,34 @@ async fn run(options: RunOptions) -> anyhow::Result<()> {
     // Standby replicas are healthy and ready: they take over on failover.
     health.set_ready(true);
     let identity = process::instance_name(FIELD_MANAGER);
-    let leadership = if options.enable_leader_election {
-        match Leadership::acquire(
-            client.clone(),
-            &options.namespace,
-            FIELD_MANAGER,
-            &identity,
-            FIELD_MANAGER,
-            metrics.leader_status(FIELD_MANAGER),
-            stopped.clone(),
-        )
-        .await
-        {
-            Some(leadership) => Some(leadership),
-            None => return Ok(()),
-        }
-    } else {
-        None
-    };
-    info!(namespace = ?options.watch_namespace, "Reconciling PublishedOfferings");
+    let lease = options.enable_leader_election.then(|| LeaseSettings {
+        client: client.clone(),
+        namespace: options.namespace.clone(),
+        name: FIELD_MANAGER.to_string(),
+        identity: identity.clone(),
+        field_manager: FIELD_MANAGER.to_string(),
+        status: metrics.leader_status(FIELD_MANAGER),
+    });
     let ctx = Context::new(client, settings, metrics, identity);
-    let mut controller = tokio::spawn(controller::run(
-        ctx,
-        options.watch_namespace.clone(),
-        stopping(stopped.clone()),
-    ));
-    match leadership {
-        Some(mut leadership) => {
-            let mut end = leadership.term(stopped.clone()).await;
-            let mut finished = false;
-            if end == TermEnd::Stopped {
-                // Let the controller finish, unless the Lease is lost meanwhile.
-                tokio::select! {
-                    done = tokio::time::timeout(Duration::from_secs(20), &mut controller) => {
-                        finished = done.is_ok();
-                    }
-                    () = leadership.lost() => end = TermEnd::Lost,
-                }
-            }
-            // The Lease is released only once the controller has stopped.
-            if !finished {
-                controller.abort();
-                let _ = controller.await;
-            }
-            leadership.release().await;
-            if end == TermEnd::Lost {
-                anyhow::bail!("lost leadership; exiting so that only one replica writes");
-            }
-        }
-        None => {
-            let _ = controller.await;
-        }
-    }
+    run_as_leader(lease, stopped.clone(), |controllers| {
+        info!(namespace = ?options.watch_namespace, "Reconciling PublishedOfferings");
+        controllers.spawn(controller::run(
+            ctx,
+            options.watch_namespace.clone(),
+            stopping(stopped.clone()),
+        ));
+    })
+    .await?;
     Ok(())
 }
 
-async fn service_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Client> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kubeconfig = Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                .await
-                .with_context(|| format!("loading kubeconfig {}", path.display()))?
-        }
-        None => Config::infer()
-            .await
-            .context("finding the service cluster's configuration")?,
-    };
-    Client::try_from(config).context("building the service-cluster client")
-}
-
 async fn probe(url: &str) -> anyhow::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url
-        .strip_prefix("http://")
-        .with_context(|| format!("{url} is not an http:// URL"))?;
-    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(host).await?;
-        stream
-            .write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
-            .await?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await?;
-        Ok::<_, std::io::Error>(response)
-    };
-    let response = tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .with_context(|| format!("{url} did not answer within 10s"))?
-        .with_context(|| format!("requesting {url}"))?;
-    let text = String::from_utf8_lossy(&response);
-    let status = text.lines().next().unwrap_or_default();
-    if status.split_whitespace().nth(1) == Some("200") {
+    let (status, _) = http::get(url).await?;
+    if status == http::StatusCode::OK {
         println!("{url}: {status}");
         Ok(())
     } else {
-        anyhow::bail!("{url} answered {status:?}")
+        anyhow::bail!("{url} answered {status}")
     }
 }
 

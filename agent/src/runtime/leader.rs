@@ -7,6 +7,9 @@
 //! counted from the start of its last successful attempt, steps down before
 //! its claim runs out anywhere; a released Lease (empty holder) is taken at a
 //! standby's next retry. Every request is bounded in time.
+//!
+//! [`run_as_leader`] is the term both binaries run: acquire, start the
+//! controllers, and on shutdown or a lost Lease stop them, then release.
 
 use std::time::Duration;
 
@@ -17,9 +20,11 @@ use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};
 use prometheus::IntGauge;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
+
+use crate::runtime::process::{self, stopping};
 
 /// How long a holder's claim is valid after it was last seen renewed.
 const LEASE_DURATION: Duration = Duration::from_secs(15);
@@ -31,7 +36,7 @@ const RETRY_PERIOD: Duration = Duration::from_secs(2);
 
 /// Leadership of a Lease, held until released or lost.
 #[derive(Debug)]
-pub struct Leadership {
+struct Leadership {
     lock: Lock,
     leading: watch::Receiver<bool>,
     renewing: JoinHandle<()>,
@@ -40,11 +45,97 @@ pub struct Leadership {
 
 /// How a leader's term ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TermEnd {
+enum TermEnd {
     /// The shutdown flag was raised.
     Stopped,
     /// The Lease was taken by another replica or could not be renewed.
     Lost,
+}
+
+/// The Lease a replica competes for before it runs its controllers.
+pub struct LeaseSettings {
+    /// Client of the cluster holding the Lease.
+    pub client: Client,
+    /// The Lease's namespace.
+    pub namespace: String,
+    /// The Lease's name.
+    pub name: String,
+    /// This replica's holder identity.
+    pub identity: String,
+    /// Field manager of the Lease writes.
+    pub field_manager: String,
+    /// `leader_election_master_status` for the Lease.
+    pub status: IntGauge,
+}
+
+impl std::fmt::Debug for LeaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseSettings")
+            .field("namespace", &self.namespace)
+            .field("name", &self.name)
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The replica lost its Lease while leading; it must exit so that only
+/// one replica writes.
+#[derive(Debug, thiserror::Error)]
+#[error("lost leadership; exiting so that only one replica writes")]
+pub struct LostLeadership;
+
+/// Runs the controllers that `start` spawns into a [`JoinSet`], as leader
+/// of `lease` or, without one, right away. On shutdown the controllers
+/// drain (bounded); on a lost Lease they are aborted at once, since another
+/// replica may lead already. The Lease is released only once they stopped.
+/// Stopped before leading, nothing is started.
+pub async fn run_as_leader(
+    lease: Option<LeaseSettings>,
+    stopped: watch::Receiver<bool>,
+    start: impl FnOnce(&mut JoinSet<()>),
+) -> Result<(), LostLeadership> {
+    let leadership = match lease {
+        Some(lease) => {
+            let acquired = Leadership::acquire(
+                lease.client,
+                &lease.namespace,
+                &lease.name,
+                &lease.identity,
+                &lease.field_manager,
+                lease.status,
+                stopped.clone(),
+            )
+            .await;
+            match acquired {
+                Some(leadership) => Some(leadership),
+                None => return Ok(()),
+            }
+        }
+        None => None,
+    };
+    let mut controllers = JoinSet::new();
+    start(&mut controllers);
+    let Some(mut leadership) = leadership else {
+        stopping(stopped).await;
+        process::drain(&mut controllers).await;
+        return Ok(());
+    };
+    let mut end = leadership.term(stopped).await;
+    if end == TermEnd::Stopped {
+        // Drain, unless the Lease is lost meanwhile.
+        tokio::select! {
+            () = process::drain(&mut controllers) => {}
+            () = leadership.lost() => end = TermEnd::Lost,
+        }
+    }
+    if end == TermEnd::Lost {
+        controllers.shutdown().await;
+    }
+    leadership.release().await;
+    match end {
+        TermEnd::Lost => Err(LostLeadership),
+        TermEnd::Stopped => Ok(()),
+    }
 }
 
 /// What this replica last saw of the Lease's record, and when it changed.
@@ -83,7 +174,7 @@ impl Leadership {
     /// `field_manager`; `status` (controller-runtime's
     /// `leader_election_master_status`) is 1 while it leads. Errors of the
     /// API server are retried; they never end the process.
-    pub async fn acquire(
+    async fn acquire(
         client: Client,
         namespace: &str,
         name: &str,
@@ -137,7 +228,7 @@ impl Leadership {
     }
 
     /// Waits until the term ends: shutdown or a lost Lease.
-    pub async fn term(&mut self, mut stopped: watch::Receiver<bool>) -> TermEnd {
+    async fn term(&mut self, mut stopped: watch::Receiver<bool>) -> TermEnd {
         tokio::select! {
             _ = self.leading.wait_for(|l| !*l) => TermEnd::Lost,
             _ = stopped.wait_for(|s| *s) => TermEnd::Stopped,
@@ -145,13 +236,13 @@ impl Leadership {
     }
 
     /// Resolves once this replica no longer leads.
-    pub async fn lost(&mut self) {
+    async fn lost(&mut self) {
         let _ = self.leading.wait_for(|l| !*l).await;
     }
 
     /// Stops renewing and gives the Lease up, if this replica still holds
     /// it, so that a standby takes over at its next retry.
-    pub async fn release(mut self) {
+    async fn release(mut self) {
         self.renewing.abort();
         let _ = (&mut self.renewing).await;
         self.status.set(0);
@@ -347,6 +438,22 @@ fn jittered(period: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn without_a_lease_the_controllers_run_until_shutdown_and_drain() {
+        let (stop, stopped) = watch::channel(false);
+        let (finished, drained) = tokio::sync::oneshot::channel();
+        let controller_stop = stopped.clone();
+        let run = tokio::spawn(run_as_leader(None, stopped, move |controllers| {
+            controllers.spawn(async move {
+                stopping(controller_stop).await;
+                let _ = finished.send(());
+            });
+        }));
+        stop.send(true).expect("the run listens");
+        run.await.expect("joined").expect("no Lease to lose");
+        drained.await.expect("the controller ran to its end");
+    }
 
     fn spec(holder: &str, seconds: i32) -> LeaseSpec {
         LeaseSpec {

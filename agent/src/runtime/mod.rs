@@ -1,9 +1,10 @@
 //! What both binaries run on, independent of what they reconcile: retry
-//! policy, HTTP endpoints, leader election, metrics and the process's
-//! start-up and shutdown.
+//! policy, HTTP endpoints and client, cluster configuration loading, leader
+//! election, metrics, and the process's logging, start-up and shutdown.
 
 pub mod backoff;
 pub mod http;
+pub mod kubeconfig;
 pub mod leader;
 pub mod metrics;
 pub mod process;

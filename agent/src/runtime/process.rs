@@ -4,14 +4,24 @@
 
 use std::time::Duration;
 
+use clap::ValueEnum;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::options::LogFormat;
-
 /// How long running controllers get to finish after the shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Log output format (`--log-format`), upstream's spellings accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    #[value(alias = "JSON")]
+    Json,
+    /// Human-readable lines.
+    #[value(alias = "console", alias = "Console")]
+    Text,
+}
 
 /// Logs to standard error in `format`; `RUST_LOG` overrides `default_level`.
 pub fn init_logging(format: LogFormat, default_level: &str) {
