@@ -1,8 +1,6 @@
 //! Clients for kcp workspaces and virtual workspaces, and throw-away
 //! workspaces for tests.
 
-use std::time::Duration;
-
 use anyhow::Context;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -11,11 +9,8 @@ use sync_agent::api::kcp::core_v1alpha1::{LOGICAL_CLUSTER_NAME, LogicalCluster};
 use sync_agent::api::kcp::tenancy_v1alpha1::{PHASE_READY, Workspace, WorkspaceSpec};
 
 use crate::env::{EnvFile, random_hex};
-use crate::poll::{DEFAULT_TIMEOUT, poll_until};
+use crate::poll::{DEFAULT_TIMEOUT, KCP_SLOW_TIMEOUT, poll_until};
 use sync_agent::api::kcp::apis_v1alpha2::APIBinding;
-
-/// How long a new workspace may take to become ready.
-const WORKSPACE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The test kcp, reached as its admin.
 #[derive(Clone)]
@@ -83,7 +78,7 @@ impl Kcp {
             .with_context(|| format!("creating workspace {name} in {parent}"))?;
         let cluster = poll_until(
             &format!("workspace {parent}:{name} to be ready"),
-            WORKSPACE_TIMEOUT,
+            KCP_SLOW_TIMEOUT,
             async || {
                 let ws = workspaces.get(&name).await.map_err(|e| e.to_string())?;
                 let phase = ws
@@ -103,7 +98,7 @@ impl Kcp {
         let logical_clusters: Api<LogicalCluster> = Api::all(self.client(&path)?);
         poll_until(
             &format!("workspace {path} to serve requests"),
-            WORKSPACE_TIMEOUT,
+            KCP_SLOW_TIMEOUT,
             async || {
                 logical_clusters
                     .get(LOGICAL_CLUSTER_NAME)

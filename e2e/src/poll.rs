@@ -5,6 +5,11 @@ use std::time::{Duration, Instant};
 /// How long tests wait for the servers to converge unless they say otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long tests wait for kcp's own slow work (a workspace becoming ready
+/// or going away, a binding, an export's endpoints), sized for a loaded
+/// 2-core machine.
+pub const KCP_SLOW_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Calls `check` until it returns `Ok`, at most until `timeout` has passed.
 /// `check` reports what it saw in its `Err`; on timeout the last report is
 /// part of the error, so a failing test says what state it was stuck in.

@@ -251,13 +251,38 @@ async fn a_schema_stays_after_its_published_resource_is_deleted() {
     )
     .await
     .expect("gone");
-    // Give the agent a chance to (wrongly) react, then check both survived.
     let metrics = agent.metrics().await.expect("metrics");
     assert!(
         metrics.contains("controller_runtime_reconcile_total"),
         "{metrics}"
     );
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A sentinel published after the deletion: once its schema is in the
+    // export the agent has handled the deletion, so both must have survived.
+    provider
+        .apply_crd("Stack", &[("v1", true, true)], "size")
+        .await
+        .expect("sentinel CRD");
+    let sentinel_pr = provider
+        .create_pr(
+            "stacks",
+            json!({"resource": {"apiGroup": provider.group, "kind": "Stack"}}),
+        )
+        .await
+        .expect("sentinel PR");
+    let sentinel = provider
+        .wait_for_schema_name(&sentinel_pr, None)
+        .await
+        .expect("sentinel schema");
+    provider
+        .wait_for_export("the sentinel's schema in the export", |e| {
+            if resource_schemas(e).contains(&sentinel) {
+                Ok(())
+            } else {
+                Err("missing".into())
+            }
+        })
+        .await
+        .expect("export");
     provider
         .schema(&schema)
         .await

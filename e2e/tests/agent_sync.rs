@@ -335,10 +335,12 @@ async fn filters_select_objects_and_an_object_that_stops_matching_is_cleaned_up(
         .expect("unlabelled namespace");
 
     let widgets = scene.kcp_widgets(&client);
+    // "chosen" comes last: once its copy exists the agent has seen the two
+    // objects before it, so their missing copies are the filter at work.
     for (namespace, name, sync) in [
-        ("apps", "chosen", "yes"),
         ("apps", "ignored", "no"),
         ("other", "elsewhere", "yes"),
+        ("apps", "chosen", "yes"),
     ] {
         let mut widget = DynamicObject::new(name, &scene.resource).within(namespace);
         widget.metadata.labels = Some([("sync".to_string(), sync.to_string())].into());
@@ -360,7 +362,6 @@ async fn filters_select_objects_and_an_object_that_stops_matching_is_cleaned_up(
         "syncagent.kcp.io/remote-object-cluster={}",
         consumer.cluster
     );
-    tokio::time::sleep(Duration::from_secs(3)).await;
     let copies = all
         .list(&ListParams::default().labels(&selector))
         .await
@@ -680,12 +681,30 @@ async fn with_the_option_a_copy_waits_for_foreign_finalizers_and_latency_is_meas
     .await
     .expect("created");
     let copy = scene.local_copy(&consumer.cluster, "held").await;
+    // A sentinel without a foreign finalizer, deleted after "held": once its
+    // copy is gone the agent has handled the deletion of "held" too.
+    scene.create_widget(&client, "free", "grey").await;
+    let free = scene.local_copy(&consumer.cluster, "free").await;
 
-    widgets
-        .delete("held", &DeleteParams::default())
-        .await
-        .expect("consumer deletes");
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    for name in ["held", "free"] {
+        widgets
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("consumer deletes");
+    }
+    poll_until("the sentinel's copy to go", TIMEOUT, async || {
+        match scene
+            .local_api(&consumer.cluster)
+            .get_opt(&free.name_any())
+            .await
+        {
+            Ok(None) => Ok(()),
+            Ok(Some(_)) => Err("the sentinel's copy is still there".to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await
+    .expect("the sentinel's copy is deleted");
     assert!(
         scene
             .local_api(&consumer.cluster)
