@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch};
 use kube::{Resource, ResourceExt};
 use kube_runtime::controller::{Action, Controller};
 use kube_runtime::events::{Event, EventType};
@@ -24,7 +24,7 @@ use tracing::{info, instrument, warn};
 use crate::api::condition::{condition, set_condition};
 use crate::api::kcp::apis_v1alpha1::APIResourceSchema;
 use crate::api::published_resource::{PublishedResource, SCHEMA_PUBLISHED_CONDITION};
-use crate::context::Context;
+use crate::context::{Context, patch_params, post_params};
 use crate::runtime::metrics::ReconcileResult;
 use crate::schema::{self, ProjectionError};
 use crate::source::{self, SourceError};
@@ -184,7 +184,7 @@ async fn publish(pr: &PublishedResource, ctx: &Context) -> Result<String, Error>
         source,
     };
     if api.get_opt(&name).await.map_err(kcp_error)?.is_none() {
-        match api.create(&PostParams::default(), &schema).await {
+        match api.create(&post_params(), &schema).await {
             Ok(_) => info!(schema = %name, "Created APIResourceSchema"),
             Err(kube::Error::Api(status)) if status.code == 409 => {}
             Err(error) => return Err(kcp_error(error)),
@@ -216,11 +216,7 @@ async fn write_status(
         patch["status"]["resourceSchemaName"] = name.into();
     }
     Api::<PublishedResource>::all(ctx.service.clone())
-        .patch_status(
-            &pr.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
+        .patch_status(&pr.name_any(), &patch_params(), &Patch::Merge(&patch))
         .await
         .map_err(|source| Error::Status {
             name: pr.name_any(),

@@ -334,7 +334,7 @@ async fn report(ctx: &Context, pr: &PublishedResource, outcome: Result<(), &Conf
     if let Err(error) = api
         .patch_status(
             &pr.name_any(),
-            &kube::api::PatchParams::default(),
+            &crate::context::patch_params(),
             &kube::api::Patch::Merge(&patch),
         )
         .await
