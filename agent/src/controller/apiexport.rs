@@ -26,6 +26,7 @@ use tracing::{debug, info, instrument, warn};
 use crate::api::kcp::apis_v1alpha2::{APIExport, APIExportSpec, PermissionClaim, ResourceSchema};
 use crate::api::published_resource::PublishedResource;
 use crate::context::{Context, FIELD_MANAGER};
+use crate::controller::watched::{self, Watched};
 use crate::runtime::backoff::Backoff;
 use crate::runtime::metrics::ReconcileResult;
 use crate::schema::{AGENT_NAME_KEY, parse_schema_name};
@@ -199,7 +200,7 @@ pub fn required_claims(
 
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 'static) {
-    let prs: Api<PublishedResource> = Api::all(ctx.service.clone());
+    let prs: Api<Watched> = Api::all(ctx.service.clone());
     let (store, writer) = reflector::store();
     let pr_changes = watcher(prs, watcher::Config::default().labels(&ctx.selector))
         .default_backoff()
@@ -233,7 +234,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
                     next = Instant::now() + DEBOUNCE;
                     continue;
                 }
-                match reconcile(&ctx, &store.state()).await {
+                match reconcile(&ctx, &watched::readable(store.state())).await {
                     Ok(()) => {
                         failures = 0;
                         next = Instant::now() + RESYNC;
@@ -250,7 +251,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     }
 }
 
-fn store_ready(store: &Store<PublishedResource>) -> bool {
+fn store_ready(store: &Store<Watched>) -> bool {
     futures::FutureExt::now_or_never(store.wait_until_ready()).is_some_and(|r| r.is_ok())
 }
 
