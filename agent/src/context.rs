@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use kube::Client;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, PatchParams, PostParams};
 use kube_runtime::events::{Recorder, Reporter};
 use serde_json::json;
 
@@ -103,6 +103,22 @@ impl Context {
     }
 }
 
+/// Patch parameters that name the agent as the field manager.
+pub fn patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    }
+}
+
+/// Create and replace parameters that name the agent as the field manager.
+pub fn post_params() -> PostParams {
+    PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    }
+}
+
 /// Creates a namespace unless it exists, on either side.
 pub async fn ensure_namespace(client: &Client, name: &str) -> Result<(), kube::Error> {
     let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
@@ -110,16 +126,7 @@ pub async fn ensure_namespace(client: &Client, name: &str) -> Result<(), kube::E
         return Ok(());
     }
     let namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap_or_default();
-    match api
-        .create(
-            &PostParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..PostParams::default()
-            },
-            &namespace,
-        )
-        .await
-    {
+    match api.create(&post_params(), &namespace).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
         Err(error) => Err(error),

@@ -26,6 +26,8 @@ use tracing::{debug, info, instrument, warn};
 use crate::api::kcp::apis_v1alpha2::{APIExport, APIExportSpec, PermissionClaim, ResourceSchema};
 use crate::api::published_resource::PublishedResource;
 use crate::context::{Context, FIELD_MANAGER};
+use crate::controller::watched::{self, Watched};
+use crate::runtime::backoff::Backoff;
 use crate::runtime::metrics::ReconcileResult;
 use crate::schema::{AGENT_NAME_KEY, parse_schema_name};
 
@@ -36,6 +38,8 @@ pub const NAME: &str = "apiexport";
 const DEBOUNCE: Duration = Duration::from_millis(200);
 /// Reconcile now and then even without changes.
 const RESYNC: Duration = Duration::from_secs(300);
+/// Retries of a failed reconcile: 1 s, doubling up to a minute.
+const RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
 
 /// What the controller changes on the export.
 #[derive(Debug, Default, PartialEq)]
@@ -196,7 +200,7 @@ pub fn required_claims(
 
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 'static) {
-    let prs: Api<PublishedResource> = Api::all(ctx.service.clone());
+    let prs: Api<Watched> = Api::all(ctx.service.clone());
     let (store, writer) = reflector::store();
     let pr_changes = watcher(prs, watcher::Config::default().labels(&ctx.selector))
         .default_backoff()
@@ -213,7 +217,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     .map(|r| r.map(drop).map_err(|e| e.to_string()));
     let mut changes = std::pin::pin!(stream::select(pr_changes, export_changes));
     let mut shutdown = std::pin::pin!(shutdown);
-    let mut retry = Duration::from_secs(1);
+    let mut failures = 0;
     let mut next = Instant::now() + DEBOUNCE;
     loop {
         tokio::select! {
@@ -230,15 +234,16 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
                     next = Instant::now() + DEBOUNCE;
                     continue;
                 }
-                match reconcile(&ctx, &store.state()).await {
+                match reconcile(&ctx, &watched::readable(store.state())).await {
                     Ok(()) => {
-                        retry = Duration::from_secs(1);
+                        failures = 0;
                         next = Instant::now() + RESYNC;
                     }
                     Err(error) => {
+                        failures += 1;
+                        let retry = RETRY.after(failures);
                         warn!(%error, retry_in = ?retry, "Reconciling the APIExport failed");
                         next = Instant::now() + retry;
-                        retry = (retry * 2).min(Duration::from_secs(60));
                     }
                 }
             }
@@ -246,7 +251,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     }
 }
 
-fn store_ready(store: &Store<PublishedResource>) -> bool {
+fn store_ready(store: &Store<Watched>) -> bool {
     futures::FutureExt::now_or_never(store.wait_until_ready()).is_some_and(|r| r.is_ok())
 }
 

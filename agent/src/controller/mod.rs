@@ -4,3 +4,4 @@
 pub mod apiexport;
 pub mod schemas;
 pub mod sync;
+pub mod watched;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch};
 use kube::{Resource, ResourceExt};
 use kube_runtime::controller::{Action, Controller};
 use kube_runtime::events::{Event, EventType};
@@ -24,7 +24,8 @@ use tracing::{info, instrument, warn};
 use crate::api::condition::{condition, set_condition};
 use crate::api::kcp::apis_v1alpha1::APIResourceSchema;
 use crate::api::published_resource::{PublishedResource, SCHEMA_PUBLISHED_CONDITION};
-use crate::context::Context;
+use crate::context::{Context, patch_params, post_params};
+use crate::controller::watched::Watched;
 use crate::runtime::metrics::ReconcileResult;
 use crate::schema::{self, ProjectionError};
 use crate::source::{self, SourceError};
@@ -89,7 +90,7 @@ impl Error {
 
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
-    let prs: Api<PublishedResource> = Api::all(ctx.service.clone());
+    let prs: Api<Watched> = Api::all(ctx.service.clone());
     let crds: Api<CustomResourceDefinition> = Api::all(ctx.service.clone());
     let controller = Controller::new(prs, watcher::Config::default().labels(&ctx.selector));
     let store = controller.store();
@@ -99,11 +100,13 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             store
                 .state()
                 .into_iter()
-                .filter(|pr| {
-                    pr.spec.resource.api_group == crd.spec.group
-                        && pr.spec.resource.kind == crd.spec.names.kind
+                .filter(|watched| {
+                    watched.0.as_ref().is_ok_and(|pr| {
+                        pr.spec.resource.api_group == crd.spec.group
+                            && pr.spec.resource.kind == crd.spec.names.kind
+                    })
                 })
-                .map(|pr| ObjectRef::from_obj(&*pr))
+                .map(|watched| ObjectRef::from_obj(&*watched))
                 .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(shutdown)
@@ -112,18 +115,29 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .await;
 }
 
-#[instrument(skip_all, fields(published_resource = %pr.name_any()))]
-async fn reconcile(pr: Arc<PublishedResource>, ctx: Arc<Context>) -> Result<Action, Error> {
+/// One reconcile. A PublishedResource the agent cannot read gets a Warning
+/// event and waits for a change; the others go on.
+#[instrument(skip_all, fields(published_resource = %watched.name_any()))]
+async fn reconcile(watched: Arc<Watched>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let pr = match &watched.0 {
+        Ok(pr) => pr,
+        Err(invalid) => {
+            warn!(error = %invalid, "Cannot read the PublishedResource; skipping it");
+            let note = format!("The agent cannot read this PublishedResource: {invalid}");
+            publish_event(&ctx, watched.as_ref(), "InvalidObject", &note).await;
+            return Ok(Action::await_change());
+        }
+    };
     let started = Instant::now();
     if pr.metadata.deletion_timestamp.is_some() {
         // The schema outlives its PublishedResource: bindings may use it.
         return Ok(Action::await_change());
     }
-    let outcome = publish(&pr, &ctx).await;
+    let outcome = publish(pr, &ctx).await;
     let status = match &outcome {
         Ok(name) => {
             write_status(
-                &pr,
+                pr,
                 &ctx,
                 Some(name),
                 condition(
@@ -138,9 +152,10 @@ async fn reconcile(pr: Arc<PublishedResource>, ctx: Arc<Context>) -> Result<Acti
         }
         Err(error) => {
             warn!(reason = error.reason(), %error, "Publishing the schema failed");
-            publish_event(&ctx, &pr, error).await;
+            let note = format!("{}: {error}", error.reason());
+            publish_event(&ctx, pr, "ReconcilingError", &note).await;
             write_status(
-                &pr,
+                pr,
                 &ctx,
                 None,
                 condition(
@@ -164,7 +179,7 @@ async fn reconcile(pr: Arc<PublishedResource>, ctx: Arc<Context>) -> Result<Acti
     result.map(|()| Action::await_change())
 }
 
-fn error_policy(pr: Arc<PublishedResource>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(pr: Arc<Watched>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.failed(NAME, error.reason());
     warn!(published_resource = %pr.name_any(), %error, "Reconcile failed");
     Action::requeue(error.retry_after())
@@ -184,7 +199,7 @@ async fn publish(pr: &PublishedResource, ctx: &Context) -> Result<String, Error>
         source,
     };
     if api.get_opt(&name).await.map_err(kcp_error)?.is_none() {
-        match api.create(&PostParams::default(), &schema).await {
+        match api.create(&post_params(), &schema).await {
             Ok(_) => info!(schema = %name, "Created APIResourceSchema"),
             Err(kube::Error::Api(status)) if status.code == 409 => {}
             Err(error) => return Err(kcp_error(error)),
@@ -216,11 +231,7 @@ async fn write_status(
         patch["status"]["resourceSchemaName"] = name.into();
     }
     Api::<PublishedResource>::all(ctx.service.clone())
-        .patch_status(
-            &pr.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
+        .patch_status(&pr.name_any(), &patch_params(), &Patch::Merge(&patch))
         .await
         .map_err(|source| Error::Status {
             name: pr.name_any(),
@@ -229,11 +240,16 @@ async fn write_status(
     Ok(())
 }
 
-async fn publish_event(ctx: &Context, pr: &PublishedResource, error: &Error) {
+async fn publish_event(
+    ctx: &Context,
+    pr: &impl Resource<DynamicType = ()>,
+    reason: &str,
+    note: &str,
+) {
     let event = Event {
         type_: EventType::Warning,
-        reason: "ReconcilingError".into(),
-        note: Some(truncate(&format!("{}: {error}", error.reason()), 1000)),
+        reason: reason.into(),
+        note: Some(truncate(note, 1000)),
         action: "PublishSchema".into(),
         secondary: None,
     };

@@ -24,6 +24,7 @@ use crate::api::condition::{condition, set_condition};
 use crate::api::kcp::apis_v1alpha1::APIExportEndpointSlice;
 use crate::api::published_resource::{PublishedResource, ResourceFilter, SYNCING_CONDITION};
 use crate::context::Context;
+use crate::controller::watched::{self, Watched};
 use crate::mutation::Mutator;
 use crate::schema;
 use crate::source;
@@ -44,7 +45,7 @@ struct Running {
 
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 'static) {
-    let prs: Api<PublishedResource> = Api::all(ctx.service.clone());
+    let prs: Api<Watched> = Api::all(ctx.service.clone());
     let (store, writer) = reflector::store();
     let mut changes = std::pin::pin!(
         watcher(prs, watcher::Config::default().labels(&ctx.selector))
@@ -80,7 +81,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
 
 async fn converge(
     ctx: &Arc<Context>,
-    store: &Store<PublishedResource>,
+    store: &Store<Watched>,
     running: &mut HashMap<String, Running>,
 ) {
     let endpoints = match endpoints(ctx).await {
@@ -91,7 +92,7 @@ async fn converge(
         }
     };
     let mut wanted: HashMap<String, (u64, Arc<PublishedResource>)> = HashMap::new();
-    for pr in store.state() {
+    for pr in watched::readable(store.state()) {
         let enabled = pr.spec.synchronization.as_ref().is_none_or(|s| s.enabled);
         let schema = pr
             .status
@@ -334,7 +335,7 @@ async fn report(ctx: &Context, pr: &PublishedResource, outcome: Result<(), &Conf
     if let Err(error) = api
         .patch_status(
             &pr.name_any(),
-            &kube::api::PatchParams::default(),
+            &crate::context::patch_params(),
             &kube::api::Patch::Merge(&patch),
         )
         .await

@@ -7,13 +7,13 @@
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DynamicObject, ObjectMeta, PostParams};
+use kube::api::{Api, DynamicObject, ObjectMeta};
 use kube::{Client, ResourceExt};
 use prometheus::IntCounter;
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use crate::context::FIELD_MANAGER;
+use crate::context::{FIELD_MANAGER, post_params};
 
 /// Events waiting to be written before new ones are dropped.
 pub const QUEUE: usize = 1000;
@@ -33,7 +33,7 @@ impl EventSink {
             while let Some((client, event)) = pending.recv().await {
                 let namespace = event.metadata.namespace.clone().unwrap_or_default();
                 let api: Api<Event> = Api::namespaced(client, &namespace);
-                if let Err(error) = api.create(&PostParams::default(), &event).await {
+                if let Err(error) = api.create(&post_params(), &event).await {
                     debug!(%error, reason = ?event.reason, "Recording an event in kcp failed");
                 }
             }

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PostParams};
 use kube::core::SelectorExt;
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -23,7 +23,7 @@ use super::naming::{self, DEFAULT_NAME, DEFAULT_NAMESPACE, NamingContext};
 use super::object::{Owner, finalizer_patch, new_local, update_patch};
 use super::related;
 use crate::api::dns;
-use crate::context::{Context, FIELD_MANAGER};
+use crate::context::{Context, FIELD_MANAGER, patch_params};
 use crate::kcp::retarget_url;
 
 /// How often objects with unwatched related resources are looked at again.
@@ -195,7 +195,7 @@ async fn sync_object(
         None => remote,
         Some(patch) => {
             let patched = remote_api
-                .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .patch(&key.name, &patch_params(), &Patch::Merge(&patch))
                 .await
                 .map_err(SyncError::Kcp)?;
             target.wrote(config, Side::Kcp, &patched);
@@ -245,11 +245,7 @@ async fn sync_object(
     let mut wrote = false;
     if let Some(patch) = update_patch(&remote_value, &local_value, owner) {
         let patched = local_ns_api
-            .patch(
-                &local.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
+            .patch(&local.name_any(), &patch_params(), &Patch::Merge(&patch))
             .await
             .map_err(SyncError::Service)?;
         target.wrote(config, Side::Service, &patched);
@@ -340,7 +336,7 @@ async fn sync_object(
             let patched = remote_api
                 .patch(
                     &key.name,
-                    &PatchParams::default(),
+                    &patch_params(),
                     &Patch::Merge(&json!({"metadata": {"annotations": missing}})),
                 )
                 .await
@@ -476,7 +472,7 @@ async fn create(
             if existing.metadata.deletion_timestamp.is_none() {
                 let patch = json!({"metadata": {"labels": object.metadata.labels, "annotations": object.metadata.annotations}});
                 let adopted = api
-                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .patch(&name, &patch_params(), &Patch::Merge(&patch))
                     .await
                     .map_err(SyncError::Service)?;
                 target.wrote(config, Side::Service, &adopted);
@@ -588,11 +584,7 @@ async fn delete(
     }
     if let Some(patch) = finalizer_patch(remote, FINALIZER, false) {
         let released = remote_api
-            .patch(
-                &remote.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
+            .patch(&remote.name_any(), &patch_params(), &Patch::Merge(&patch))
             .await
             .map_err(SyncError::Kcp)?;
         target.objects.apply(&released);

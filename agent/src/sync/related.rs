@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch};
 use kube::core::GroupVersion;
 use kube::{Client, ResourceExt};
 use regex::Regex;
@@ -28,6 +28,7 @@ use crate::api::published_resource::{
     RelatedResourceObjectSelector, RelatedResourceObjectSpec, RelatedResourceOrigin,
     RelatedResourceSpec,
 };
+use crate::context::{patch_params, post_params};
 use crate::mutation::{get, split_path};
 
 /// Annotation prefix on kcp primaries naming their service-origin related objects.
@@ -450,11 +451,7 @@ pub async fn sync(
                 && let Some(patch) = finalizer_patch(&source, finalizer, true)
             {
                 origin_api
-                    .patch(
-                        &pair.origin_name,
-                        &PatchParams::default(),
-                        &Patch::Merge(&patch),
-                    )
+                    .patch(&pair.origin_name, &patch_params(), &Patch::Merge(&patch))
                     .await
                     .map_err(side_error(origin))?;
             }
@@ -491,7 +488,7 @@ pub async fn sync(
                     let object: DynamicObject = serde_json::from_value(Value::Object(object))
                         .map_err(|e| SyncError::Malformed(e.to_string()))?;
                     destination_api
-                        .create(&PostParams::default(), &object)
+                        .create(&post_params(), &object)
                         .await
                         .map_err(side_error(destination))?;
                     info!(identifier = %spec.identifier, name = %pair.destination_name, to = destination.name(), "Copied a related object");
@@ -505,7 +502,7 @@ pub async fn sync(
                         destination_api
                             .patch(
                                 &pair.destination_name,
-                                &PatchParams::default(),
+                                &patch_params(),
                                 &Patch::Merge(&patch),
                             )
                             .await
@@ -522,7 +519,7 @@ pub async fn sync(
                 if let Err(error) = destination_api
                     .patch_status(
                         &pair.destination_name,
-                        &PatchParams::default(),
+                        &patch_params(),
                         &Patch::Merge(&patch),
                     )
                     .await
@@ -607,11 +604,7 @@ pub async fn cleanup(
                     && let Some(patch) = finalizer_patch(&source, finalizer, false)
                 {
                     origin_api
-                        .patch(
-                            &pair.origin_name,
-                            &PatchParams::default(),
-                            &Patch::Merge(&patch),
-                        )
+                        .patch(&pair.origin_name, &patch_params(), &Patch::Merge(&patch))
                         .await
                         .map_err(side_error(origin))?;
                 }

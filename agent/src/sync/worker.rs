@@ -26,12 +26,13 @@ use crate::api::kcp::CLUSTER_ANNOTATION;
 use crate::api::published_resource::{RelatedResourceOrigin, RelatedResourceSpec};
 use crate::context::Context;
 use crate::kcp::retarget_url;
+use crate::runtime::backoff::{Backoff, Failures};
 use crate::sync::related;
 
 /// Objects reconciled at the same time by one worker.
 pub const CONCURRENCY: usize = 4;
-/// Longest delay between retries of a failing object.
-const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Retries of a failing object: 1 s, doubling up to 5 min.
+const RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
 /// Longest time one object's reconcile may take.
 const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest time one discovery request may take.
@@ -53,8 +54,6 @@ struct Queue {
     pending: HashMap<RemoteKey, Vec<(Side, String)>>,
     /// Keys with a retry timer pending.
     scheduled: HashSet<RemoteKey>,
-    /// Consecutive failures per key, for backoff.
-    failures: HashMap<RemoteKey, u32>,
     /// One client per workspace, reused across reconciles.
     clients: HashMap<String, Client>,
 }
@@ -115,6 +114,7 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
     info!(published_resource = %config.published_resource, endpoints = ?config.endpoints, "Starting sync worker");
     let (queue, mut keys) = mpsc::unbounded_channel::<RemoteKey>();
     let shared: Shared = Arc::default();
+    let failures = Arc::new(Failures::new(RETRY));
     let mut tasks = tokio::task::JoinSet::new();
     let kcp_objects: Arc<HashMap<String, Arc<Mirror<RemoteKey>>>> = Arc::new(
         config
@@ -251,13 +251,14 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
             queue: queue.clone(),
             echoes: config.echoes.clone(),
         };
-        let (ctx, config, permits, shared, queue, copies) = (
+        let (ctx, config, permits, shared, queue, copies, failures) = (
             ctx.clone(),
             config.clone(),
             permits.clone(),
             shared.clone(),
             queue.clone(),
             copies.clone(),
+            failures.clone(),
         );
         let events = events.clone();
         tasks.spawn(async move {
@@ -280,11 +281,8 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
             let label = config.published_resource.as_str();
             let requeue = match result {
                 Ok(outcome) => {
-                    let seen = {
-                        let mut queue = lock(&shared);
-                        queue.failures.remove(&key);
-                        queue.observed.remove(&key)
-                    };
+                    failures.succeeded(&key);
+                    let seen = lock(&shared).observed.remove(&key);
                     if let (true, Some(seen)) = (outcome.wrote, seen) {
                         ctx.metrics
                             .sync_latency
@@ -303,13 +301,7 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
                         .sync_errors
                         .with_label_values(&[label, error.reason()])
                         .inc();
-                    let failures = {
-                        let mut queue = lock(&shared);
-                        let count = queue.failures.entry(key.clone()).or_default();
-                        *count = count.saturating_add(1);
-                        *count
-                    };
-                    Some(backoff(failures))
+                    Some(failures.failed(key.clone()))
                 }
             };
             drop(guard);
@@ -550,11 +542,6 @@ fn schedule(
     });
 }
 
-/// Retry delay after `failures` consecutive failures: 1 s, doubling up to 256 s.
-fn backoff(failures: u32) -> Duration {
-    Duration::from_secs(1u64 << failures.saturating_sub(1).min(8)).min(MAX_BACKOFF)
-}
-
 /// Waits until the projected kind is served at `<endpoint>/clusters/*`, so
 /// watches do not fail while the export is being set up.
 async fn wait_until_served(
@@ -601,20 +588,5 @@ async fn wait_until_served(
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = stop.wait_for(|s| *s) => return None,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retries_back_off_exponentially_with_a_cap() {
-        let delays: Vec<u64> = [1, 2, 3, 9, 50]
-            .into_iter()
-            .map(|n| backoff(n).as_secs())
-            .collect();
-        assert_eq!(delays, [1, 2, 4, 256, 256]);
-        assert!(backoff(u32::MAX) <= MAX_BACKOFF);
     }
 }
