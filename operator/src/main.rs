@@ -203,7 +203,8 @@ async fn run(options: RunOptions) -> anyhow::Result<()> {
         .await
         .context("reaching the service cluster")?;
     // Standby replicas are healthy and ready: they take over on failover.
-    health.set_ready(true);
+    // A leader is ready once its controller's cache synced (controller::run).
+    health.set_ready(options.enable_leader_election);
     let identity = process::instance_name(FIELD_MANAGER);
     let leadership = if options.enable_leader_election {
         match Leadership::acquire(
@@ -228,6 +229,7 @@ async fn run(options: RunOptions) -> anyhow::Result<()> {
     let mut controller = tokio::spawn(controller::run(
         ctx,
         options.watch_namespace.clone(),
+        health.clone(),
         stopping(stopped.clone()),
     ));
     match leadership {
