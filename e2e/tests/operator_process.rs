@@ -102,6 +102,14 @@ async fn two_operators_elect_one_leader_and_hand_over_on_shutdown() {
         "took over after {takeover:?}"
     );
 
+    // The new leader reads ready again once its cache of offerings synced.
+    let readyz = format!("http://{}/readyz", scene.operator.process.health_address);
+    poll_until("the new leader to be ready", TIMEOUT, async || {
+        http_get(&readyz).await.map(drop)
+    })
+    .await
+    .expect("the new leader is ready");
+
     let _two = scene
         .publish("two", json!({"agent": {"replicas": 1}}))
         .await

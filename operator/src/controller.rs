@@ -20,6 +20,7 @@ use prometheus::{IntCounter, IntGauge, Registry};
 use serde_json::json;
 use sync_agent::api::published_resource::PublishedResource;
 use sync_agent::runtime::backoff::{Backoff, Failures};
+use sync_agent::runtime::http::Health;
 use sync_agent::runtime::metrics::{ControllerMetrics, ReconcileResult};
 use tracing::{info, instrument, warn};
 
@@ -172,11 +173,16 @@ fn key(offering: &impl Resource) -> ObjectRef<PublishedOffering> {
 }
 
 /// Runs the controller over `offerings` until `shutdown` resolves.
+///
+/// `health` reads not ready until the controller's cache of offerings has
+/// its first full listing: before that, a reconcile would see no offerings.
 pub async fn run(
     ctx: Arc<Context>,
     namespace: Option<String>,
+    health: Arc<Health>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
+    health.set_ready(false);
     let client = ctx.client.clone();
     let (offerings, deployments): (Api<Watched>, Api<Deployment>) = match &namespace {
         Some(ns) => (
@@ -188,7 +194,16 @@ pub async fn run(
     let managed =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
     let published: Api<PublishedResource> = Api::all(client);
-    Controller::new(offerings, watcher::Config::default())
+    let controller = Controller::new(offerings, watcher::Config::default());
+    let store = controller.store();
+    let synced = async move {
+        // An error means the controller stopped before its first listing.
+        if store.wait_until_ready().await.is_ok() {
+            info!("The cache of PublishedOfferings is synced; ready");
+            health.set_ready(true);
+        }
+    };
+    let controller = controller
         .owns(deployments, managed.clone())
         .watches(published, managed, |resource| {
             let labels = resource.labels();
@@ -199,8 +214,8 @@ pub async fn run(
         })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
-        .for_each(|_| futures::future::ready(()))
-        .await;
+        .for_each(|_| futures::future::ready(()));
+    futures::future::join(controller, synced).await;
 }
 
 /// One reconcile: the finalizer decides between apply and cleanup. An

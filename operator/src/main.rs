@@ -202,7 +202,8 @@ async fn run(options: RunOptions) -> anyhow::Result<()> {
         .await
         .context("reaching the service cluster")?;
     // Standby replicas are healthy and ready: they take over on failover.
-    health.set_ready(true);
+    // A leader is ready once its controller's cache synced (controller::run).
+    health.set_ready(options.enable_leader_election);
     let identity = process::instance_name(FIELD_MANAGER);
     let lease = options.enable_leader_election.then(|| LeaseSettings {
         client: client.clone(),
@@ -218,6 +219,7 @@ async fn run(options: RunOptions) -> anyhow::Result<()> {
         controllers.spawn(controller::run(
             ctx,
             options.watch_namespace.clone(),
+            health.clone(),
             stopping(stopped.clone()),
         ));
     })
