@@ -9,7 +9,7 @@ use sync_agent::api::kcp::core_v1alpha1::{LOGICAL_CLUSTER_NAME, LogicalCluster};
 use sync_agent::api::kcp::tenancy_v1alpha1::{PHASE_READY, Workspace, WorkspaceSpec};
 
 use crate::env::{EnvFile, random_hex};
-use crate::poll::{DEFAULT_TIMEOUT, KCP_SLOW_TIMEOUT, poll_until};
+use crate::poll::{KCP_SLOW_TIMEOUT, poll_until};
 use sync_agent::api::kcp::apis_v1alpha2::APIBinding;
 
 /// The test kcp, reached as its admin.
@@ -121,7 +121,7 @@ impl Kcp {
 pub async fn wait_for_bound(bindings: &Api<APIBinding>, name: &str) -> anyhow::Result<()> {
     poll_until(
         &format!("APIBinding {name} to be bound"),
-        DEFAULT_TIMEOUT,
+        KCP_SLOW_TIMEOUT,
         async || {
             let phase = bindings
                 .get(name)

@@ -14,10 +14,11 @@ use serde_json::{Value, json};
 use crate::agent::{AgentProcess, Launch, free_address, project_binary};
 use crate::env::EnvFile;
 use crate::pod::Pod;
-use crate::poll::poll_until;
+use crate::poll::{KCP_SLOW_TIMEOUT, poll_until};
 use crate::publishing::Provider;
 
-/// How long operator tests wait for the operator and the agent.
+/// How long operator tests wait for the operator and the agent (waits that
+/// include kcp binding or workspace work use `KCP_SLOW_TIMEOUT`).
 pub const TIMEOUT: Duration = Duration::from_secs(90);
 /// Name of the Secret with the operator's kcp kubeconfig.
 pub const KCP_SECRET: &str = "kcp-admin";
@@ -117,7 +118,8 @@ impl OfferingScene {
         let offerings = self.offerings();
         let waited = poll_until(
             &format!("offering {name} to have {type_}={status} ({reason})"),
-            TIMEOUT,
+            // Ready covers the consumers' bindings, which is kcp's work.
+            KCP_SLOW_TIMEOUT,
             async || {
                 let offering = offerings.get(name).await.map_err(|e| e.to_string())?;
                 let conditions = offering
@@ -144,7 +146,8 @@ impl OfferingScene {
             .with_context(|| format!("deleting offering {name}"))?;
         let gone = poll_until(
             &format!("offering {name} to be deleted"),
-            TIMEOUT,
+            // The finalizer waits for kcp to clean up the consumers.
+            KCP_SLOW_TIMEOUT,
             async || match offerings.get_opt(name).await.map_err(|e| e.to_string())? {
                 None => Ok(()),
                 Some(o) => Err(format!("still there: {:?}", o.status.map(|s| s.conditions))),
@@ -278,7 +281,7 @@ impl OfferingScene {
         widget.data = json!({"spec": {"color": "blue"}});
         poll_until(
             &format!("widget {name} created in {path}"),
-            TIMEOUT,
+            KCP_SLOW_TIMEOUT,
             async || {
                 api.create(&PostParams::default(), &widget)
                     .await

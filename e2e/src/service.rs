@@ -12,8 +12,24 @@ use kube::{Client, Config};
 use crate::env::{EnvFile, random_hex};
 use crate::poll::{DEFAULT_TIMEOUT, poll_until};
 
-/// Field manager of objects the tests apply.
-const FIELD_MANAGER: &str = "e2e";
+/// Field manager of objects the tests and the benchmark write.
+pub const FIELD_MANAGER: &str = "e2e";
+
+/// Create parameters naming the e2e field manager.
+pub fn post_params() -> PostParams {
+    PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    }
+}
+
+/// Patch parameters (merge or JSON patches) naming the e2e field manager.
+pub fn patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    }
+}
 
 /// Admin client of the service cluster.
 pub async fn client(env: &EnvFile) -> anyhow::Result<Client> {
@@ -58,7 +74,7 @@ pub async fn create_namespace(client: &Client, prefix: &str) -> anyhow::Result<S
         ..Default::default()
     };
     Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
+        .create(&post_params(), &namespace)
         .await
         .with_context(|| format!("creating namespace {name}"))?;
     Ok(name)

@@ -20,6 +20,21 @@ fn resource_schemas(export: &APIExport) -> Vec<String> {
         .collect()
 }
 
+/// Waits until the export lists `schema` (`what` names it in a timeout).
+async fn wait_for_schema_in_export(provider: &Provider, what: &str, schema: &str) -> APIExport {
+    provider
+        .wait_for_export(what, |e| {
+            let schemas = resource_schemas(e);
+            if schemas.iter().any(|s| s == schema) {
+                Ok(())
+            } else {
+                Err(format!("{schemas:?}"))
+            }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e:#}"))
+}
+
 #[tokio::test]
 async fn a_crd_is_published_as_a_schema_and_merged_into_the_export() {
     let provider = Provider::new("publish").await.expect("provider");
@@ -65,16 +80,8 @@ async fn a_crd_is_published_as_a_schema_and_merged_into_the_export() {
         Some(&provider.agent_name)
     );
 
-    let export = provider
-        .wait_for_export("the schema in the export", |e| {
-            if resource_schemas(e).contains(&schema_name) {
-                Ok(())
-            } else {
-                Err(format!("{:?}", resource_schemas(e)))
-            }
-        })
-        .await
-        .expect("export lists the schema");
+    let export =
+        wait_for_schema_in_export(&provider, "the schema in the export", &schema_name).await;
     let annotations = export.metadata.annotations.unwrap_or_default();
     assert_eq!(
         annotations.get("syncagent.kcp.io/agent-name"),
@@ -220,16 +227,7 @@ async fn a_schema_stays_after_its_published_resource_is_deleted() {
         .wait_for_schema_name(&pr, None)
         .await
         .expect("schema");
-    provider
-        .wait_for_export("the schema in the export", |e| {
-            if resource_schemas(e).contains(&schema) {
-                Ok(())
-            } else {
-                Err("missing".into())
-            }
-        })
-        .await
-        .expect("export");
+    wait_for_schema_in_export(&provider, "the schema in the export", &schema).await;
 
     provider
         .prs()
@@ -273,16 +271,7 @@ async fn a_schema_stays_after_its_published_resource_is_deleted() {
         .wait_for_schema_name(&sentinel_pr, None)
         .await
         .expect("sentinel schema");
-    provider
-        .wait_for_export("the sentinel's schema in the export", |e| {
-            if resource_schemas(e).contains(&sentinel) {
-                Ok(())
-            } else {
-                Err("missing".into())
-            }
-        })
-        .await
-        .expect("export");
+    wait_for_schema_in_export(&provider, "the sentinel's schema in the export", &sentinel).await;
     provider
         .schema(&schema)
         .await
@@ -473,16 +462,7 @@ async fn a_builtin_type_without_a_crd_is_published_from_openapi() {
     assert_eq!(properties["data"]["additionalProperties"]["type"], "string");
     assert_eq!(properties["metadata"], json!({"type": "object"}));
     assert_eq!(schema.spec.scope, "Namespaced");
-    provider
-        .wait_for_export("the built-in schema in the export", |e| {
-            if resource_schemas(e).contains(&name) {
-                Ok(())
-            } else {
-                Err(format!("{:?}", resource_schemas(e)))
-            }
-        })
-        .await
-        .expect("export");
+    wait_for_schema_in_export(&provider, "the built-in schema in the export", &name).await;
 
     provider.cleanup().await.expect("cleanup");
 }

@@ -1,11 +1,9 @@
 //! Proves the test kcp is real: an export in one workspace, bound in another,
 //! serves the consumer's objects through the export's virtual workspace.
 
-use std::time::Duration;
-
 use e2e::env::EnvFile;
 use e2e::kcp::Kcp;
-use e2e::poll::{DEFAULT_TIMEOUT, poll_until};
+use e2e::poll::{KCP_SLOW_TIMEOUT, poll_until};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ApiResource, DynamicObject, ObjectMeta, PostParams};
 use kube::core::GroupVersionKind;
@@ -106,7 +104,7 @@ async fn consumer_objects_are_listed_through_the_virtual_workspace_with_their_cl
     let slices: Api<APIExportEndpointSlice> = Api::all(provider_client);
     let url = poll_until(
         "the endpoint slice to list a URL",
-        DEFAULT_TIMEOUT,
+        KCP_SLOW_TIMEOUT,
         async || {
             let slice = slices.get(EXPORT).await.map_err(|e| e.to_string())?;
             let endpoints = slice.status.map(|s| s.endpoints).unwrap_or_default();
@@ -143,7 +141,7 @@ async fn consumer_objects_are_listed_through_the_virtual_workspace_with_their_cl
     let widgets: Api<DynamicObject> = Api::namespaced_with(consumer_client, "e2e", &resource);
     poll_until(
         "the bound resource to accept objects",
-        DEFAULT_TIMEOUT,
+        KCP_SLOW_TIMEOUT,
         async || {
             widgets
                 .create(&PostParams::default(), &widget)
@@ -163,7 +161,7 @@ async fn consumer_objects_are_listed_through_the_virtual_workspace_with_their_cl
     let everywhere: Api<DynamicObject> = Api::all_with(wildcard, &resource);
     let seen = poll_until(
         "the widget in the virtual workspace",
-        Duration::from_secs(60),
+        KCP_SLOW_TIMEOUT,
         async || {
             let list = everywhere
                 .list(&Default::default())

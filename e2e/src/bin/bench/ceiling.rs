@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use anyhow::Context;
+use e2e::service::{patch_params, post_params};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use sync_agent::api::kcp::CLUSTER_ANNOTATION;
@@ -179,7 +180,7 @@ impl<'a> Ceiling<'a> {
                 async move {
                     let namespace: Namespace =
                         serde_json::from_value(json!({"metadata": {"name": cluster}}))?;
-                    match namespaces.create(&PostParams::default(), &namespace).await {
+                    match namespaces.create(&post_params(), &namespace).await {
                         Ok(_) => Ok(()),
                         Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
                         Err(error) => Err(anyhow::Error::from(error)),
@@ -207,7 +208,7 @@ impl<'a> Ceiling<'a> {
                     Some(patch) => {
                         let patched = self
                             .remote(&key)?
-                            .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+                            .patch(&key.name, &patch_params(), &Patch::Merge(&patch))
                             .await?;
                         if let Some(events) = events {
                             events.normal(
@@ -236,7 +237,7 @@ impl<'a> Ceiling<'a> {
                     owner,
                 );
                 Api::<DynamicObject>::namespaced_with(service.clone(), &namespace, resource)
-                    .create(&PostParams::default(), &serde_json::from_value(copy)?)
+                    .create(&post_params(), &serde_json::from_value(copy)?)
                     .await?;
                 if let Some(events) = events {
                     events.normal(self.client(&key)?, &object, "ObjectPlaced", "placed");
@@ -267,7 +268,7 @@ impl<'a> Ceiling<'a> {
                     .remote(&key)?
                     .patch_status(
                         &key.name,
-                        &PatchParams::default(),
+                        &patch_params(),
                         &Patch::Merge(json!({"status": copy.data["status"]})),
                     )
                     .await?;

@@ -138,25 +138,7 @@ pub(crate) fn report(cli: &Cli, results: &Results, background: &BTreeMap<String,
          and creates the copy (same content, built by the agent's own `new_local`).\n",
         cli.concurrency
     );
-    let rows: Vec<Vec<String>> = cli
-        .sizes
-        .iter()
-        .enumerate()
-        .map(|(i, size)| {
-            let (a, c) = (at(&initial, i), at(&ceiling, i));
-            vec![
-                size.to_string(),
-                size.total().to_string(),
-                fmt(value(&a, "sync.first_s"), 2),
-                fmt(value(&a, "sync.total_s"), 2),
-                fmt(value(&a, "sync.rate"), 1),
-                fmt(value(&c, "sync.rate"), 1),
-                ratio(value(&a, "sync.rate"), value(&c, "sync.rate")),
-                fmt(value(&a, "sync.tail_s"), 1),
-                fmt(value(&a, "sync.errors"), 0),
-            ]
-        })
-        .collect();
+    let rows = agent_vs_ceiling_rows(cli, &initial, &ceiling, "sync", &["tail_s"]);
     table(
         &mut out,
         &[
@@ -181,24 +163,7 @@ pub(crate) fn report(cli: &Cli, results: &Results, background: &BTreeMap<String,
          consumer workspace has seen every status. The ceiling lists the copies once and \
          patches each status onto its kcp object through the virtual workspace.\n"
     );
-    let rows: Vec<Vec<String>> = cli
-        .sizes
-        .iter()
-        .enumerate()
-        .map(|(i, size)| {
-            let (a, c) = (at(&initial, i), at(&ceiling, i));
-            vec![
-                size.to_string(),
-                size.total().to_string(),
-                fmt(value(&a, "status.first_s"), 2),
-                fmt(value(&a, "status.total_s"), 2),
-                fmt(value(&a, "status.rate"), 1),
-                fmt(value(&c, "status.rate"), 1),
-                ratio(value(&a, "status.rate"), value(&c, "status.rate")),
-                fmt(value(&a, "status.errors"), 0),
-            ]
-        })
-        .collect();
+    let rows = agent_vs_ceiling_rows(cli, &initial, &ceiling, "status", &[]);
     table(
         &mut out,
         &[
@@ -342,6 +307,39 @@ pub(crate) fn report(cli: &Cli, results: &Results, background: &BTreeMap<String,
 
 /// The processes whose CPU time a phase costs.
 pub(crate) const PROCESSES: [&str; 4] = ["client", "kcp", "kube-apiserver", "etcd"];
+
+/// One row per size comparing the agent with the ceiling in `phase` (`sync`
+/// or `status`): first and total seconds, both rates and their ratio, then
+/// the agent's `extra` figures (one decimal) and its error count.
+fn agent_vs_ceiling_rows(
+    cli: &Cli,
+    initial: &[Figures],
+    ceiling: &[Figures],
+    phase: &str,
+    extra: &[&str],
+) -> Vec<Vec<String>> {
+    let at = |list: &[Figures], i: usize| list.get(i).cloned().unwrap_or_default();
+    cli.sizes
+        .iter()
+        .enumerate()
+        .map(|(i, size)| {
+            let (a, c) = (at(initial, i), at(ceiling, i));
+            let key = |name: &str| format!("{phase}.{name}");
+            let mut row = vec![
+                size.to_string(),
+                size.total().to_string(),
+                fmt(value(&a, &key("first_s")), 2),
+                fmt(value(&a, &key("total_s")), 2),
+                fmt(value(&a, &key("rate")), 1),
+                fmt(value(&c, &key("rate")), 1),
+                ratio(value(&a, &key("rate")), value(&c, &key("rate"))),
+            ];
+            row.extend(extra.iter().map(|name| fmt(value(&a, &key(name)), 1)));
+            row.push(fmt(value(&a, &key("errors")), 0));
+            row
+        })
+        .collect()
+}
 
 /// CPU milliseconds per object of a phase, summed over the client and the
 /// servers.

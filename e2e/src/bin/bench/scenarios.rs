@@ -3,7 +3,8 @@
 use std::time::Instant;
 
 use anyhow::bail;
-use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use e2e::service::patch_params;
+use kube::api::{Api, DynamicObject, ListParams, Patch};
 use serde_json::json;
 
 use crate::config::{
@@ -167,7 +168,7 @@ pub(crate) async fn latency_run(cli: &Cli, samples: usize) -> anyhow::Result<Fig
         copies_api
             .patch_status(
                 &local,
-                &PatchParams::default(),
+                &patch_params(),
                 &Patch::Merge(json!({"status": {"phase": phase}})),
             )
             .await?;

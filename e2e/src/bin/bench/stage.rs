@@ -11,11 +11,10 @@ use e2e::agent::{AgentProcess, AgentSettings};
 use e2e::kcp::TestWorkspace;
 use e2e::publishing::Provider;
 use e2e::scene::Scene;
+use e2e::service::{patch_params, post_params};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
-};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -340,7 +339,7 @@ impl Stage {
                 Api::<DynamicObject>::namespaced_with(service.clone(), &namespace, &self.resource)
                     .patch_status(
                         &copy.name_any(),
-                        &PatchParams::default(),
+                        &patch_params(),
                         &Patch::Merge(json!({"status": {"phase": phase}})),
                     )
                     .await
@@ -397,7 +396,7 @@ impl Stage {
             .map(|(name, patch)| {
                 let api = &api;
                 async move {
-                    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    api.patch(&name, &patch_params(), &Patch::Merge(&patch))
                         .await
                         .map(drop)
                 }
@@ -451,7 +450,7 @@ pub(crate) async fn create_widget(
     widget.data = json!({"spec": {"color": "blue"}});
     let mut attempt = 0;
     loop {
-        match api.create(&PostParams::default(), &widget).await {
+        match api.create(&post_params(), &widget).await {
             Ok(_) => return Ok(()),
             Err(kube::Error::Api(status)) if retry && status.code == 409 => return Ok(()),
             Err(_) if retry && attempt < 30 => {
