@@ -17,7 +17,7 @@ use sync_agent::api::kcp::apis_v1alpha2::APIExport;
 use sync_agent::api::kcp::tenancy_v1alpha1::Workspace;
 
 use crate::api::{DeletionPolicy, PublishedOffering};
-use crate::apply::{delete_if_present, delete_owned, is_ours};
+use crate::write::{delete_if_present, delete_owned, is_ours};
 use crate::consumers;
 use crate::credentials;
 use crate::error::Error;

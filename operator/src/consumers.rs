@@ -9,12 +9,24 @@ use sync_agent::api::kcp::apis_v1alpha2::{APIBinding, APIExport};
 use sync_agent::api::kcp::tenancy_v1alpha1::Workspace;
 
 use crate::api::{DeletionPolicy, PublishedOffering};
-use crate::apply::{apply, delete_if_present, is_ours};
+use crate::write::{apply, delete_if_present, is_ours};
 use crate::desired::consumer::binding;
 use crate::error::{Error, is_not_found};
 use crate::kcp::Kcp;
 use crate::names::Names;
-use crate::status::ConsumerReport;
+
+/// What happened in the consumer workspaces.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConsumerReport {
+    /// Workspaces with a bound binding.
+    pub bound: Vec<String>,
+    /// Workspaces whose binding is not bound yet.
+    pub pending: Vec<String>,
+    /// Workspaces that failed, with why.
+    pub failed: Vec<(String, String)>,
+    /// Workspaces holding a binding this offering created.
+    pub managed: Vec<String>,
+}
 
 /// The consumer workspaces the spec asks for.
 #[derive(Debug, Default)]

@@ -3,7 +3,6 @@
 //! one sync-agent Deployment per offering, and consumer APIBindings.
 
 pub mod api;
-pub mod apply;
 pub mod cleanup;
 pub mod consumers;
 pub mod controller;
@@ -16,3 +15,4 @@ pub mod names;
 pub mod provision;
 pub mod status;
 pub mod validate;
+pub mod write;

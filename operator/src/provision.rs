@@ -16,7 +16,7 @@ use sync_agent::api::published_resource::PublishedResource;
 use tracing::info;
 
 use crate::api::{ExportStatus, PublishedOffering};
-use crate::apply::{apply, apply_ours, delete_if_present, delete_owned, is_ours, refuse_foreign};
+use crate::write::{apply, apply_ours, delete_if_present, delete_owned, is_ours, refuse_foreign};
 use crate::credentials::{self, Rotation, SecretLocation};
 use crate::desired::cluster::{self, GroupResource};
 use crate::desired::kcp::{self as kcp_objects, DEFAULT_BIND_GROUPS};
@@ -25,7 +25,8 @@ use crate::kcp::Kcp;
 use crate::names::{
     KCP_NAMESPACE, Names, OFFERING_NAME_LABEL, OFFERING_NAMESPACE_LABEL, OWNER_ANNOTATION,
 };
-use crate::status::{self, ConsumerReport, SchemaState, Verdict};
+use crate::consumers::ConsumerReport;
+use crate::status::{self, SchemaState, Verdict};
 use crate::validate::{Validated, validate};
 
 /// Operator-wide settings the pipeline needs.

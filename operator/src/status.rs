@@ -5,6 +5,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use sync_agent::api::condition::{condition, set_condition};
 
+use crate::consumers::ConsumerReport;
 use crate::error::Error;
 
 /// Condition types, `Ready` first.
@@ -190,19 +191,6 @@ pub fn agent(deployment: &Deployment) -> Verdict {
         "Available",
         format!("{available} of {desired} agent replicas are available"),
     )
-}
-
-/// What happened in the consumer workspaces.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ConsumerReport {
-    /// Workspaces with a bound binding.
-    pub bound: Vec<String>,
-    /// Workspaces whose binding is not bound yet.
-    pub pending: Vec<String>,
-    /// Workspaces that failed, with why.
-    pub failed: Vec<(String, String)>,
-    /// Workspaces holding a binding this offering created.
-    pub managed: Vec<String>,
 }
 
 /// `ConsumersBound` from the consumer report.
