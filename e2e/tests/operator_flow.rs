@@ -6,8 +6,9 @@ use e2e::offering::{OfferingScene, TIMEOUT};
 use e2e::poll::poll_until;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, Config, ResourceExt};
 use offering_operator::names::OWNER_ANNOTATION;
 use serde_json::json;
@@ -277,4 +278,129 @@ async fn one_offering_provisions_everything_and_a_consumer_object_round_trips() 
         matches!(&refused, Err(kube::Error::Api(s)) if s.code == 403),
         "the agent's token entered a workspace it was not given: {refused:?}"
     );
+}
+
+/// An offering blocked by a foreign object it would write leaves nothing
+/// behind: no kcp token is minted, no kubeconfig Secret written, nothing
+/// created in kcp (every ownership check comes before the first write);
+/// once the object is gone, the offering proceeds.
+#[tokio::test]
+async fn an_offering_blocked_by_a_foreign_object_mints_and_writes_nothing() {
+    let scene = OfferingScene::new("op-blocked", &[]).await.expect("scene");
+    let service = scene.provider.service.clone();
+    let ns = scene.provider.namespace.as_str();
+    // Someone's Role of the name the offering's agent would get; the
+    // operator writes that Role after minting the agent's token.
+    let roles: Api<Role> = Api::namespaced(service.clone(), ns);
+    let squatter: Role =
+        serde_json::from_value(json!({"metadata": {"name": "blocked-sync-agent"}})).unwrap();
+    roles
+        .create(&PostParams::default(), &squatter)
+        .await
+        .expect("someone's Role");
+    scene
+        .apply("blocked", scene.spec(json!({"agent": {"replicas": 1}})))
+        .await
+        .expect("offering");
+    let offering = scene
+        .wait_for_condition("blocked", "Ready", "False", "ObjectConflict")
+        .await
+        .expect("the conflict is reported");
+    let message = &offering.status.unwrap().conditions[0].message;
+    assert!(message.contains("Role blocked-sync-agent"), "{message}");
+
+    let secrets: Api<Secret> = Api::namespaced(service.clone(), ns);
+    assert!(
+        secrets
+            .get_opt("blocked-kcp-kubeconfig")
+            .await
+            .unwrap()
+            .is_none(),
+        "a blocked offering got its kubeconfig Secret"
+    );
+    let kcp_accounts: Api<ServiceAccount> =
+        Api::namespaced(scene.provider.kcp_client.clone(), "sync-agents");
+    assert!(
+        kcp_accounts
+            .get_opt("sync-agent-blocked")
+            .await
+            .unwrap()
+            .is_none(),
+        "a blocked offering got an identity in kcp"
+    );
+    let metrics = scene
+        .operator
+        .process
+        .metrics()
+        .await
+        .expect("operator metrics");
+    assert!(
+        metrics.contains("offering_operator_agent_tokens_issued_total 0"),
+        "{metrics}"
+    );
+    let untouched = roles.get("blocked-sync-agent").await.expect("the Role");
+    assert!(untouched.labels().is_empty(), "{:?}", untouched.metadata);
+
+    roles
+        .delete("blocked-sync-agent", &Default::default())
+        .await
+        .expect("remove the Role");
+    poll_until("the agent's kcp Secret", TIMEOUT, async || {
+        secrets
+            .get("blocked-kcp-kubeconfig")
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .expect("the offering proceeds once the Role is gone");
+}
+
+/// A new offering waiting for its agent announces that with Normal
+/// events: waiting for what time resolves is progress, not a warning.
+#[tokio::test]
+async fn waiting_for_the_agent_is_announced_as_normal_not_as_a_warning() {
+    let scene = OfferingScene::new("op-waiting", &[]).await.expect("scene");
+    scene
+        .apply("patient", scene.spec(json!({"agent": {"replicas": 1}})))
+        .await
+        .expect("offering");
+    scene
+        .wait_for_condition("patient", "Ready", "False", "WaitingForAgent")
+        .await
+        .expect("the offering waits for its agent");
+    let events: Api<Event> =
+        Api::namespaced(scene.provider.service.clone(), &scene.provider.namespace);
+    let about_patient = |list: Vec<Event>| -> Vec<Event> {
+        list.into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("patient"))
+            .collect()
+    };
+    // The Normal event is the sentinel: once it is there, so is any
+    // event raised before it.
+    let seen = poll_until("a Normal WaitingForAgent event", TIMEOUT, async || {
+        let list = events
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let seen = about_patient(list.items);
+        match seen.iter().any(|e| {
+            e.type_.as_deref() == Some("Normal") && e.reason.as_deref() == Some("WaitingForAgent")
+        }) {
+            true => Ok(seen),
+            false => Err(format!(
+                "events {:?}",
+                seen.iter()
+                    .map(|e| (e.type_.clone(), e.reason.clone()))
+                    .collect::<Vec<_>>()
+            )),
+        }
+    })
+    .await
+    .expect("the wait is announced");
+    let warnings: Vec<_> = seen
+        .iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .map(|e| (e.reason.clone(), e.note.clone()))
+        .collect();
+    assert!(warnings.is_empty(), "warnings while waiting: {warnings:?}");
 }

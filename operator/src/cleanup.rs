@@ -17,7 +17,6 @@ use sync_agent::api::kcp::apis_v1alpha2::APIExport;
 use sync_agent::api::kcp::tenancy_v1alpha1::Workspace;
 
 use crate::api::{DeletionPolicy, PublishedOffering};
-use crate::write::{delete_if_present, delete_owned, is_ours};
 use crate::consumers;
 use crate::credentials;
 use crate::error::Error;
@@ -25,6 +24,7 @@ use crate::kcp::Kcp;
 use crate::names::{KCP_NAMESPACE, Names, SKIP_KCP_CLEANUP_ANNOTATION};
 use crate::provision::Settings;
 use crate::validate::kcp_secret_location;
+use crate::write::{delete_if_present, delete_owned, is_ours};
 use sync_agent::api::published_resource::PublishedResource;
 
 /// Removes what `offering` provisioned. `Ok(Some(why))` when the kcp side

@@ -9,11 +9,11 @@ use sync_agent::api::kcp::apis_v1alpha2::{APIBinding, APIExport};
 use sync_agent::api::kcp::tenancy_v1alpha1::Workspace;
 
 use crate::api::{DeletionPolicy, PublishedOffering};
-use crate::write::{apply, delete_if_present, is_ours};
 use crate::desired::consumer::binding;
 use crate::error::{Error, is_not_found};
 use crate::kcp::Kcp;
 use crate::names::Names;
+use crate::write::{apply, delete_if_present, is_ours};
 
 /// What happened in the consumer workspaces.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

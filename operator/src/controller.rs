@@ -38,15 +38,6 @@ pub const NAME: &str = "publishedoffering";
 const RESYNC: Duration = Duration::from_secs(60);
 /// How often an offering that waits for something is looked at again.
 const WAITING: Duration = Duration::from_secs(5);
-/// `Ready` reasons that time resolves (the agent starting, kcp binding);
-/// any other reason for `Ready=False` needs a person, and the offering is
-/// looked at again with backoff rather than every `WAITING`.
-const TRANSIENT_REASONS: [&str; 4] = [
-    "IdentityPending",
-    "WaitingForAgent",
-    "AgentUnavailable",
-    "BindingPending",
-];
 /// Delays after consecutive failed reconciles of one offering: 2 s
 /// doubling to 5 min.
 const RETRY: Backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(300));
@@ -338,7 +329,7 @@ async fn write_provisioned(
             ctx.succeeded(offering);
             RESYNC
         }
-        Some(ready) if !TRANSIENT_REASONS.contains(&ready.reason.as_str()) => {
+        Some(ready) if !status::TRANSIENT_REASONS.contains(&ready.reason.as_str()) => {
             ctx.backoff(offering).max(WAITING)
         }
         _ => {
@@ -355,8 +346,7 @@ async fn write_provisioned(
     Ok(Action::requeue(wait.min(until_renewal)))
 }
 
-/// Events when `Ready` changes: Normal when it holds, Warning with the
-/// reason when it does not.
+/// An event when `Ready` changes, of the type [`status::event_type`] says.
 async fn announce(offering: &PublishedOffering, ctx: &Context, next: &PublishedOfferingStatus) {
     let Some(ready) = next.conditions.iter().find(|c| c.type_ == status::READY) else {
         return;
@@ -369,13 +359,13 @@ async fn announce(offering: &PublishedOffering, ctx: &Context, next: &PublishedO
     if ready_condition(offering).as_ref() == Some(&now) {
         return;
     }
-    let type_ = if ready.status == "True" {
-        EventType::Normal
-    } else {
-        EventType::Warning
-    };
-    ctx.event(offering, type_, &ready.reason, ready.message.clone())
-        .await;
+    ctx.event(
+        offering,
+        status::event_type(ready),
+        &ready.reason,
+        ready.message.clone(),
+    )
+    .await;
 }
 
 fn count(n: usize) -> i32 {

@@ -3,6 +3,8 @@
 //! one sync-agent Deployment per offering, and consumer APIBindings.
 
 pub mod api;
+pub mod apply;
+pub mod build;
 pub mod cleanup;
 pub mod consumers;
 pub mod controller;
@@ -10,6 +12,7 @@ pub mod crdgen;
 pub mod credentials;
 pub mod desired;
 pub mod error;
+pub mod fetch;
 pub mod kcp;
 pub mod names;
 pub mod provision;

@@ -157,6 +157,17 @@ impl Names {
             && labels.get(OFFERING_NAME_LABEL) == Some(&self.offering)
     }
 
+    /// Whether `metadata` (of a kcp object, or of a cluster-scoped one on
+    /// the service cluster) carries this offering's owner annotation: the
+    /// operator changes or deletes such an object only then.
+    pub fn owns(&self, metadata: &kube::api::ObjectMeta) -> bool {
+        metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(OWNER_ANNOTATION))
+            == Some(&self.owner)
+    }
+
     /// Label selector over the cluster-scoped children of this offering.
     pub fn children_selector(&self) -> String {
         format!(

@@ -1,12 +1,23 @@
-//! The offering's conditions, computed from what a reconcile found: pure
-//! functions, so every reason is unit-tested.
+//! The status stage of an offering's reconcile, pure: each condition's
+//! verdict from what was fetched and applied ([`report`]), `Ready` over
+//! them, and whether a change of `Ready` is news or a warning
+//! ([`event_type`]). Every reason is unit-tested.
+
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::ResourceExt;
+use kube::runtime::events::EventType;
 use sync_agent::api::condition::{condition, set_condition};
+use sync_agent::api::published_resource::{PublishedResource, SCHEMA_PUBLISHED_CONDITION};
 
+use crate::api::{ExportStatus, PublishedOffering};
+use crate::apply::Applied;
 use crate::consumers::ConsumerReport;
 use crate::error::Error;
+use crate::fetch::Facts;
+use crate::names::{KCP_NAMESPACE, Names};
 
 /// Condition types, `Ready` first.
 pub const READY: &str = "Ready";
@@ -28,6 +39,16 @@ const PARTS: [&str; 5] = [
     SCHEMAS_PUBLISHED,
     AGENT_AVAILABLE,
     CONSUMERS_BOUND,
+];
+
+/// `Ready` reasons that time resolves (kcp giving the export its
+/// identity, the agent starting, kcp binding): normal progress, not for a
+/// person to act on.
+pub const TRANSIENT_REASONS: [&str; 4] = [
+    "IdentityPending",
+    "WaitingForAgent",
+    "AgentUnavailable",
+    "BindingPending",
 ];
 
 /// A condition's verdict before it is stamped.
@@ -59,6 +80,115 @@ impl Verdict {
             message: message.into(),
         }
     }
+}
+
+/// What the status stage makes of a reconcile.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    /// Each part's verdict, in the order of the conditions.
+    pub parts: Vec<(&'static str, Verdict)>,
+    /// Facts about the export.
+    pub export: ExportStatus,
+}
+
+/// The verdicts of `offering`'s parts from what was fetched and applied.
+pub fn report(
+    offering: &PublishedOffering,
+    names: &Names,
+    facts: &Facts,
+    applied: &Applied,
+) -> Report {
+    let identity = applied
+        .export
+        .status
+        .as_ref()
+        .map(|s| s.identity_hash.clone())
+        .unwrap_or_default();
+    let export = if identity.is_empty() {
+        Verdict::failed(
+            "IdentityPending",
+            format!(
+                "kcp has not given APIExport {} an identity yet",
+                names.export
+            ),
+        )
+    } else {
+        Verdict::ok(
+            "ExportReady",
+            format!(
+                "APIExport {} is ready in {}",
+                names.export, offering.spec.kcp.workspace
+            ),
+        )
+    };
+    let credentials = Verdict::ok(
+        "TokenIssued",
+        format!(
+            "the agent's kcp token (ServiceAccount {KCP_NAMESPACE}/{}) is renewed at {}",
+            names.kcp_service_account, applied.token.renew_at
+        ),
+    );
+    let states = schema_states(offering, names, &applied.published);
+    Report {
+        parts: vec![
+            (EXPORT_READY, export),
+            (CREDENTIALS_READY, credentials),
+            (SCHEMAS_PUBLISHED, schemas(&states, &facts.kinds.missing)),
+            (AGENT_AVAILABLE, agent(&applied.deployment)),
+            (CONSUMERS_BOUND, consumers(&applied.consumers)),
+        ],
+        export: ExportStatus {
+            name: names.export.clone(),
+            logical_cluster: Some(facts.logical_cluster.clone()),
+            identity_hash: (!identity.is_empty()).then_some(identity),
+            endpoint_urls: applied.endpoint_urls.clone(),
+        },
+    }
+}
+
+/// The type of the event announcing `ready`, the new `Ready` condition:
+/// Warning only when a person has to act, Normal when it holds or the
+/// offering waits for something time resolves.
+pub fn event_type(ready: &Condition) -> EventType {
+    if ready.status == "True" || TRANSIENT_REASONS.contains(&ready.reason.as_str()) {
+        EventType::Normal
+    } else {
+        EventType::Warning
+    }
+}
+
+/// How each PublishedResource stands, by entry name.
+fn schema_states(
+    offering: &PublishedOffering,
+    names: &Names,
+    published: &[PublishedResource],
+) -> Vec<(String, SchemaState)> {
+    let by_name: BTreeMap<String, &PublishedResource> =
+        published.iter().map(|p| (p.name_any(), p)).collect();
+    offering
+        .spec
+        .resources
+        .iter()
+        .map(|resource| {
+            let conditions = by_name
+                .get(&names.published_resource(&resource.name))
+                .and_then(|p| p.status.as_ref())
+                .and_then(|s| s.conditions.clone())
+                .unwrap_or_default();
+            let failed = conditions.iter().find(|c| c.status == "False");
+            let state = match failed {
+                Some(c) => SchemaState::Failed(c.reason.clone(), c.message.clone()),
+                None if conditions
+                    .iter()
+                    .any(|c| c.type_ == SCHEMA_PUBLISHED_CONDITION && c.status == "True") =>
+                {
+                    SchemaState::Published
+                }
+                None => SchemaState::Pending,
+            };
+            (resource.name.clone(), state)
+        })
+        .collect()
 }
 
 /// How a PublishedResource stands, as the agent reported it.
@@ -308,163 +438,4 @@ fn part_of(error: &Error) -> Option<&'static str> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn all_ok() -> Vec<(&'static str, Verdict)> {
-        PARTS
-            .iter()
-            .map(|p| (*p, Verdict::ok("Fine", "fine")))
-            .collect()
-    }
-
-    #[test]
-    fn ready_holds_when_every_part_holds_and_comes_first() {
-        let mut conditions = Vec::new();
-        set_all(&mut conditions, &all_ok(), Some(3));
-        assert_eq!(conditions[0].type_, READY);
-        assert_eq!(conditions[0].status, "True");
-        assert_eq!(conditions[0].observed_generation, Some(3));
-        assert_eq!(conditions.len(), 6);
-    }
-
-    #[test]
-    fn ready_takes_the_first_failing_parts_reason() {
-        let mut parts = all_ok();
-        parts[3].1 = agent(&deployment(2, json!({"replicas": 2, "updatedReplicas": 2})));
-        parts[4].1 = Verdict::failed("BindingFailed", "x");
-        let mut conditions = Vec::new();
-        set_all(&mut conditions, &parts, None);
-        assert_eq!(conditions[0].status, "False");
-        assert_eq!(conditions[0].reason, "AgentUnavailable");
-        assert!(conditions[0].message.contains("0 of 2"));
-    }
-
-    #[test]
-    fn an_error_sets_ready_and_its_part() {
-        let mut conditions = Vec::new();
-        set_all(&mut conditions, &all_ok(), None);
-        set_error(
-            &mut conditions,
-            &Error::ExportConflict("APIExport x belongs to ns/other".into()),
-            None,
-        );
-        let export = conditions.iter().find(|c| c.type_ == EXPORT_READY).unwrap();
-        assert_eq!(export.reason, "ExportConflict");
-        assert_eq!(conditions[0].reason, "ExportConflict");
-        assert_eq!(conditions[0].status, "False");
-    }
-
-    #[test]
-    fn missing_kinds_outrank_pending_schemas() {
-        let states = vec![("dbs".to_string(), SchemaState::Pending)];
-        let verdict = schemas(&states, &["Backup.db.example.io".into()]);
-        assert_eq!(verdict.reason, "ResourceKindNotFound");
-        assert!(verdict.message.contains("Backup.db.example.io"));
-        assert_eq!(schemas(&states, &[]).reason, "WaitingForAgent");
-        let failed = vec![(
-            "dbs".to_string(),
-            SchemaState::Failed("InvalidNaming".into(), "bad template".into()),
-        )];
-        assert_eq!(schemas(&failed, &[]).reason, "InvalidNaming");
-    }
-
-    #[test]
-    fn consumer_failures_name_the_workspaces() {
-        let report = ConsumerReport {
-            failed: vec![("root:a".into(), "does not exist".into())],
-            pending: vec!["root:b".into()],
-            ..Default::default()
-        };
-        let verdict = consumers(&report);
-        assert_eq!(verdict.reason, "BindingFailed");
-        assert!(verdict.message.contains("root:a: does not exist"));
-        let pending = ConsumerReport {
-            pending: vec!["root:b".into()],
-            ..Default::default()
-        };
-        assert_eq!(consumers(&pending).reason, "BindingPending");
-        assert!(consumers(&ConsumerReport::default()).ok);
-    }
-
-    /// An agent Deployment at generation 2 wanting `replicas`, with `status`.
-    fn deployment(replicas: i32, status: serde_json::Value) -> Deployment {
-        serde_json::from_value(json!({
-            "metadata": {"name": "a", "generation": 2},
-            "spec": {
-                "replicas": replicas,
-                "selector": {},
-                "template": {},
-            },
-            "status": status,
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn agent_availability_follows_the_deployment_controller() {
-        let settled = json!({
-            "observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 1,
-        });
-        assert_eq!(agent(&deployment(0, json!({}))).reason, "ScaledToZero");
-        let available = agent(&deployment(2, settled.clone()));
-        assert!(available.ok);
-        assert_eq!(available.reason, "Available");
-        assert!(available.message.contains("1 of 2"));
-        assert_eq!(agent(&deployment(2, json!({}))).reason, "AgentUnavailable");
-
-        let mut unseen = settled.clone();
-        unseen["observedGeneration"] = json!(1);
-        let mut old_pods = settled.clone();
-        old_pods["replicas"] = json!(3);
-        let mut partly = settled.clone();
-        partly["updatedReplicas"] = json!(1);
-        for status in [unseen, old_pods, partly] {
-            let verdict = agent(&deployment(2, status));
-            assert!(verdict.ok);
-            assert_eq!(verdict.reason, "RollingOut");
-        }
-
-        let mut stuck = settled;
-        stuck["updatedReplicas"] = json!(1);
-        stuck["conditions"] = json!([{
-            "type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
-            "message": "ReplicaSet \"a-1\" has timed out progressing.",
-        }]);
-        let verdict = agent(&deployment(2, stuck.clone()));
-        assert!(!verdict.ok);
-        assert_eq!(verdict.reason, "AgentRolloutStuck");
-        assert!(verdict.message.contains("timed out progressing"));
-
-        // The status of the generation before says nothing of this one.
-        stuck["observedGeneration"] = json!(1);
-        assert_eq!(agent(&deployment(2, stuck)).reason, "RollingOut");
-    }
-
-    #[test]
-    fn a_paused_rollout_and_failing_pod_creation_say_so() {
-        let mut paused = deployment(
-            2,
-            json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 0, "availableReplicas": 2}),
-        );
-        paused.spec.as_mut().unwrap().paused = Some(true);
-        paused.metadata.namespace = Some("team".into());
-        let verdict = agent(&paused);
-        assert_eq!(verdict.reason, "AgentRolloutPaused");
-        assert!(verdict.message.contains("rollout resume deployment/a"));
-        paused.status.as_mut().unwrap().updated_replicas = Some(2);
-        assert_eq!(agent(&paused).reason, "Available");
-
-        let quota = deployment(
-            2,
-            json!({"observedGeneration": 2, "conditions": [{
-                "type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
-                "message": "pods \"a-1\" is forbidden: exceeded quota",
-            }]}),
-        );
-        let verdict = agent(&quota);
-        assert_eq!(verdict.reason, "AgentUnavailable");
-        assert!(verdict.message.contains("exceeded quota"));
-    }
-}
+mod tests;

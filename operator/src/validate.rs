@@ -1,15 +1,20 @@
-//! The validate stage of an offering's reconcile: pure verdicts on its spec
-//! and the operator's settings, checked before anything is read or written,
-//! each error saying what a person has to change.
+//! The validate stage of an offering's reconcile: pure verdicts, each error
+//! saying what a person has to change. [`validate`] checks the spec and the
+//! operator's settings before anything is read; [`ownership`] checks the
+//! fetched facts before anything is written, so an offering that cannot
+//! proceed leaves nothing behind (no token minted, no Secret written).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use kube::ResourceExt;
 
 use crate::api::PublishedOffering;
 use crate::credentials::SecretLocation;
 use crate::error::Error;
-use crate::names::{KUBECONFIG_KEY, Names};
+use crate::fetch::Facts;
+use crate::names::{
+    KUBECONFIG_KEY, Names, OFFERING_NAME_LABEL, OFFERING_NAMESPACE_LABEL, OWNER_ANNOTATION,
+};
 
 /// What a valid offering gives the later stages.
 #[derive(Clone, Debug)]
@@ -72,6 +77,73 @@ pub fn kcp_secret_location(
             )
         }),
     }
+}
+
+/// Refuses an offering whose agent name, export or any service-cluster
+/// object it would write belongs to someone else; `workspace` is the
+/// provider workspace's path.
+pub fn ownership(facts: &Facts, names: &Names, workspace: &str) -> Result<(), Error> {
+    agent_name_is_ours(facts, names)?;
+    export_is_ours(facts, names, workspace)?;
+    let secret = facts
+        .agent_secret
+        .as_ref()
+        .map(|secret| ("Secret", &secret.metadata));
+    let objects = facts
+        .service_objects
+        .iter()
+        .map(|found| (found.kind.as_str(), &found.metadata));
+    for (kind, metadata) in objects.chain(secret) {
+        if !names.labels_name_this(metadata.labels.as_ref().unwrap_or(&BTreeMap::new())) {
+            return Err(Error::ObjectConflict(format!(
+                "{kind} {} exists and is not this offering's (it lacks the labels {}); delete or rename it, or give the offering another name",
+                metadata.name.as_deref().unwrap_or_default(),
+                names.children_selector()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses an agent name that another offering's agent already goes by:
+/// each agent selects PublishedResources by that name and labels its copies
+/// with it, so two agents of one name would sync each other's kinds.
+fn agent_name_is_ours(facts: &Facts, names: &Names) -> Result<(), Error> {
+    let ours = (names.namespace.as_str(), names.offering.as_str());
+    let other = facts.agent_name_holders.iter().find_map(|holder| {
+        let labels = holder.labels.as_ref()?;
+        let owner = (
+            labels.get(OFFERING_NAMESPACE_LABEL)?.as_str(),
+            labels.get(OFFERING_NAME_LABEL)?.as_str(),
+        );
+        (owner != ours).then(|| format!("{}/{}", owner.0, owner.1))
+    });
+    match other {
+        Some(owner) => Err(Error::AgentNameConflict(format!(
+            "the agent name {:?} is taken by the agent of offering {owner}; set spec.agent.name to a name of its own",
+            names.agent
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Refuses an export that exists without this offering's owner annotation.
+fn export_is_ours(facts: &Facts, names: &Names, workspace: &str) -> Result<(), Error> {
+    let Some(export) = facts.export.as_ref().filter(|e| !names.owns(e)) else {
+        return Ok(());
+    };
+    let held_by = export
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(OWNER_ANNOTATION))
+        .map_or(
+            "nobody (it was created outside the operator)".to_string(),
+            |o| format!("offering {o}"),
+        );
+    Err(Error::ExportConflict(format!(
+        "APIExport {} in {workspace} already exists and belongs to {held_by}; choose another spec.export.name, or annotate the export with {OWNER_ANNOTATION}={} to adopt it",
+        names.export, names.owner
+    )))
 }
 
 #[cfg(test)]

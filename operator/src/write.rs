@@ -1,22 +1,21 @@
-//! Writes of the operator: server-side apply with its field manager,
-//! deletion, and the one check of whether an object is an offering's
-//! (its owner annotation) before either touches it.
+//! Writes of the operator: server-side apply with its field manager, and
+//! deletion, also of an object only when it carries the offering's owner
+//! annotation.
 
-use std::collections::BTreeMap;
 use std::fmt::Debug;
 
-use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
-use kube::{Resource, ResourceExt};
+use kube::Resource;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::{Error, is_not_found};
-use crate::names::{FIELD_MANAGER, Names, OWNER_ANNOTATION};
+use crate::error::is_not_found;
+use crate::names::{FIELD_MANAGER, Names};
 
 /// Whether `object` carries the owner annotation of the offering `names`
 /// belongs to: the operator changes or deletes a kcp object only then.
 pub fn is_ours(object: &impl Resource, names: &Names) -> bool {
-    object.annotations().get(OWNER_ANNOTATION) == Some(&names.owner)
+    names.owns(object.meta())
 }
 
 /// Server-side applies `object` as the operator.
@@ -34,48 +33,6 @@ where
         &Patch::Apply(object),
     )
     .await
-}
-
-/// Applies `object` as `name` on the service cluster unless an object of
-/// that name exists that is not the offering's (it lacks the offering's
-/// labels): the operator never takes over what someone else made.
-pub async fn apply_ours<K>(
-    api: &Api<K>,
-    name: &str,
-    object: &(impl Serialize + Debug),
-    names: &Names,
-    what: &'static str,
-) -> Result<K, Error>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
-{
-    let existing = api
-        .get_metadata_opt(name)
-        .await
-        .map_err(|error| Error::service(what, error))?;
-    if let Some(existing) = existing {
-        refuse_foreign::<K>(&existing.metadata, names)?;
-    }
-    apply(api, name, object)
-        .await
-        .map_err(|error| Error::service(what, error))
-}
-
-/// An [`Error::ObjectConflict`] when `metadata` (of a `K`) does not carry the
-/// offering's labels.
-pub fn refuse_foreign<K: Resource<DynamicType = ()>>(
-    metadata: &ObjectMeta,
-    names: &Names,
-) -> Result<(), Error> {
-    if names.labels_name_this(metadata.labels.as_ref().unwrap_or(&BTreeMap::new())) {
-        return Ok(());
-    }
-    Err(Error::ObjectConflict(format!(
-        "{} {} exists and is not this offering's (it lacks the labels {}); delete or rename it, or give the offering another name",
-        K::kind(&()),
-        metadata.name.as_deref().unwrap_or_default(),
-        names.children_selector()
-    )))
 }
 
 /// Deletes `name` if it exists; `Ok(())` when it is gone or going.

@@ -36,7 +36,7 @@ const AGENT_UID: i64 = 65532;
 const DEFAULT_REPLICAS: i32 = 2;
 
 /// A kind the agent syncs on the service cluster, as RBAC names it.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize)]
 pub struct GroupResource {
     /// API group, empty for core.
     pub group: String,

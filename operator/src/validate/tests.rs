@@ -73,3 +73,82 @@ fn the_agents_kubeconfig_secret_cannot_be_the_operators() {
     let message = invalid_spec(validate(&offering, None));
     assert!(message.contains("databases-kcp-kubeconfig"), "{message}");
 }
+
+fn facts(yaml: &str) -> Facts {
+    serde_saphyr::from_str(yaml).expect("facts fixture")
+}
+
+fn names() -> Names {
+    Names::of(&fixture(include_str!("fixtures/valid.yaml"))).unwrap()
+}
+
+fn conflict(facts: &Facts) -> Error {
+    ownership(facts, &names(), "root:providers:db").expect_err("a conflict")
+}
+
+#[test]
+fn nothing_there_or_everything_the_offerings_own_passes() {
+    assert!(ownership(&Facts::default(), &names(), "root:providers:db").is_ok());
+    let own = facts(include_str!("fixtures/facts-own.yaml"));
+    assert!(ownership(&own, &names(), "root:providers:db").is_ok());
+}
+
+#[test]
+fn a_foreign_object_of_a_name_the_offering_writes_is_a_conflict() {
+    match conflict(&facts(include_str!(
+        "fixtures/facts-foreign-service-account.yaml"
+    ))) {
+        Error::ObjectConflict(message) => {
+            assert!(
+                message.starts_with("ServiceAccount databases-sync-agent exists"),
+                "{message}"
+            );
+        }
+        other => panic!("expected ObjectConflict, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_agents_secret_labelled_for_another_offering_is_a_conflict() {
+    match conflict(&facts(include_str!("fixtures/facts-foreign-secret.yaml"))) {
+        Error::ObjectConflict(message) => {
+            assert!(
+                message.starts_with("Secret databases-kcp-kubeconfig exists"),
+                "{message}"
+            );
+        }
+        other => panic!("expected ObjectConflict, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_export_of_another_owner_or_of_none_is_a_conflict_naming_it() {
+    for (yaml, held_by) in [
+        (
+            include_str!("fixtures/facts-foreign-export.yaml"),
+            "belongs to offering team-b/databases",
+        ),
+        (
+            include_str!("fixtures/facts-unannotated-export.yaml"),
+            "belongs to nobody",
+        ),
+    ] {
+        match conflict(&facts(yaml)) {
+            Error::ExportConflict(message) => {
+                assert!(message.contains(held_by), "{message}");
+                assert!(message.contains("in root:providers:db"), "{message}");
+            }
+            other => panic!("expected ExportConflict, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn an_agent_name_taken_by_another_offering_is_reported_first() {
+    match conflict(&facts(include_str!("fixtures/facts-agent-name-taken.yaml"))) {
+        Error::AgentNameConflict(message) => {
+            assert!(message.contains("offering team-b/twin"), "{message}");
+        }
+        other => panic!("expected AgentNameConflict, got {other:?}"),
+    }
+}

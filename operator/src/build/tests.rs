@@ -1,0 +1,195 @@
+use std::collections::BTreeSet;
+
+use kube::Config;
+use kube::api::ApiResource;
+use kube::config::Kubeconfig;
+
+use super::*;
+use crate::credentials::KcpCredentials;
+use crate::fetch::targets;
+
+fn offering(yaml: &str) -> PublishedOffering {
+    serde_saphyr::from_str(yaml).expect("offering fixture")
+}
+
+fn facts(yaml: &str) -> Facts {
+    serde_saphyr::from_str(yaml).expect("facts fixture")
+}
+
+fn kcp() -> Kcp {
+    Kcp::new(KcpCredentials {
+        kubeconfig: Kubeconfig::from_yaml(include_str!("fixtures/kcp-admin.kubeconfig")).unwrap(),
+        config: Config::new("https://kcp.example:6443/clusters/root".parse().unwrap()),
+    })
+}
+
+const DEFAULTS: AgentDefaults<'static> = AgentDefaults {
+    image: "registry.example/sync-agent:v1",
+    kcp_url: None,
+};
+
+fn desired(offering: &PublishedOffering, facts: &Facts) -> Desired {
+    let names = Names::of(offering).unwrap();
+    build(offering, &names, facts, &kcp(), DEFAULTS).unwrap()
+}
+
+fn strings(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| n.to_string()).collect()
+}
+
+#[test]
+fn identity_objects_of_an_old_export_name_and_dropped_resources_are_orphans() {
+    let offering = offering(include_str!("fixtures/offering.yaml"));
+    let desired = desired(
+        &offering,
+        &facts(include_str!("fixtures/facts-renamed-export.yaml")),
+    );
+    assert_eq!(
+        desired.orphans,
+        Orphans {
+            kcp_roles: strings(&["syncagent:databases-old", "syncagent:databases-old:bind"]),
+            kcp_bindings: strings(&["syncagent:databases-old", "syncagent:databases-old:access"]),
+            kcp_accounts: strings(&["sync-agent-databases-old"]),
+            published_resources: strings(&["team-a.databases.backups"]),
+        }
+    );
+    assert!(desired.kcp_namespace.is_none(), "the namespace exists");
+}
+
+#[test]
+fn without_bind_groups_the_bind_binding_is_not_built_and_an_existing_one_goes() {
+    let offering = offering(include_str!("fixtures/no-bind-groups.yaml"));
+    let desired = desired(
+        &offering,
+        &facts(include_str!("fixtures/facts-renamed-export.yaml")),
+    );
+    assert!(desired.kcp_bind_binding.is_none());
+    assert!(
+        desired
+            .orphans
+            .kcp_bindings
+            .contains(&"syncagent:databases:bind".to_string()),
+        "{:?}",
+        desired.orphans
+    );
+    let pod = desired.deployment.spec.unwrap().template.spec.unwrap();
+    assert_eq!(
+        pod.containers[0].image.as_deref(),
+        Some("registry.example/sync-agent:v2")
+    );
+}
+
+#[test]
+fn a_first_build_creates_the_namespace_and_grants_every_kind_and_nothing_else() {
+    let offering = offering(include_str!("fixtures/offering.yaml"));
+    let desired = desired(
+        &offering,
+        &facts(include_str!("fixtures/facts-two-kinds.yaml")),
+    );
+    assert!(desired.kcp_namespace.is_some());
+    assert_eq!(desired.orphans, Orphans::default());
+    let granted: BTreeSet<String> = desired
+        .cluster_role
+        .rules
+        .unwrap()
+        .into_iter()
+        .flat_map(|r| r.resources.unwrap_or_default())
+        .collect();
+    for resource in ["databases", "databases/status", "backups", "secrets"] {
+        assert!(granted.contains(resource), "{resource}: {granted:?}");
+    }
+    let only_databases = desired_with_kinds(&offering, &["databases"]);
+    let granted: BTreeSet<String> = only_databases
+        .cluster_role
+        .rules
+        .unwrap()
+        .into_iter()
+        .flat_map(|r| r.resources.unwrap_or_default())
+        .collect();
+    assert!(!granted.contains("backups"), "{granted:?}");
+    assert!(!granted.contains("secrets"), "{granted:?}");
+}
+
+fn desired_with_kinds(offering: &PublishedOffering, resources: &[&str]) -> Desired {
+    let mut facts = Facts::default();
+    facts.kinds.synced = resources
+        .iter()
+        .map(|r| crate::desired::cluster::GroupResource {
+            group: "db.example.io".into(),
+            resource: r.to_string(),
+        })
+        .collect();
+    desired(offering, &facts)
+}
+
+#[test]
+fn the_agents_secret_carries_no_data_and_its_kubeconfig_points_at_the_workspace() {
+    let offering = offering(include_str!("fixtures/offering.yaml"));
+    let desired = desired(&offering, &Facts::default());
+    assert!(desired.agent_secret.data.is_none());
+    assert_eq!(
+        desired.agent_secret.metadata.name.as_deref(),
+        Some("databases-kcp-kubeconfig")
+    );
+    assert!(
+        desired
+            .agent_kubeconfig
+            .contains("https://kcp.example:6443/clusters/root:providers:db"),
+        "{}",
+        desired.agent_kubeconfig
+    );
+    assert!(!desired.agent_kubeconfig.contains("admin-token"));
+    let names = Names::of(&offering).unwrap();
+    let elsewhere = AgentDefaults {
+        kcp_url: Some("https://kcp.internal:443/clusters/root"),
+        ..DEFAULTS
+    };
+    let moved = build(&offering, &names, &Facts::default(), &kcp(), elsewhere).unwrap();
+    assert!(
+        moved
+            .agent_kubeconfig
+            .contains("https://kcp.internal:443/clusters/root:providers:db"),
+        "{}",
+        moved.agent_kubeconfig
+    );
+}
+
+/// Kind, namespace and name of `object`.
+fn key<K: Resource<DynamicType = ()>>(object: &K) -> (String, Option<String>, String) {
+    (
+        K::kind(&()).to_string(),
+        object.meta().namespace.clone(),
+        object.name_any(),
+    )
+}
+
+#[test]
+fn every_service_object_built_is_one_the_fetch_checks_for_a_foreign_owner() {
+    let offering = offering(include_str!("fixtures/offering.yaml"));
+    let names = Names::of(&offering).unwrap();
+    let desired = desired(&offering, &Facts::default());
+    let mut built = vec![
+        key(&desired.service_account),
+        key(&desired.cluster_role),
+        key(&desired.cluster_role_binding),
+        key(&desired.role),
+        key(&desired.role_binding),
+        key(&desired.deployment),
+        key(&desired.metrics_service),
+    ];
+    built.extend(desired.published_resources.iter().map(key));
+    let checked: Vec<(String, Option<String>, String)> = targets(&offering, &names)
+        .into_iter()
+        .map(|t| (t.resource.kind, t.namespace, t.name))
+        .collect();
+    built.sort();
+    let mut sorted = checked.clone();
+    sorted.sort();
+    assert_eq!(built, sorted);
+    let published = ApiResource::erase::<PublishedResource>(&());
+    assert!(
+        targets(&offering, &names)
+            .iter()
+            .any(|t| t.resource == published && t.name == "team-a.databases.dbs")
+    );
+}
