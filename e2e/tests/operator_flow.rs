@@ -404,3 +404,82 @@ async fn waiting_for_the_agent_is_announced_as_normal_not_as_a_warning() {
         .collect();
     assert!(warnings.is_empty(), "warnings while waiting: {warnings:?}");
 }
+
+/// What an offering no longer asks for goes: a dropped related kind
+/// leaves the agent's ClusterRole, and with no bind groups the kcp
+/// binding that let consumers bind the export is deleted.
+#[tokio::test]
+async fn what_an_offering_drops_is_no_longer_granted() {
+    let scene = OfferingScene::new("op-trim", &[]).await.expect("scene");
+    let ns = scene.provider.namespace.clone();
+    let group = scene.provider.group.clone();
+    let role_name = format!("offering.syncagent.dev:{ns}:trim");
+    let roles: Api<ClusterRole> = Api::all(scene.provider.service.clone());
+    let kcp_bindings: Api<ClusterRoleBinding> = Api::all(scene.provider.kcp_client.clone());
+    let grants_secrets = async || -> Result<bool, String> {
+        let role = roles.get(&role_name).await.map_err(|e| e.to_string())?;
+        Ok(role
+            .rules
+            .unwrap_or_default()
+            .iter()
+            .any(|r| r.resources.as_deref() == Some(&["secrets".to_string()][..])))
+    };
+    let related = json!([{"identifier": "creds", "origin": "kcp", "kind": "Secret",
+                          "object": {"reference": {"path": "spec.secretName"}}}]);
+    scene
+        .apply(
+            "trim",
+            scene.spec(json!({
+                "agent": {"replicas": 1},
+                "resources": [{"name": "widgets", "resource": {"apiGroup": group, "kind": "Widget"}, "related": related}],
+            })),
+        )
+        .await
+        .expect("offering");
+    poll_until(
+        "the grant on Secrets and the bind binding",
+        TIMEOUT,
+        async || {
+            if !grants_secrets().await? {
+                return Err("no rule for secrets yet".into());
+            }
+            kcp_bindings
+                .get("syncagent:trim:bind")
+                .await
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await
+    .expect("granted");
+
+    scene
+        .apply(
+            "trim",
+            scene.spec(json!({"agent": {"replicas": 1}, "export": {"bindGroups": []}})),
+        )
+        .await
+        .expect("trimmed offering");
+    poll_until(
+        "the grant on Secrets and the bind binding to go",
+        TIMEOUT,
+        async || {
+            if grants_secrets().await? {
+                return Err("the ClusterRole still grants secrets".into());
+            }
+            match kcp_bindings
+                .get_opt("syncagent:trim:bind")
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Some(_) => Err("the bind binding is still there".into()),
+                None => Ok(()),
+            }
+        },
+    )
+    .await
+    .expect("no longer granted");
+    kcp_bindings
+        .get("syncagent:trim")
+        .await
+        .expect("the agent's own binding stays");
+}

@@ -68,12 +68,13 @@ pub struct Desired {
     pub orphans: Orphans,
 }
 
-/// Objects the offering owns that its spec no longer asks for, by name.
-/// Only kinds whose names follow the spec can be left behind: kcp identity
-/// objects are named after the export, PublishedResources after the
-/// offered resources. The other objects are named after the offering
-/// itself and go with the cleanup; an old export is left to it too, since
-/// deleting an export is for `deletionPolicy` to decide.
+/// Objects the offering owns that its spec no longer asks for, by name:
+/// PublishedResources of dropped resources, and kcp identity objects the
+/// offering's owner annotation marks but the build does not give (the bind
+/// binding once no group may bind, names an earlier version gave). The
+/// other objects are named after the offering itself, whose name and
+/// export name cannot change, and go with the cleanup. Rules for dropped
+/// kinds go with the next apply of the ClusterRole (its rules are atomic).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Orphans {
     /// kcp ClusterRoles.
