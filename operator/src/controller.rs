@@ -36,7 +36,10 @@ pub const NAME: &str = "publishedoffering";
 /// How often a Ready offering is looked at again (new child workspaces,
 /// export claims the agent added, drift in kcp).
 const RESYNC: Duration = Duration::from_secs(60);
-/// How often an offering that waits for something is looked at again.
+/// How often an offering that waits for something time resolves (a
+/// `Ready` reason in [`status::TRANSIENT_REASONS`]) is looked at again; any
+/// other reason for `Ready=False` needs a person, and the offering is
+/// looked at again with backoff.
 const WAITING: Duration = Duration::from_secs(5);
 /// Delays after consecutive failed reconciles of one offering: 2 s
 /// doubling to 5 min.
