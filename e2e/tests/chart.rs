@@ -1,7 +1,10 @@
 //! The operator's Helm chart and plain manifests on the real servers:
-//! lint, the rendered objects accepted by the kube-apiserver, and the
-//! chart's ServiceAccount enough to reconcile an offering to Ready, report a
-//! bad one with a Warning event, and clean up.
+//! lint, each value and cross-field check as rendered by `helm template`,
+//! the chart as an umbrella chart's dependency, the rendered objects
+//! accepted by the kube-apiserver, `helm install`/`upgrade`/`uninstall` on
+//! it (and what stays: CRDs and offerings), the documented CRD upgrade, and
+//! the chart's ServiceAccount enough to reconcile an offering to Ready,
+//! report a bad one with a Warning event, and clean up.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,7 +14,7 @@ use e2e::pod::Pod;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::discovery::{Discovery, Scope};
 use kube::{Client, ResourceExt};
-use serde_json::json;
+use serde_json::{Value, json};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -90,7 +93,9 @@ fn the_chart_lints_strictly_with_defaults_and_every_option() {
             "--strict",
             "charts/offering-operator",
             "--set",
-            "serviceMonitor.enabled=true,watchNamespace=team-a,leaderElection=false",
+            "watchNamespace=team-a,leaderElection=false,serviceAccount.create=false",
+            "--set",
+            "serviceAccount.name=operator,nameOverride=ops,podDisruptionBudget.enabled=true",
             "--set",
             "defaultKcpSecret.name=kcp,defaultKcpSecret.kubeconfig=apiVersion: v1",
             "--set",
@@ -258,4 +263,300 @@ async fn the_charts_service_account_is_enough_to_make_an_offering_ready() {
         .delete_and_wait("widgets")
         .await
         .expect("the offering's cleanup with the chart's RBAC");
+}
+
+/// `helm template` of the chart as release `rel` in namespace `ops` on a
+/// Kubernetes 1.36 cluster, with `args` (values); the rendered objects, or
+/// helm's error output.
+fn template(args: &[&str]) -> Result<Vec<Value>, String> {
+    let mut command = Command::new(helm());
+    command
+        .args([
+            "template",
+            "rel",
+            "charts/offering-operator",
+            "--namespace",
+            "ops",
+        ])
+        .args(["--kube-version", "1.36.0"])
+        .args(args)
+        .current_dir(repo());
+    let output = command.output().expect("helm runs");
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    Ok(documents(&String::from_utf8(output.stdout).expect("UTF-8")))
+}
+
+/// The objects of a YAML stream.
+fn documents(yaml: &str) -> Vec<Value> {
+    serde_saphyr::from_multiple::<Option<Value>>(yaml)
+        .expect("YAML stream")
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// Renders with `args`, which must succeed.
+fn rendered(args: &[&str]) -> Vec<Value> {
+    template(args).unwrap_or_else(|e| panic!("helm template {args:?} failed: {e}"))
+}
+
+/// Renders with `args`, which must fail with a message containing `message`.
+fn refused(args: &[&str], message: &str) {
+    match template(args) {
+        Ok(_) => panic!("helm template {args:?} rendered; expected: {message}"),
+        Err(error) => assert!(
+            error.contains(message),
+            "helm template {args:?}: expected {message:?} in:\n{error}"
+        ),
+    }
+}
+
+/// The rendered objects of `kind`.
+fn of_kind<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    objects.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+/// The one rendered object of `kind`.
+fn one<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
+    match of_kind(objects, kind).as_slice() {
+        [object] => object,
+        found => panic!("{} objects of kind {kind}, want 1", found.len()),
+    }
+}
+
+fn operator_container(objects: &[Value]) -> &Value {
+    &one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+}
+
+#[test]
+fn the_chart_renders_as_an_umbrella_charts_dependency_with_globals() {
+    let umbrella = std::env::temp_dir().join(format!("umbrella-{}", std::process::id()));
+    let charts = umbrella.join("charts");
+    std::fs::create_dir_all(&charts).unwrap();
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(repo().join("charts/offering-operator"))
+        .arg(&charts)
+        .status()
+        .expect("cp runs");
+    assert!(status.success());
+    std::fs::write(
+        umbrella.join("Chart.yaml"),
+        "apiVersion: v2\nname: platform\nversion: 1.0.0\n\
+         dependencies:\n  - name: offering-operator\n    version: 0.1.0\n",
+    )
+    .unwrap();
+    std::fs::write(
+        umbrella.join("values.yaml"),
+        "global:\n  imageRegistry: registry.example.com\n  labels: {team: platform}\n\
+         offering-operator:\n  image:\n    tag: umbrella\n",
+    )
+    .unwrap();
+    let output = Command::new(helm())
+        .arg("template")
+        .arg("platform")
+        .arg(&umbrella)
+        .args(["--kube-version", "1.36.0"])
+        .output()
+        .expect("helm runs");
+    std::fs::remove_dir_all(&umbrella).unwrap();
+    assert!(
+        output.status.success(),
+        "the umbrella chart does not render: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let objects = documents(&String::from_utf8(output.stdout).unwrap());
+    assert_eq!(
+        operator_container(&objects)["image"],
+        "ghcr.io/example/offering-operator:umbrella",
+        "the umbrella's values reach the chart"
+    );
+}
+
+#[test]
+fn name_overrides_rename_the_objects_and_the_name_label() {
+    let defaults = rendered(&[]);
+    let deployment = one(&defaults, "Deployment");
+    assert_eq!(deployment["metadata"]["name"], "rel-offering-operator");
+    assert_eq!(
+        deployment["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"],
+        "offering-operator"
+    );
+
+    let objects = rendered(&["--set", "nameOverride=syncer"]);
+    let deployment = one(&objects, "Deployment");
+    assert_eq!(deployment["metadata"]["name"], "rel-syncer");
+    assert_eq!(
+        deployment["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"],
+        "syncer"
+    );
+    assert_eq!(
+        one(&objects, "ClusterRole")["metadata"]["name"],
+        "rel-syncer"
+    );
+
+    let objects = rendered(&["--set", "fullnameOverride=operator"]);
+    for kind in ["Deployment", "ServiceAccount", "ClusterRole", "Service"] {
+        assert_eq!(
+            one(&objects, kind)["metadata"]["name"],
+            "operator",
+            "{kind}"
+        );
+    }
+    assert_eq!(
+        one(&objects, "ClusterRoleBinding")["subjects"][0]["name"],
+        "operator"
+    );
+    refused(&["--set", "nameOverride=Not_A_Name"], "nameOverride");
+}
+
+#[test]
+fn service_account_create_name_and_annotations() {
+    let objects = rendered(&["--set", "serviceAccount.annotations.iam=role-a"]);
+    let account = one(&objects, "ServiceAccount");
+    assert_eq!(account["metadata"]["annotations"]["iam"], "role-a");
+
+    let objects = rendered(&[
+        "--set",
+        "serviceAccount.create=false,serviceAccount.name=existing",
+    ]);
+    assert!(of_kind(&objects, "ServiceAccount").is_empty());
+    assert_eq!(
+        one(&objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"],
+        "existing"
+    );
+    for binding in of_kind(&objects, "ClusterRoleBinding")
+        .into_iter()
+        .chain(of_kind(&objects, "RoleBinding"))
+    {
+        assert_eq!(binding["subjects"][0]["name"], "existing");
+    }
+    refused(
+        &["--set", "serviceAccount.create=false"],
+        "serviceAccount.create=false needs serviceAccount.name",
+    );
+}
+
+#[test]
+fn security_contexts_default_to_restricted_and_can_be_replaced() {
+    let objects = rendered(&[]);
+    let pod = &one(&objects, "Deployment")["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let container = &pod["containers"][0]["securityContext"];
+    assert_eq!(container["readOnlyRootFilesystem"], true);
+    assert_eq!(container["allowPrivilegeEscalation"], false);
+    assert_eq!(container["runAsNonRoot"], true);
+    assert_eq!(container["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(container["seccompProfile"]["type"], "RuntimeDefault");
+    let test_pod = one(&objects, "Pod");
+    assert_eq!(test_pod["spec"]["securityContext"], pod["securityContext"]);
+
+    // Values merge into the defaults; null removes a key.
+    let objects = rendered(&[
+        "--set",
+        "podSecurityContext.fsGroup=2000,securityContext.runAsUser=null,securityContext.runAsGroup=null",
+    ]);
+    let pod = &one(&objects, "Deployment")["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["fsGroup"], 2000);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let container = &pod["containers"][0]["securityContext"];
+    assert!(
+        container.get("runAsUser").is_none() && container.get("runAsGroup").is_none(),
+        "{container}"
+    );
+    assert_eq!(container["readOnlyRootFilesystem"], true);
+}
+
+#[test]
+fn a_pod_disruption_budget_is_opt_in() {
+    assert!(of_kind(&rendered(&[]), "PodDisruptionBudget").is_empty());
+    let objects = rendered(&["--set", "podDisruptionBudget.enabled=true"]);
+    let budget = one(&objects, "PodDisruptionBudget");
+    assert_eq!(
+        budget["spec"],
+        json!({
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": {
+                "app.kubernetes.io/name": "offering-operator",
+                "app.kubernetes.io/instance": "rel"}}
+        })
+    );
+    let objects = rendered(&[
+        "--set",
+        "podDisruptionBudget.enabled=true,replicaCount=3,podDisruptionBudget.minAvailable=2",
+    ]);
+    let spec = &one(&objects, "PodDisruptionBudget")["spec"];
+    assert_eq!(spec["minAvailable"], 2);
+    assert!(spec.get("maxUnavailable").is_none());
+    let objects = rendered(&[
+        "--set",
+        "podDisruptionBudget.enabled=true,podDisruptionBudget.maxUnavailable=50%",
+    ]);
+    assert_eq!(
+        one(&objects, "PodDisruptionBudget")["spec"]["maxUnavailable"],
+        "50%"
+    );
+    refused(
+        &[
+            "--set",
+            "podDisruptionBudget.enabled=true,podDisruptionBudget.minAvailable=1,podDisruptionBudget.maxUnavailable=1",
+        ],
+        "set minAvailable or maxUnavailable, not both",
+    );
+}
+
+#[test]
+fn a_service_monitor_needs_the_prometheus_operators_crd() {
+    assert!(of_kind(&rendered(&[]), "ServiceMonitor").is_empty());
+    refused(
+        &["--set", "serviceMonitor.enabled=true"],
+        "serviceMonitor.enabled=true needs the prometheus-operator's ServiceMonitor CRD",
+    );
+    let objects = rendered(&[
+        "--set",
+        "serviceMonitor.enabled=true,serviceMonitor.labels.release=prom",
+        "--api-versions",
+        "monitoring.coreos.com/v1/ServiceMonitor",
+    ]);
+    let monitor = one(&objects, "ServiceMonitor");
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prom");
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+}
+
+#[test]
+fn token_renewal_must_come_before_the_tokens_lifetime() {
+    let message = "agent.tokenRenewBefore (2h) must be shorter than agent.tokenLifetime (90m)";
+    refused(
+        &["--set", "agent.tokenLifetime=90m,agent.tokenRenewBefore=2h"],
+        message,
+    );
+    refused(
+        &["--set", "agent.tokenLifetime=8h,agent.tokenRenewBefore=8h"],
+        "must be shorter than agent.tokenLifetime (8h)",
+    );
+    let objects = rendered(&["--set", "agent.tokenLifetime=2h,agent.tokenRenewBefore=90m"]);
+    let args = &operator_container(&objects)["args"];
+    assert!(
+        args.as_array()
+            .unwrap()
+            .contains(&json!("--agent-token-renew-before=90m")),
+        "{args}"
+    );
+}
+
+#[test]
+fn several_replicas_need_leader_election() {
+    refused(
+        &["--set", "replicaCount=2,leaderElection=false"],
+        "replicaCount=2 needs leaderElection=true",
+    );
+    let objects = rendered(&["--set", "replicaCount=2"]);
+    assert_eq!(one(&objects, "Deployment")["spec"]["replicas"], 2);
+    rendered(&["--set", "replicaCount=1,leaderElection=false"]);
 }
