@@ -9,9 +9,17 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use e2e::env::{EnvFile, random_hex};
 use e2e::offering::OfferingScene;
 use e2e::pod::Pod;
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use e2e::poll::{DEFAULT_TIMEOUT, poll_until};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::discovery::{Discovery, Scope};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -559,4 +567,288 @@ fn several_replicas_need_leader_election() {
     let objects = rendered(&["--set", "replicaCount=2"]);
     assert_eq!(one(&objects, "Deployment")["spec"]["replicas"], 2);
     rendered(&["--set", "replicaCount=1,leaderElection=false"]);
+}
+
+/// Runs `program` with `args` against the service cluster's kube-apiserver
+/// (its admin kubeconfig in `KUBECONFIG`) and returns its standard output.
+fn on_service_cluster(env: &EnvFile, program: &Path, args: &[&str]) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .current_dir(repo())
+        .env("KUBECONFIG", &env.service_kubeconfig)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", program.display()));
+    assert!(
+        output.status.success(),
+        "{} {args:?} failed:\n{}{}",
+        program.display(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8 output")
+}
+
+/// The server reports a Kubernetes release, as the chart's kubeVersion needs.
+async fn assert_released_version(client: &Client) {
+    let version = client.apiserver_version().await.expect("/version");
+    let release = version.git_version.strip_prefix('v').and_then(|v| {
+        v.split('.')
+            .map(str::parse::<u32>)
+            .collect::<Result<Vec<_>, _>>()
+            .ok()
+    });
+    assert!(
+        release.is_some_and(|parts| parts.len() == 3),
+        "the kube-apiserver reports {}, not a release: rebuild the servers with e2e/env/build.sh",
+        version.git_version
+    );
+}
+
+async fn names<K>(api: &Api<K>, names: &[&str]) -> Vec<String>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut present = Vec::new();
+    for name in names {
+        if api.get_opt(name).await.expect("get").is_some() {
+            present.push((*name).to_string());
+        }
+    }
+    present
+}
+
+fn container_args(deployment: &Deployment) -> Vec<String> {
+    let pod = deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    pod.containers[0].args.clone().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn helm_installs_upgrades_and_uninstalls_the_chart_and_keeps_crds_and_offerings() {
+    let env = EnvFile::load().unwrap();
+    let client = e2e::service::client(&env).await.unwrap();
+    assert_released_version(&client).await;
+    let release = format!("chart-{}", random_hex(4).unwrap());
+    let namespace = release.clone();
+    let name = format!("{release}-offering-operator");
+    let helm = helm();
+    let install = [
+        "install",
+        &release,
+        "charts/offering-operator",
+        "--namespace",
+        &namespace,
+        "--create-namespace",
+    ];
+    on_service_cluster(&env, &helm, &install);
+
+    // Defaults: what the chart says, nothing optional.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    let deployment = deployments
+        .get(&name)
+        .await
+        .expect("the operator's Deployment");
+    let spec = deployment.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(1));
+    let pod = spec.template.spec.as_ref().unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some(name.as_str()));
+    assert_eq!(
+        pod.containers[0].image.as_deref(),
+        Some("ghcr.io/example/offering-operator:0.1.0")
+    );
+    let args = container_args(&deployment);
+    assert!(
+        args.contains(&"--enable-leader-election".to_string()),
+        "{args:?}"
+    );
+    assert!(args.contains(&"--log-level=info".to_string()), "{args:?}");
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
+    accounts.get(&name).await.expect("the ServiceAccount");
+    let cluster_roles: Api<ClusterRole> = Api::all(client.clone());
+    let cluster_role = cluster_roles.get(&name).await.expect("the ClusterRole");
+    let grants = |role: &ClusterRole, resource: &str| {
+        role.rules
+            .iter()
+            .flatten()
+            .any(|rule| rule.resources.iter().flatten().any(|r| r == resource))
+    };
+    assert!(
+        grants(&cluster_role, "deployments"),
+        "cluster-wide by default"
+    );
+    let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
+    let binding = bindings.get(&name).await.expect("the ClusterRoleBinding");
+    assert_eq!(binding.subjects.unwrap()[0].name, name);
+    let roles: Api<Role> = Api::namespaced(client.clone(), &namespace);
+    roles
+        .get(&format!("{name}-leader-election"))
+        .await
+        .expect("the leader-election Role");
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &namespace);
+    assert!(
+        budgets.get_opt(&name).await.unwrap().is_none(),
+        "no PDB by default"
+    );
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in [
+        "publishedofferings.offering.syncagent.dev",
+        "publishedresources.syncagent.kcp.io",
+    ] {
+        let object = crds.get(crd).await.expect("the chart's CRD");
+        let established = object.status.and_then(|s| s.conditions).is_some_and(|c| {
+            c.iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+        });
+        assert!(established, "{crd} not established");
+    }
+
+    // An offering of a team's namespace, which must outlive the operator.
+    let offerings_namespace = e2e::service::create_namespace(&client, "chart-offerings")
+        .await
+        .unwrap();
+    let sample = std::fs::read_to_string(repo().join("config/samples/crd-service.yaml")).unwrap();
+    apply_stream(&client, &sample, &offerings_namespace, false).await;
+
+    // Upgrade with non-default values: each lands.
+    let values = format!(
+        "replicaCount=2,logLevel=debug,image.tag=0.2.0,podDisruptionBudget.enabled=true,\
+         serviceAccount.annotations.team=platform,watchNamespace={offerings_namespace}"
+    );
+    let mut upgrade = install.to_vec();
+    upgrade[0] = "upgrade";
+    upgrade.pop();
+    upgrade.extend(["--set", &values]);
+    on_service_cluster(&env, &helm, &upgrade);
+    let deployment = deployments.get(&name).await.unwrap();
+    let spec = deployment.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(2));
+    assert_eq!(
+        spec.template.spec.as_ref().unwrap().containers[0]
+            .image
+            .as_deref(),
+        Some("ghcr.io/example/offering-operator:0.2.0")
+    );
+    let args = container_args(&deployment);
+    for arg in [
+        "--log-level=debug".to_string(),
+        format!("--watch-namespace={offerings_namespace}"),
+    ] {
+        assert!(args.contains(&arg), "{arg} not in {args:?}");
+    }
+    let budget = budgets.get(&name).await.expect("the PDB");
+    assert_eq!(
+        budget.spec.unwrap().max_unavailable,
+        Some(IntOrString::Int(1))
+    );
+    let account = accounts.get(&name).await.unwrap();
+    assert_eq!(
+        account.annotations().get("team").map(String::as_str),
+        Some("platform")
+    );
+    let team_roles: Api<Role> = Api::namespaced(client.clone(), &offerings_namespace);
+    let team_role = team_roles
+        .get(&name)
+        .await
+        .expect("the Role in watchNamespace");
+    assert!(
+        team_role.rules.iter().flatten().any(|rule| rule
+            .resources
+            .iter()
+            .flatten()
+            .any(|r| r == "deployments")),
+        "the namespaced rules moved to the Role"
+    );
+    let cluster_role = cluster_roles.get(&name).await.unwrap();
+    assert!(
+        !grants(&cluster_role, "deployments"),
+        "and left the ClusterRole"
+    );
+
+    // Uninstall: the chart's objects go; CRDs and offerings stay.
+    on_service_cluster(
+        &env,
+        &helm,
+        &["uninstall", &release, "--namespace", &namespace],
+    );
+    poll_until("the chart's objects gone", DEFAULT_TIMEOUT, async || {
+        let left = [
+            names(&deployments, &[&name]).await,
+            names(&accounts, &[&name]).await,
+            names(&budgets, &[&name]).await,
+            names(&cluster_roles, &[&name]).await,
+            names(&bindings, &[&name]).await,
+            names(&team_roles, &[&name]).await,
+            names(&roles, &[&format!("{name}-leader-election")]).await,
+        ]
+        .concat();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("left: {left:?}"))
+        }
+    })
+    .await
+    .unwrap();
+    for crd in [
+        "publishedofferings.offering.syncagent.dev",
+        "publishedresources.syncagent.kcp.io",
+    ] {
+        assert!(crds.get_opt(crd).await.unwrap().is_some(), "{crd} kept");
+    }
+    let offerings: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &offerings_namespace,
+        &ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(
+            "offering.syncagent.dev",
+            "v1alpha1",
+            "PublishedOffering",
+        )),
+    );
+    offerings
+        .get("certificates")
+        .await
+        .expect("the offering is kept");
+    offerings
+        .delete("certificates", &DeleteParams::default())
+        .await
+        .unwrap();
+    e2e::service::delete_namespace(&client, &offerings_namespace)
+        .await
+        .unwrap();
+    e2e::service::delete_namespace(&client, &namespace)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_documented_crd_upgrade_applies_the_charts_crds_server_side() {
+    let env = EnvFile::load().unwrap();
+    let output = on_service_cluster(
+        &env,
+        Path::new("kubectl"),
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            "charts/offering-operator/crds/",
+        ],
+    );
+    for crd in [
+        "publishedofferings.offering.syncagent.dev",
+        "publishedresources.syncagent.kcp.io",
+    ] {
+        assert!(
+            output.contains(&format!(
+                "customresourcedefinition.apiextensions.k8s.io/{crd} serverside-applied"
+            )),
+            "{output}"
+        );
+    }
 }
