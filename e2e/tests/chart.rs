@@ -12,7 +12,7 @@ use std::process::Command;
 use e2e::env::{EnvFile, random_hex};
 use e2e::offering::OfferingScene;
 use e2e::pod::Pod;
-use e2e::poll::{DEFAULT_TIMEOUT, poll_until};
+use e2e::poll::{DEFAULT_TIMEOUT, KCP_SLOW_TIMEOUT, poll_until};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -851,4 +851,110 @@ async fn the_documented_crd_upgrade_applies_the_charts_crds_server_side() {
             "{output}"
         );
     }
+}
+
+/// `helm install` of the chart for the scene's namespace, its operator image
+/// a placeholder: the pod runner runs the binary built in `target/`.
+fn install_for(env: &EnvFile, release: &str, namespace: &str) {
+    let values = format!(
+        "watchNamespace={namespace},image.repository=example.invalid/offering-operator,image.tag=e2e,logFormat=text"
+    );
+    let install = [
+        "install",
+        release,
+        "charts/offering-operator",
+        "--namespace",
+        namespace,
+        "--set",
+        &values,
+    ];
+    on_service_cluster(env, &helm(), &install);
+}
+
+#[tokio::test]
+async fn an_offering_deleted_after_uninstall_waits_for_a_reinstalled_operator() {
+    let provider = OfferingScene::provider("chart-reinstall")
+        .await
+        .expect("provider");
+    let env = provider.env.clone();
+    let namespace = provider.namespace.clone();
+    let release = format!(
+        "op-{}",
+        &provider.agent_name[provider.agent_name.len() - 8..]
+    );
+    let deployment = format!("{release}-offering-operator");
+    install_for(&env, &release, &namespace);
+    let operator = Pod::run(&env, &provider.service, &namespace, &deployment)
+        .await
+        .expect("the installed operator runs");
+    let scene = OfferingScene { provider, operator };
+    let _agent = scene
+        .publish("widgets", json!({"agent": {"replicas": 1}}))
+        .await
+        .expect("ready");
+
+    // Uninstalled with the offering still there: the offering stays, with
+    // the operator's finalizer; deleted now, nothing can finish it.
+    let OfferingScene { provider, operator } = scene;
+    drop(operator);
+    on_service_cluster(
+        &env,
+        &helm(),
+        &["uninstall", &release, "--namespace", &namespace],
+    );
+    let offerings = Api::<DynamicObject>::namespaced_with(
+        provider.service.clone(),
+        &namespace,
+        &ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(
+            "offering.syncagent.dev",
+            "v1alpha1",
+            "PublishedOffering",
+        )),
+    );
+    offerings
+        .delete("widgets", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let terminating = offerings.get("widgets").await.expect("still there");
+    assert!(terminating.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        terminating.finalizers(),
+        ["offering.syncagent.dev/cleanup"],
+        "held by the operator's finalizer"
+    );
+
+    // The documented way out: install the operator again; it cleans up.
+    install_for(&env, &release, &namespace);
+    let operator = Pod::run(&env, &provider.service, &namespace, &deployment)
+        .await
+        .expect("the reinstalled operator runs");
+    let scene = OfferingScene { provider, operator };
+    poll_until(
+        "the offering to be cleaned up",
+        KCP_SLOW_TIMEOUT,
+        async || match offerings
+            .get_opt("widgets")
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            None => Ok(()),
+            Some(o) => Err(format!("still there: {:?}", o.finalizers())),
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}; operator log: {}", scene.operator.process.log_tail()));
+    let agents: Api<Deployment> = Api::namespaced(scene.provider.service.clone(), &namespace);
+    assert!(
+        agents
+            .get_opt("widgets-sync-agent")
+            .await
+            .unwrap()
+            .is_none(),
+        "the agent's Deployment went with the offering"
+    );
+    on_service_cluster(
+        &env,
+        &helm(),
+        &["uninstall", &release, "--namespace", &namespace],
+    );
 }
