@@ -6,6 +6,7 @@
 //! the chart's ServiceAccount enough to reconcile an offering to Ready,
 //! report a bad one with a Warning event, and clean up.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -22,6 +23,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::discovery::{Discovery, Scope};
 use kube::{Client, ResourceExt};
+use offering_operator::api::PublishedOffering;
 use serde_json::{Value, json};
 
 fn repo() -> PathBuf {
@@ -34,10 +36,17 @@ fn helm() -> PathBuf {
 
 /// Runs helm (or a script) and returns its standard output.
 fn run(program: &Path, args: &[&str]) -> String {
+    run_with_env(program, args, &[])
+}
+
+/// Runs `program` with `args` and the variables `env` from the repository's
+/// root, which must succeed; returns its standard output.
+fn run_with_env(program: &Path, args: &[&str], env: &[(&str, &OsStr)]) -> String {
     let output = Command::new(program)
         .args(args)
         .current_dir(repo())
         .env("HELM", helm())
+        .envs(env.iter().copied())
         .output()
         .unwrap_or_else(|e| {
             panic!(
@@ -572,20 +581,11 @@ fn several_replicas_need_leader_election() {
 /// Runs `program` with `args` against the service cluster's kube-apiserver
 /// (its admin kubeconfig in `KUBECONFIG`) and returns its standard output.
 fn on_service_cluster(env: &EnvFile, program: &Path, args: &[&str]) -> String {
-    let output = Command::new(program)
-        .args(args)
-        .current_dir(repo())
-        .env("KUBECONFIG", &env.service_kubeconfig)
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", program.display()));
-    assert!(
-        output.status.success(),
-        "{} {args:?} failed:\n{}{}",
-        program.display(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("UTF-8 output")
+    run_with_env(
+        program,
+        args,
+        &[("KUBECONFIG", env.service_kubeconfig.as_os_str())],
+    )
 }
 
 /// The server reports a Kubernetes release, as the chart's kubeVersion needs.
@@ -801,15 +801,7 @@ async fn helm_installs_upgrades_and_uninstalls_the_chart_and_keeps_crds_and_offe
     ] {
         assert!(crds.get_opt(crd).await.unwrap().is_some(), "{crd} kept");
     }
-    let offerings: Api<DynamicObject> = Api::namespaced_with(
-        client.clone(),
-        &offerings_namespace,
-        &ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(
-            "offering.syncagent.dev",
-            "v1alpha1",
-            "PublishedOffering",
-        )),
-    );
+    let offerings: Api<PublishedOffering> = Api::namespaced(client.clone(), &offerings_namespace);
     offerings
         .get("certificates")
         .await
@@ -902,15 +894,7 @@ async fn an_offering_deleted_after_uninstall_waits_for_a_reinstalled_operator() 
         &helm(),
         &["uninstall", &release, "--namespace", &namespace],
     );
-    let offerings = Api::<DynamicObject>::namespaced_with(
-        provider.service.clone(),
-        &namespace,
-        &ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(
-            "offering.syncagent.dev",
-            "v1alpha1",
-            "PublishedOffering",
-        )),
-    );
+    let offerings: Api<PublishedOffering> = Api::namespaced(provider.service.clone(), &namespace);
     offerings
         .delete("widgets", &DeleteParams::default())
         .await
