@@ -1,17 +1,30 @@
 //! The operator's Helm chart and plain manifests on the real servers:
-//! lint, the rendered objects accepted by the kube-apiserver, and the
-//! chart's ServiceAccount enough to reconcile an offering to Ready, report a
-//! bad one with a Warning event, and clean up.
+//! lint, each value and cross-field check as rendered by `helm template`,
+//! the chart as an umbrella chart's dependency, the rendered objects
+//! accepted by the kube-apiserver, `helm install`/`upgrade`/`uninstall` on
+//! it (and what stays: CRDs and offerings), the documented CRD upgrade, and
+//! the chart's ServiceAccount enough to reconcile an offering to Ready,
+//! report a bad one with a Warning event, and clean up.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use e2e::env::{EnvFile, random_hex};
 use e2e::offering::OfferingScene;
 use e2e::pod::Pod;
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use e2e::poll::{DEFAULT_TIMEOUT, KCP_SLOW_TIMEOUT, poll_until};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::discovery::{Discovery, Scope};
 use kube::{Client, ResourceExt};
-use serde_json::json;
+use offering_operator::api::PublishedOffering;
+use serde_json::{Value, json};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -23,10 +36,17 @@ fn helm() -> PathBuf {
 
 /// Runs helm (or a script) and returns its standard output.
 fn run(program: &Path, args: &[&str]) -> String {
+    run_with_env(program, args, &[])
+}
+
+/// Runs `program` with `args` and the variables `env` from the repository's
+/// root, which must succeed; returns its standard output.
+fn run_with_env(program: &Path, args: &[&str], env: &[(&str, &OsStr)]) -> String {
     let output = Command::new(program)
         .args(args)
         .current_dir(repo())
         .env("HELM", helm())
+        .envs(env.iter().copied())
         .output()
         .unwrap_or_else(|e| {
             panic!(
@@ -90,7 +110,9 @@ fn the_chart_lints_strictly_with_defaults_and_every_option() {
             "--strict",
             "charts/offering-operator",
             "--set",
-            "serviceMonitor.enabled=true,watchNamespace=team-a,leaderElection=false",
+            "watchNamespace=team-a,leaderElection=false,serviceAccount.create=false",
+            "--set",
+            "serviceAccount.name=operator,nameOverride=ops,podDisruptionBudget.enabled=true",
             "--set",
             "defaultKcpSecret.name=kcp,defaultKcpSecret.kubeconfig=apiVersion: v1",
             "--set",
@@ -258,4 +280,665 @@ async fn the_charts_service_account_is_enough_to_make_an_offering_ready() {
         .delete_and_wait("widgets")
         .await
         .expect("the offering's cleanup with the chart's RBAC");
+}
+
+/// `helm template` of the chart as release `rel` in namespace `ops` on a
+/// Kubernetes 1.36 cluster, with `args` (values); the rendered objects, or
+/// helm's error output.
+fn template(args: &[&str]) -> Result<Vec<Value>, String> {
+    let mut command = Command::new(helm());
+    command
+        .args([
+            "template",
+            "rel",
+            "charts/offering-operator",
+            "--namespace",
+            "ops",
+        ])
+        .args(["--kube-version", "1.36.0"])
+        .args(args)
+        .current_dir(repo());
+    let output = command.output().expect("helm runs");
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    Ok(documents(&String::from_utf8(output.stdout).expect("UTF-8")))
+}
+
+/// The objects of a YAML stream.
+fn documents(yaml: &str) -> Vec<Value> {
+    serde_saphyr::from_multiple::<Option<Value>>(yaml)
+        .expect("YAML stream")
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// Renders with `args`, which must succeed.
+fn rendered(args: &[&str]) -> Vec<Value> {
+    template(args).unwrap_or_else(|e| panic!("helm template {args:?} failed: {e}"))
+}
+
+/// Renders with `args`, which must fail with a message containing `message`.
+fn refused(args: &[&str], message: &str) {
+    match template(args) {
+        Ok(_) => panic!("helm template {args:?} rendered; expected: {message}"),
+        Err(error) => assert!(
+            error.contains(message),
+            "helm template {args:?}: expected {message:?} in:\n{error}"
+        ),
+    }
+}
+
+/// The rendered objects of `kind`.
+fn of_kind<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    objects.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+/// The one rendered object of `kind`.
+fn one<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
+    match of_kind(objects, kind).as_slice() {
+        [object] => object,
+        found => panic!("{} objects of kind {kind}, want 1", found.len()),
+    }
+}
+
+fn operator_container(objects: &[Value]) -> &Value {
+    &one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+}
+
+#[test]
+fn the_chart_renders_as_an_umbrella_charts_dependency_with_globals() {
+    let umbrella = std::env::temp_dir().join(format!("umbrella-{}", std::process::id()));
+    let charts = umbrella.join("charts");
+    std::fs::create_dir_all(&charts).unwrap();
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(repo().join("charts/offering-operator"))
+        .arg(&charts)
+        .status()
+        .expect("cp runs");
+    assert!(status.success());
+    std::fs::write(
+        umbrella.join("Chart.yaml"),
+        "apiVersion: v2\nname: platform\nversion: 1.0.0\n\
+         dependencies:\n  - name: offering-operator\n    version: 0.1.0\n",
+    )
+    .unwrap();
+    std::fs::write(
+        umbrella.join("values.yaml"),
+        "global:\n  imageRegistry: registry.example.com\n  labels: {team: platform}\n\
+         offering-operator:\n  image:\n    tag: umbrella\n",
+    )
+    .unwrap();
+    let output = Command::new(helm())
+        .arg("template")
+        .arg("platform")
+        .arg(&umbrella)
+        .args(["--kube-version", "1.36.0"])
+        .output()
+        .expect("helm runs");
+    std::fs::remove_dir_all(&umbrella).unwrap();
+    assert!(
+        output.status.success(),
+        "the umbrella chart does not render: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let objects = documents(&String::from_utf8(output.stdout).unwrap());
+    assert_eq!(
+        operator_container(&objects)["image"],
+        "ghcr.io/example/offering-operator:umbrella",
+        "the umbrella's values reach the chart"
+    );
+}
+
+#[test]
+fn name_overrides_rename_the_objects_and_the_name_label() {
+    let defaults = rendered(&[]);
+    let deployment = one(&defaults, "Deployment");
+    assert_eq!(deployment["metadata"]["name"], "rel-offering-operator");
+    assert_eq!(
+        deployment["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"],
+        "offering-operator"
+    );
+
+    let objects = rendered(&["--set", "nameOverride=syncer"]);
+    let deployment = one(&objects, "Deployment");
+    assert_eq!(deployment["metadata"]["name"], "rel-syncer");
+    assert_eq!(
+        deployment["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"],
+        "syncer"
+    );
+    assert_eq!(
+        one(&objects, "ClusterRole")["metadata"]["name"],
+        "rel-syncer"
+    );
+
+    let objects = rendered(&["--set", "fullnameOverride=operator"]);
+    for kind in ["Deployment", "ServiceAccount", "ClusterRole", "Service"] {
+        assert_eq!(
+            one(&objects, kind)["metadata"]["name"],
+            "operator",
+            "{kind}"
+        );
+    }
+    assert_eq!(
+        one(&objects, "ClusterRoleBinding")["subjects"][0]["name"],
+        "operator"
+    );
+    refused(&["--set", "nameOverride=Not_A_Name"], "nameOverride");
+}
+
+#[test]
+fn service_account_create_name_and_annotations() {
+    let objects = rendered(&["--set", "serviceAccount.annotations.iam=role-a"]);
+    let account = one(&objects, "ServiceAccount");
+    assert_eq!(account["metadata"]["annotations"]["iam"], "role-a");
+
+    let objects = rendered(&[
+        "--set",
+        "serviceAccount.create=false,serviceAccount.name=existing",
+    ]);
+    assert!(of_kind(&objects, "ServiceAccount").is_empty());
+    assert_eq!(
+        one(&objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"],
+        "existing"
+    );
+    for binding in of_kind(&objects, "ClusterRoleBinding")
+        .into_iter()
+        .chain(of_kind(&objects, "RoleBinding"))
+    {
+        assert_eq!(binding["subjects"][0]["name"], "existing");
+    }
+    refused(
+        &["--set", "serviceAccount.create=false"],
+        "serviceAccount.create=false needs serviceAccount.name",
+    );
+}
+
+#[test]
+fn security_contexts_default_to_restricted_and_can_be_replaced() {
+    let objects = rendered(&[]);
+    let pod = &one(&objects, "Deployment")["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let container = &pod["containers"][0]["securityContext"];
+    assert_eq!(container["readOnlyRootFilesystem"], true);
+    assert_eq!(container["allowPrivilegeEscalation"], false);
+    assert_eq!(container["runAsNonRoot"], true);
+    assert_eq!(container["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(container["seccompProfile"]["type"], "RuntimeDefault");
+    let test_pod = one(&objects, "Pod");
+    assert_eq!(test_pod["spec"]["securityContext"], pod["securityContext"]);
+
+    // Values merge into the defaults; null removes a key.
+    let objects = rendered(&[
+        "--set",
+        "podSecurityContext.fsGroup=2000,securityContext.runAsUser=null,securityContext.runAsGroup=null",
+    ]);
+    let pod = &one(&objects, "Deployment")["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["fsGroup"], 2000);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let container = &pod["containers"][0]["securityContext"];
+    assert!(
+        container.get("runAsUser").is_none() && container.get("runAsGroup").is_none(),
+        "{container}"
+    );
+    assert_eq!(container["readOnlyRootFilesystem"], true);
+}
+
+#[test]
+fn a_pod_disruption_budget_is_opt_in() {
+    assert!(of_kind(&rendered(&[]), "PodDisruptionBudget").is_empty());
+    let objects = rendered(&["--set", "podDisruptionBudget.enabled=true"]);
+    let budget = one(&objects, "PodDisruptionBudget");
+    assert_eq!(
+        budget["spec"],
+        json!({
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": {
+                "app.kubernetes.io/name": "offering-operator",
+                "app.kubernetes.io/instance": "rel"}}
+        })
+    );
+    let objects = rendered(&[
+        "--set",
+        "podDisruptionBudget.enabled=true,replicaCount=3,podDisruptionBudget.minAvailable=2",
+    ]);
+    let spec = &one(&objects, "PodDisruptionBudget")["spec"];
+    assert_eq!(spec["minAvailable"], 2);
+    assert!(spec.get("maxUnavailable").is_none());
+    let objects = rendered(&[
+        "--set",
+        "podDisruptionBudget.enabled=true,podDisruptionBudget.maxUnavailable=50%",
+    ]);
+    assert_eq!(
+        one(&objects, "PodDisruptionBudget")["spec"]["maxUnavailable"],
+        "50%"
+    );
+    refused(
+        &[
+            "--set",
+            "podDisruptionBudget.enabled=true,podDisruptionBudget.minAvailable=1,podDisruptionBudget.maxUnavailable=1",
+        ],
+        "set minAvailable or maxUnavailable, not both",
+    );
+}
+
+#[test]
+fn a_service_monitor_needs_the_prometheus_operators_crd() {
+    assert!(of_kind(&rendered(&[]), "ServiceMonitor").is_empty());
+    refused(
+        &["--set", "serviceMonitor.enabled=true"],
+        "serviceMonitor.enabled=true needs the prometheus-operator's ServiceMonitor CRD",
+    );
+    let objects = rendered(&[
+        "--set",
+        "serviceMonitor.enabled=true,serviceMonitor.labels.release=prom",
+        "--api-versions",
+        "monitoring.coreos.com/v1/ServiceMonitor",
+    ]);
+    let monitor = one(&objects, "ServiceMonitor");
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prom");
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+}
+
+#[test]
+fn token_renewal_must_come_before_the_tokens_lifetime() {
+    let message = "agent.tokenRenewBefore (2h) must be shorter than agent.tokenLifetime (90m)";
+    refused(
+        &["--set", "agent.tokenLifetime=90m,agent.tokenRenewBefore=2h"],
+        message,
+    );
+    refused(
+        &["--set", "agent.tokenLifetime=8h,agent.tokenRenewBefore=8h"],
+        "must be shorter than agent.tokenLifetime (8h)",
+    );
+    let objects = rendered(&["--set", "agent.tokenLifetime=2h,agent.tokenRenewBefore=90m"]);
+    let args = &operator_container(&objects)["args"];
+    assert!(
+        args.as_array()
+            .unwrap()
+            .contains(&json!("--agent-token-renew-before=90m")),
+        "{args}"
+    );
+}
+
+#[test]
+fn several_replicas_need_leader_election() {
+    refused(
+        &["--set", "replicaCount=2,leaderElection=false"],
+        "replicaCount=2 needs leaderElection=true",
+    );
+    let objects = rendered(&["--set", "replicaCount=2"]);
+    assert_eq!(one(&objects, "Deployment")["spec"]["replicas"], 2);
+    rendered(&["--set", "replicaCount=1,leaderElection=false"]);
+}
+
+/// Runs `program` with `args` against the service cluster's kube-apiserver
+/// (its admin kubeconfig in `KUBECONFIG`) and returns its standard output.
+fn on_service_cluster(env: &EnvFile, program: &Path, args: &[&str]) -> String {
+    run_with_env(
+        program,
+        args,
+        &[("KUBECONFIG", env.service_kubeconfig.as_os_str())],
+    )
+}
+
+/// The server reports a Kubernetes release, as the chart's kubeVersion needs.
+async fn assert_released_version(client: &Client) {
+    let version = client.apiserver_version().await.expect("/version");
+    let release = version.git_version.strip_prefix('v').and_then(|v| {
+        v.split('.')
+            .map(str::parse::<u32>)
+            .collect::<Result<Vec<_>, _>>()
+            .ok()
+    });
+    assert!(
+        release.is_some_and(|parts| parts.len() == 3),
+        "the kube-apiserver reports {}, not a release: rebuild the servers with e2e/env/build.sh",
+        version.git_version
+    );
+}
+
+async fn names<K>(api: &Api<K>, names: &[&str]) -> Vec<String>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut present = Vec::new();
+    for name in names {
+        if api.get_opt(name).await.expect("get").is_some() {
+            present.push((*name).to_string());
+        }
+    }
+    present
+}
+
+fn container_args(deployment: &Deployment) -> Vec<String> {
+    let pod = deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    pod.containers[0].args.clone().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn helm_installs_upgrades_and_uninstalls_the_chart_and_keeps_crds_and_offerings() {
+    let env = EnvFile::load().unwrap();
+    let client = e2e::service::client(&env).await.unwrap();
+    assert_released_version(&client).await;
+    let release = format!("chart-{}", random_hex(4).unwrap());
+    let namespace = release.clone();
+    let name = format!("{release}-offering-operator");
+    let helm = helm();
+    let install = [
+        "install",
+        &release,
+        "charts/offering-operator",
+        "--namespace",
+        &namespace,
+        "--create-namespace",
+    ];
+    on_service_cluster(&env, &helm, &install);
+
+    // Defaults: what the chart says, nothing optional.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    let deployment = deployments
+        .get(&name)
+        .await
+        .expect("the operator's Deployment");
+    let spec = deployment.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(1));
+    let pod = spec.template.spec.as_ref().unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some(name.as_str()));
+    assert_eq!(
+        pod.containers[0].image.as_deref(),
+        Some("ghcr.io/example/offering-operator:0.1.0")
+    );
+    let args = container_args(&deployment);
+    assert!(
+        args.contains(&"--enable-leader-election".to_string()),
+        "{args:?}"
+    );
+    assert!(args.contains(&"--log-level=info".to_string()), "{args:?}");
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
+    accounts.get(&name).await.expect("the ServiceAccount");
+    let cluster_roles: Api<ClusterRole> = Api::all(client.clone());
+    let cluster_role = cluster_roles.get(&name).await.expect("the ClusterRole");
+    let grants = |role: &ClusterRole, resource: &str| {
+        role.rules
+            .iter()
+            .flatten()
+            .any(|rule| rule.resources.iter().flatten().any(|r| r == resource))
+    };
+    assert!(
+        grants(&cluster_role, "deployments"),
+        "cluster-wide by default"
+    );
+    let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
+    let binding = bindings.get(&name).await.expect("the ClusterRoleBinding");
+    assert_eq!(binding.subjects.unwrap()[0].name, name);
+    let roles: Api<Role> = Api::namespaced(client.clone(), &namespace);
+    roles
+        .get(&format!("{name}-leader-election"))
+        .await
+        .expect("the leader-election Role");
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &namespace);
+    assert!(
+        budgets.get_opt(&name).await.unwrap().is_none(),
+        "no PDB by default"
+    );
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in [
+        "publishedofferings.offering.syncagent.dev",
+        "publishedresources.syncagent.kcp.io",
+    ] {
+        let object = crds.get(crd).await.expect("the chart's CRD");
+        let established = object.status.and_then(|s| s.conditions).is_some_and(|c| {
+            c.iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+        });
+        assert!(established, "{crd} not established");
+    }
+
+    // An offering of a team's namespace, which must outlive the operator.
+    let offerings_namespace = e2e::service::create_namespace(&client, "chart-offerings")
+        .await
+        .unwrap();
+    let sample = std::fs::read_to_string(repo().join("config/samples/crd-service.yaml")).unwrap();
+    apply_stream(&client, &sample, &offerings_namespace, false).await;
+
+    // Upgrade with non-default values: each lands.
+    let values = format!(
+        "replicaCount=2,logLevel=debug,image.tag=0.2.0,podDisruptionBudget.enabled=true,\
+         serviceAccount.annotations.team=platform,watchNamespace={offerings_namespace}"
+    );
+    let mut upgrade = install.to_vec();
+    upgrade[0] = "upgrade";
+    upgrade.pop();
+    upgrade.extend(["--set", &values]);
+    on_service_cluster(&env, &helm, &upgrade);
+    let deployment = deployments.get(&name).await.unwrap();
+    let spec = deployment.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(2));
+    assert_eq!(
+        spec.template.spec.as_ref().unwrap().containers[0]
+            .image
+            .as_deref(),
+        Some("ghcr.io/example/offering-operator:0.2.0")
+    );
+    let args = container_args(&deployment);
+    for arg in [
+        "--log-level=debug".to_string(),
+        format!("--watch-namespace={offerings_namespace}"),
+    ] {
+        assert!(args.contains(&arg), "{arg} not in {args:?}");
+    }
+    let budget = budgets.get(&name).await.expect("the PDB");
+    assert_eq!(
+        budget.spec.unwrap().max_unavailable,
+        Some(IntOrString::Int(1))
+    );
+    let account = accounts.get(&name).await.unwrap();
+    assert_eq!(
+        account.annotations().get("team").map(String::as_str),
+        Some("platform")
+    );
+    let team_roles: Api<Role> = Api::namespaced(client.clone(), &offerings_namespace);
+    let team_role = team_roles
+        .get(&name)
+        .await
+        .expect("the Role in watchNamespace");
+    assert!(
+        team_role.rules.iter().flatten().any(|rule| rule
+            .resources
+            .iter()
+            .flatten()
+            .any(|r| r == "deployments")),
+        "the namespaced rules moved to the Role"
+    );
+    let cluster_role = cluster_roles.get(&name).await.unwrap();
+    assert!(
+        !grants(&cluster_role, "deployments"),
+        "and left the ClusterRole"
+    );
+
+    // Uninstall: the chart's objects go; CRDs and offerings stay.
+    on_service_cluster(
+        &env,
+        &helm,
+        &["uninstall", &release, "--namespace", &namespace],
+    );
+    poll_until("the chart's objects gone", DEFAULT_TIMEOUT, async || {
+        let left = [
+            names(&deployments, &[&name]).await,
+            names(&accounts, &[&name]).await,
+            names(&budgets, &[&name]).await,
+            names(&cluster_roles, &[&name]).await,
+            names(&bindings, &[&name]).await,
+            names(&team_roles, &[&name]).await,
+            names(&roles, &[&format!("{name}-leader-election")]).await,
+        ]
+        .concat();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("left: {left:?}"))
+        }
+    })
+    .await
+    .unwrap();
+    for crd in [
+        "publishedofferings.offering.syncagent.dev",
+        "publishedresources.syncagent.kcp.io",
+    ] {
+        assert!(crds.get_opt(crd).await.unwrap().is_some(), "{crd} kept");
+    }
+    let offerings: Api<PublishedOffering> = Api::namespaced(client.clone(), &offerings_namespace);
+    offerings
+        .get("certificates")
+        .await
+        .expect("the offering is kept");
+    offerings
+        .delete("certificates", &DeleteParams::default())
+        .await
+        .unwrap();
+    e2e::service::delete_namespace(&client, &offerings_namespace)
+        .await
+        .unwrap();
+    e2e::service::delete_namespace(&client, &namespace)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_documented_crd_upgrade_applies_the_charts_crds_server_side() {
+    let env = EnvFile::load().unwrap();
+    let output = on_service_cluster(
+        &env,
+        Path::new("kubectl"),
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            "charts/offering-operator/crds/",
+        ],
+    );
+    for crd in [
+        "publishedofferings.offering.syncagent.dev",
+        "publishedresources.syncagent.kcp.io",
+    ] {
+        assert!(
+            output.contains(&format!(
+                "customresourcedefinition.apiextensions.k8s.io/{crd} serverside-applied"
+            )),
+            "{output}"
+        );
+    }
+}
+
+/// `helm install` of the chart for the scene's namespace, its operator image
+/// a placeholder: the pod runner runs the binary built in `target/`.
+fn install_for(env: &EnvFile, release: &str, namespace: &str) {
+    let values = format!(
+        "watchNamespace={namespace},image.repository=example.invalid/offering-operator,image.tag=e2e,logFormat=text"
+    );
+    let install = [
+        "install",
+        release,
+        "charts/offering-operator",
+        "--namespace",
+        namespace,
+        "--set",
+        &values,
+    ];
+    on_service_cluster(env, &helm(), &install);
+}
+
+#[tokio::test]
+async fn an_offering_deleted_after_uninstall_waits_for_a_reinstalled_operator() {
+    let provider = OfferingScene::provider("chart-reinstall")
+        .await
+        .expect("provider");
+    let env = provider.env.clone();
+    let namespace = provider.namespace.clone();
+    let release = format!(
+        "op-{}",
+        &provider.agent_name[provider.agent_name.len() - 8..]
+    );
+    let deployment = format!("{release}-offering-operator");
+    install_for(&env, &release, &namespace);
+    let operator = Pod::run(&env, &provider.service, &namespace, &deployment)
+        .await
+        .expect("the installed operator runs");
+    let scene = OfferingScene { provider, operator };
+    let _agent = scene
+        .publish("widgets", json!({"agent": {"replicas": 1}}))
+        .await
+        .expect("ready");
+
+    // Uninstalled with the offering still there: the offering stays, with
+    // the operator's finalizer; deleted now, nothing can finish it.
+    let OfferingScene { provider, operator } = scene;
+    drop(operator);
+    on_service_cluster(
+        &env,
+        &helm(),
+        &["uninstall", &release, "--namespace", &namespace],
+    );
+    let offerings: Api<PublishedOffering> = Api::namespaced(provider.service.clone(), &namespace);
+    offerings
+        .delete("widgets", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let terminating = offerings.get("widgets").await.expect("still there");
+    assert!(terminating.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        terminating.finalizers(),
+        ["offering.syncagent.dev/cleanup"],
+        "held by the operator's finalizer"
+    );
+
+    // The documented way out: install the operator again; it cleans up.
+    install_for(&env, &release, &namespace);
+    let operator = Pod::run(&env, &provider.service, &namespace, &deployment)
+        .await
+        .expect("the reinstalled operator runs");
+    let scene = OfferingScene { provider, operator };
+    poll_until(
+        "the offering to be cleaned up",
+        KCP_SLOW_TIMEOUT,
+        async || match offerings
+            .get_opt("widgets")
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            None => Ok(()),
+            Some(o) => Err(format!("still there: {:?}", o.finalizers())),
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}; operator log: {}", scene.operator.process.log_tail()));
+    let agents: Api<Deployment> = Api::namespaced(scene.provider.service.clone(), &namespace);
+    assert!(
+        agents
+            .get_opt("widgets-sync-agent")
+            .await
+            .unwrap()
+            .is_none(),
+        "the agent's Deployment went with the offering"
+    );
+    on_service_cluster(
+        &env,
+        &helm(),
+        &["uninstall", &release, "--namespace", &namespace],
+    );
 }

@@ -1,9 +1,20 @@
-{{/* The release's full name, at most 63 characters. */}}
+{{/* The chart's name, or nameOverride. */}}
+{{- define "offering-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The objects' base name, at most 63 characters: fullnameOverride, or
+the release name with the chart's name unless it already contains it. */}}
 {{- define "offering-operator.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "offering-operator.name" . -}}
+{{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
@@ -18,10 +29,12 @@ app.kubernetes.io/part-of: offering-operator
 
 {{/* Labels selecting the operator's pods. */}}
 {{- define "offering-operator.selectorLabels" -}}
-app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/name: {{ include "offering-operator.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* The operator's ServiceAccount: the chart's (serviceAccount.create), or
+an existing one, which must be named (validate.yaml). */}}
 {{- define "offering-operator.serviceAccountName" -}}
 {{- default (include "offering-operator.fullname" .) .Values.serviceAccount.name -}}
 {{- end -}}
