@@ -188,10 +188,10 @@ async fn run(options: RunOptions) -> anyhow::Result<()> {
         ));
     }
     if let Some(address) = address("--metrics-address", &options.metrics_address)? {
-        let registry = metrics.registry.clone();
+        let metrics = metrics.controllers.clone();
         tokio::spawn(http::serve_metrics(
             address,
-            move || sync_agent::runtime::metrics::render(&registry),
+            move || metrics.render(),
             stopping(stopped.clone()),
         ));
     }

@@ -3,6 +3,7 @@
 //! election, metrics, and the process's logging, start-up and shutdown.
 
 pub mod backoff;
+pub mod events;
 pub mod http;
 pub mod kubeconfig;
 pub mod leader;
