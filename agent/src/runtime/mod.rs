@@ -4,8 +4,10 @@
 
 pub mod backoff;
 pub mod events;
+pub mod flags;
 pub mod http;
 pub mod kubeconfig;
 pub mod leader;
+pub mod logging;
 pub mod metrics;
 pub mod process;
