@@ -1,5 +1,6 @@
 //! Prometheus plumbing both binaries share: controller-runtime's reconcile
-//! metrics under their usual names, registration and the text exposition.
+//! metrics and the `process_*` ones under their usual names, registration
+//! and the text exposition.
 //! Each binary keeps its own metrics beside its code (`sync_agent::metrics`,
 //! the operator's `controller::Metrics`).
 
@@ -80,6 +81,12 @@ impl ControllerMetrics {
             Box::new(metrics.reconcile_time.clone()),
             Box::new(metrics.leader_status.clone()),
         ]);
+        // `process_*`: CPU, memory, open files, start time, as client_golang
+        // reports them.
+        #[cfg(target_os = "linux")]
+        metrics.register(vec![Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        )]);
         metrics
     }
 
@@ -160,6 +167,8 @@ mod tests {
             r#"controller_runtime_reconcile_errors_total{category="kcp",controller="apiexport"} 1"#,
             r#"controller_runtime_reconcile_time_seconds_count{controller="apiexport"} 2"#,
             r#"leader_election_master_status{name="agent"} 1"#,
+            "process_resident_memory_bytes ",
+            "process_start_time_seconds ",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
