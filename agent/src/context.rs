@@ -6,12 +6,13 @@ use std::sync::{Arc, Mutex};
 
 use kube::Client;
 use kube::api::{Api, PatchParams, PostParams};
-use kube_runtime::events::{Recorder, Reporter};
+use kube_runtime::events::Recorder;
 use serde_json::json;
 
 use crate::kcp::KcpTarget;
+use crate::metrics::Metrics;
 use crate::options::Options;
-use crate::runtime::metrics::Metrics;
+use crate::runtime::events::recorder;
 
 /// Field manager and event reporter of everything the agent writes.
 pub const FIELD_MANAGER: &str = "sync-agent";
@@ -61,13 +62,9 @@ impl Context {
         metrics: Metrics,
         instance: String,
     ) -> Arc<Self> {
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance: Some(instance),
-        };
         Arc::new(Self {
-            service_events: Recorder::new(service.clone(), reporter.clone()),
-            kcp_events: Recorder::new(kcp.export_client.clone(), reporter),
+            service_events: recorder(service.clone(), FIELD_MANAGER, &instance),
+            kcp_events: recorder(kcp.export_client.clone(), FIELD_MANAGER, &instance),
             service,
             kcp,
             agent_name: options.agent_name(),

@@ -8,6 +8,7 @@ pub mod api;
 pub mod context;
 pub mod controller;
 pub mod kcp;
+pub mod metrics;
 pub mod mutation;
 pub mod options;
 pub mod runtime;

@@ -1,34 +1,41 @@
 use anyhow::Context as _;
 use clap::Parser;
 use kube::{Client, Config};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use sync_agent::context::{self, Context};
 use sync_agent::controller;
 use sync_agent::kcp::{KcpTarget, workspace_of};
+use sync_agent::metrics::Metrics;
 use sync_agent::options::{ControllerName, Options};
+use sync_agent::runtime::backoff::Backoff;
 use sync_agent::runtime::http::{self, Health};
 use sync_agent::runtime::kubeconfig;
 use sync_agent::runtime::leader::{LeaseSettings, run_as_leader};
-use sync_agent::runtime::metrics::Metrics;
+use sync_agent::runtime::logging;
 use sync_agent::runtime::process::{self, stopping};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+/// Exits non-zero after logging why, in the chosen log format: no
+/// plain-text `Error:` line after JSON ones.
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let options = Options::parse();
-    process::init_logging(
+    logging::init_logging(
         options.log_format,
         if options.log_debug { "debug" } else { "info" },
     );
-    options.validate()?;
-    let stopped = process::shutdown_flag();
-    match run(options, stopped).await {
-        Ok(()) => Ok(()),
+    let result = match options.validate() {
+        Ok(()) => run(options, process::shutdown_flag()).await,
+        Err(invalid) => Err(invalid.into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             error!(error = format!("{error:#}"), "The agent stopped");
-            Err(error)
+            ExitCode::FAILURE
         }
     }
 }
@@ -115,8 +122,11 @@ async fn resolve_with_retry(
     slice: &str,
     mut stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<Option<KcpTarget>> {
-    let mut delay = Duration::from_secs(1);
+    const RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let mut failures = 0;
     loop {
+        failures += 1;
+        let delay = RETRY.after(failures);
         match KcpTarget::resolve(config.clone(), slice).await {
             Ok(target) => return Ok(Some(target)),
             Err(error) if error.is_transient() => {
@@ -128,7 +138,6 @@ async fn resolve_with_retry(
             () = tokio::time::sleep(delay) => {}
             _ = stopped.wait_for(|s| *s) => return Ok(None),
         }
-        delay = (delay * 2).min(Duration::from_secs(60));
     }
 }
 

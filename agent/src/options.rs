@@ -1,12 +1,14 @@
-//! Command-line flags, named and defaulted as upstream api-syncagent's, plus
+//! Command-line flags, named, defaulted and spelled as upstream
+//! api-syncagent's (booleans take `--flag` or `--flag=true|false`), plus
 //! `--log-format json|text`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::{ArgAction, Parser, ValueEnum};
 
-use crate::runtime::process::LogFormat;
+use crate::runtime::flags;
+use crate::runtime::logging::LogFormat;
 
 /// Controllers that `--disabled-controllers` can switch off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum)]
@@ -52,7 +54,7 @@ pub struct Options {
     pub published_resource_selector: String,
 
     /// Run leader election; only the leader writes.
-    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = flags::boolean)]
     pub enable_leader_election: bool,
 
     /// Kubeconfig for the service cluster; `$KUBECONFIG` or the in-cluster
@@ -83,14 +85,14 @@ pub struct Options {
     /// Delete a local copy only once the kcp object carries no finalizer but
     /// the agent's own, so other controllers in the workspace finish first
     /// (upstream deletes right away).
-    #[arg(long, default_value_t = false)]
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = flags::boolean)]
     pub wait_for_foreign_finalizers: bool,
 
     /// Put a finalizer of this agent's own (`syncagent.kcp.io/cleanup-<agent-name>`)
     /// on kcp-origin related objects instead of the shared
     /// `syncagent.kcp.io/cleanup`, so two agents sharing an object never block
     /// its deletion (upstream #172).
-    #[arg(long, default_value_t = false)]
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = flags::boolean)]
     pub per_agent_related_finalizer: bool,
 
     /// Log format.
@@ -98,7 +100,7 @@ pub struct Options {
     pub log_format: LogFormat,
 
     /// Log at debug level.
-    #[arg(long, default_value_t = false)]
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = flags::boolean)]
     pub log_debug: bool,
 }
 
@@ -244,9 +246,40 @@ mod tests {
     }
 
     #[test]
-    fn leader_election_accepts_a_bare_flag_or_a_value() {
-        assert!(parse(&["--enable-leader-election"]).enable_leader_election);
-        assert!(!parse(&["--enable-leader-election=false"]).enable_leader_election);
+    fn booleans_accept_a_bare_flag_or_an_attached_value() {
+        for flag in [
+            "--enable-leader-election",
+            "--wait-for-foreign-finalizers",
+            "--per-agent-related-finalizer",
+            "--log-debug",
+        ] {
+            let bare = parse(&[flag]);
+            let set = parse(&[&format!("{flag}=true")]);
+            let unset = parse(&[&format!("{flag}=false")]);
+            for (options, want) in [(&bare, true), (&set, true), (&unset, false)] {
+                let got = [
+                    options.enable_leader_election,
+                    options.wait_for_foreign_finalizers,
+                    options.per_agent_related_finalizer,
+                    options.log_debug,
+                ];
+                assert_eq!(
+                    got.iter().filter(|on| **on).count(),
+                    usize::from(want),
+                    "{flag}"
+                );
+            }
+        }
+        // As with Go's flags, a bare boolean never takes the next argument.
+        let args = [
+            "sync-agent",
+            "--kcp-kubeconfig=/k",
+            "--namespace=n",
+            "--apiexportendpointslice-ref=s",
+            "--log-debug",
+        ];
+        assert!(Options::try_parse_from(args).is_ok());
+        assert!(Options::try_parse_from(args.iter().chain(&["false"])).is_err());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! backs off per offering on errors.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -11,17 +11,18 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use prometheus::{IntCounter, IntGauge, Registry};
+use prometheus::{IntCounter, IntGauge};
 use serde_json::json;
 use sync_agent::api::published_resource::PublishedResource;
 use sync_agent::runtime::backoff::{Backoff, Failures};
+use sync_agent::runtime::events::recorder;
 use sync_agent::runtime::http::Health;
-use sync_agent::runtime::metrics::{ControllerMetrics, ReconcileResult};
+use sync_agent::runtime::metrics::ControllerMetrics;
 use tracing::{info, instrument, warn};
 
 use crate::api::{ConsumerCounts, PublishedOffering, PublishedOfferingStatus};
@@ -48,9 +49,8 @@ const RETRY: Backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(
 /// The operator's metrics.
 #[derive(Clone, Debug)]
 pub struct Metrics {
-    /// The registry `/metrics` renders.
-    pub registry: Registry,
-    controllers: ControllerMetrics,
+    /// The registry `/metrics` renders, with the reconcile metrics.
+    pub controllers: ControllerMetrics,
     /// Agent tokens minted, first ones included.
     pub tokens_issued: IntCounter,
 }
@@ -64,18 +64,14 @@ impl Default for Metrics {
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
-        let registry = Registry::new();
-        let controllers = ControllerMetrics::register(&registry);
+        let controllers = ControllerMetrics::new();
         let tokens_issued = IntCounter::new(
             "offering_operator_agent_tokens_issued_total",
             "kcp tokens minted for sync agents, first ones and rotations",
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(tokens_issued.clone()))
-            .expect("metric registered once");
+        controllers.register(vec![Box::new(tokens_issued.clone())]);
         Self {
-            registry,
             controllers,
             tokens_issued,
         }
@@ -116,12 +112,8 @@ impl Context {
         metrics: Metrics,
         instance: String,
     ) -> Arc<Self> {
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance: Some(instance),
-        };
         Arc::new(Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: recorder(client.clone(), FIELD_MANAGER, &instance),
             client,
             settings,
             metrics,
@@ -233,24 +225,15 @@ async fn reconcile(
             return Ok(Action::await_change());
         }
     };
-    let started = Instant::now();
     let namespace = offering.namespace().unwrap_or_default();
     let api: Api<PublishedOffering> = Api::namespaced(ctx.client.clone(), &namespace);
-    let result = finalizer(&api, FINALIZER, offering, |event| async {
+    let reconcile = finalizer(&api, FINALIZER, offering, |event| async {
         match event {
             finalizer::Event::Apply(offering) => apply(&offering, &ctx).await,
             finalizer::Event::Cleanup(offering) => remove(&offering, &ctx).await,
         }
-    })
-    .await;
-    let label = match &result {
-        Ok(_) => ReconcileResult::Success,
-        Err(_) => ReconcileResult::Error,
-    };
-    ctx.metrics
-        .controllers
-        .reconciled(NAME, label, started.elapsed());
-    result
+    });
+    ctx.metrics.controllers.timed(NAME, reconcile).await
 }
 
 fn error_policy(

@@ -1,19 +1,22 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand};
 use offering_operator::controller::{self, Context, Metrics};
 use offering_operator::crdgen;
 use offering_operator::credentials::{Rotation, SecretLocation};
 use offering_operator::names::{FIELD_MANAGER, KUBECONFIG_KEY};
 use offering_operator::provision::Settings;
+use sync_agent::runtime::flags;
 use sync_agent::runtime::http::{self, Health};
 use sync_agent::runtime::kubeconfig;
 use sync_agent::runtime::leader::{LeaseSettings, run_as_leader};
-use sync_agent::runtime::process::{self, LogFormat, stopping};
+use sync_agent::runtime::logging::{self, LogFormat};
+use sync_agent::runtime::process::{self, stopping};
 use tracing::{error, info};
 
 /// Provisions kcp APIExports, sync agents and consumer bindings from
@@ -57,7 +60,7 @@ struct RunOptions {
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     namespace: String,
     /// Compete for a Lease so that only one replica reconciles.
-    #[arg(long, default_value_t = false)]
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = flags::boolean)]
     enable_leader_election: bool,
     /// `NAMESPACE/NAME` of the Secret with the kcp kubeconfig for offerings
     /// that set no `spec.kcp.kubeconfigSecretRef`.
@@ -74,11 +77,11 @@ struct RunOptions {
     /// another address than the operator.
     #[arg(long)]
     agent_kcp_url: Option<String>,
-    /// Lifetime of agent tokens, like `24h`, `90m` or `3600s` (at least 10m).
-    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    /// Lifetime of agent tokens, like `24h`, `1h30m` or `3600s` (at least 10m).
+    #[arg(long, default_value = "24h", value_parser = flags::duration)]
     agent_token_lifetime: Duration,
     /// How long before expiry an agent token is replaced.
-    #[arg(long, default_value = "8h", value_parser = parse_duration)]
+    #[arg(long, default_value = "8h", value_parser = flags::duration)]
     agent_token_renew_before: Duration,
     /// Address of `/healthz` and `/readyz`; empty disables them.
     #[arg(long, default_value = "0.0.0.0:8081")]
@@ -92,21 +95,6 @@ struct RunOptions {
     /// Log level (`RUST_LOG` overrides it).
     #[arg(long, default_value = "info")]
     log_level: String,
-}
-
-/// `<n>s`, `<n>m` or `<n>h`.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let (number, unit) = text.split_at(text.len().saturating_sub(1));
-    let seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        _ => return Err(format!("{text:?}: give a number and s, m or h, like 90m")),
-    };
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?}: give a number and s, m or h, like 90m"))?;
-    Ok(Duration::from_secs(number * seconds))
 }
 
 fn address(flag: &str, value: &str) -> anyhow::Result<Option<SocketAddr>> {
@@ -157,18 +145,20 @@ impl RunOptions {
     }
 }
 
+/// `run` exits non-zero after logging why, in the chosen log format; the
+/// one-shot subcommands print their error for the person who ran them.
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     match Cli::parse().command {
-        Command::Crds { output_dir } => write_crds(output_dir),
-        Command::Probe { url } => probe(&url).await,
+        Command::Crds { output_dir } => write_crds(output_dir).map(|()| ExitCode::SUCCESS),
+        Command::Probe { url } => probe(&url).await.map(|()| ExitCode::SUCCESS),
         Command::Run(options) => {
-            process::init_logging(options.log_format, &options.log_level);
+            logging::init_logging(options.log_format, &options.log_level);
             match run(*options).await {
-                Ok(()) => Ok(()),
+                Ok(()) => Ok(ExitCode::SUCCESS),
                 Err(error) => {
                     error!(error = format!("{error:#}"), "The operator stopped");
-                    Err(error)
+                    Ok(ExitCode::FAILURE)
                 }
             }
         }
@@ -188,10 +178,10 @@ async fn run(options: RunOptions) -> anyhow::Result<()> {
         ));
     }
     if let Some(address) = address("--metrics-address", &options.metrics_address)? {
-        let registry = metrics.registry.clone();
+        let metrics = metrics.controllers.clone();
         tokio::spawn(http::serve_metrics(
             address,
-            move || sync_agent::runtime::metrics::render(&registry),
+            move || metrics.render(),
             stopping(stopped.clone()),
         ));
     }

@@ -28,7 +28,6 @@ use crate::api::published_resource::PublishedResource;
 use crate::context::{Context, FIELD_MANAGER};
 use crate::controller::watched::{self, Watched};
 use crate::runtime::backoff::Backoff;
-use crate::runtime::metrics::ReconcileResult;
 use crate::schema::{AGENT_NAME_KEY, parse_schema_name};
 
 /// Name of the controller in metrics and `--disabled-controllers`.
@@ -257,17 +256,10 @@ fn store_ready(store: &Store<Watched>) -> bool {
 
 #[instrument(skip_all, fields(apiexport = %ctx.kcp.export_name))]
 async fn reconcile(ctx: &Context, prs: &[Arc<PublishedResource>]) -> Result<(), kube::Error> {
-    let started = Instant::now();
     ctx.metrics
         .published_resources
         .set(i64::try_from(prs.len()).unwrap_or(i64::MAX));
-    let result = apply(ctx, prs).await;
-    let label = if result.is_ok() {
-        ReconcileResult::Success
-    } else {
-        ReconcileResult::Error
-    };
-    ctx.metrics.reconciled(NAME, label, started.elapsed());
+    let result = ctx.metrics.timed(NAME, apply(ctx, prs)).await;
     if let Err(error) = &result {
         let category = match error {
             kube::Error::Api(status) if status.code == 409 => "conflict",

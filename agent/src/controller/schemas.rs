@@ -8,7 +8,7 @@
 //! bindings that still use it.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -26,7 +26,6 @@ use crate::api::kcp::apis_v1alpha1::APIResourceSchema;
 use crate::api::published_resource::{PublishedResource, SCHEMA_PUBLISHED_CONDITION};
 use crate::context::{Context, patch_params, post_params};
 use crate::controller::watched::Watched;
-use crate::runtime::metrics::ReconcileResult;
 use crate::schema::{self, ProjectionError};
 use crate::source::{self, SourceError};
 
@@ -128,17 +127,24 @@ async fn reconcile(watched: Arc<Watched>, ctx: Arc<Context>) -> Result<Action, E
             return Ok(Action::await_change());
         }
     };
-    let started = Instant::now();
     if pr.metadata.deletion_timestamp.is_some() {
         // The schema outlives its PublishedResource: bindings may use it.
         return Ok(Action::await_change());
     }
-    let outcome = publish(pr, &ctx).await;
+    ctx.metrics
+        .timed(NAME, publish_and_report(pr, &ctx))
+        .await?;
+    Ok(Action::await_change())
+}
+
+/// Publishes `pr`'s schema and reports the outcome on its status.
+async fn publish_and_report(pr: &PublishedResource, ctx: &Context) -> Result<(), Error> {
+    let outcome = publish(pr, ctx).await;
     let status = match &outcome {
         Ok(name) => {
             write_status(
                 pr,
-                &ctx,
+                ctx,
                 Some(name),
                 condition(
                     SCHEMA_PUBLISHED_CONDITION,
@@ -153,10 +159,10 @@ async fn reconcile(watched: Arc<Watched>, ctx: Arc<Context>) -> Result<Action, E
         Err(error) => {
             warn!(reason = error.reason(), %error, "Publishing the schema failed");
             let note = format!("{}: {error}", error.reason());
-            publish_event(&ctx, pr, "ReconcilingError", &note).await;
+            publish_event(ctx, pr, "ReconcilingError", &note).await;
             write_status(
                 pr,
-                &ctx,
+                ctx,
                 None,
                 condition(
                     SCHEMA_PUBLISHED_CONDITION,
@@ -169,14 +175,7 @@ async fn reconcile(watched: Arc<Watched>, ctx: Arc<Context>) -> Result<Action, E
             .await
         }
     };
-    let result = outcome.and(status.map(drop));
-    let label = if result.is_ok() {
-        ReconcileResult::Success
-    } else {
-        ReconcileResult::Error
-    };
-    ctx.metrics.reconciled(NAME, label, started.elapsed());
-    result.map(|()| Action::await_change())
+    outcome.and(status.map(drop))
 }
 
 fn error_policy(pr: Arc<Watched>, error: &Error, ctx: Arc<Context>) -> Action {

@@ -3,8 +3,11 @@
 //! election, metrics, and the process's logging, start-up and shutdown.
 
 pub mod backoff;
+pub mod events;
+pub mod flags;
 pub mod http;
 pub mod kubeconfig;
 pub mod leader;
+pub mod logging;
 pub mod metrics;
 pub mod process;

@@ -1,40 +1,14 @@
 //! What a controller process of this project needs around its controllers:
-//! logging, the shutdown signal fanned out to every task, and a bounded
-//! drain. Shared by the agent and the operator, like [`crate::runtime::leader`].
+//! the shutdown signal fanned out to every task, and a bounded drain. Shared by the agent and the operator, like [`crate::runtime::leader`].
 
 use std::time::Duration;
 
-use clap::ValueEnum;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 /// How long running controllers get to finish after the shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Log output format (`--log-format`), upstream's spellings accepted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// One JSON object per line.
-    #[value(alias = "JSON")]
-    Json,
-    /// Human-readable lines.
-    #[value(alias = "console", alias = "Console")]
-    Text,
-}
-
-/// Logs to standard error in `format`; `RUST_LOG` overrides `default_level`.
-pub fn init_logging(format: LogFormat, default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
 
 /// A flag raised once on SIGTERM or Ctrl-C; every task holds a receiver.
 pub fn shutdown_flag() -> watch::Receiver<bool> {

@@ -1,0 +1,137 @@
+//! The agent's metrics: controller-runtime's reconcile metrics for its
+//! controllers (from `runtime::metrics`) and its own `sync_agent_*` ones, in
+//! one registry served on `/metrics`.
+
+use std::future::Future;
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts};
+
+use crate::runtime::metrics::ControllerMetrics;
+
+/// The agent's metrics, registered in their own registry.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    controllers: ControllerMetrics,
+    /// Number of PublishedResources matching the agent's selector.
+    pub published_resources: IntGauge,
+    /// Running sync workers (one per enabled PublishedResource).
+    pub sync_workers: IntGauge,
+    /// Writes that brought a copy in line, by PublishedResource and kind of write.
+    pub objects_synced: IntCounterVec,
+    /// Failed object syncs, by PublishedResource and reason.
+    pub sync_errors: IntCounterVec,
+    /// Seconds from seeing a kcp change to the service-cluster write.
+    pub sync_latency: HistogramVec,
+    /// Events on kcp objects dropped because too many were queued.
+    pub events_dropped: IntCounter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let controllers = ControllerMetrics::new();
+        let published_resources = IntGauge::new(
+            "sync_agent_published_resource",
+            "Number of PublishedResources handled by this agent",
+        )
+        .expect("valid metric");
+        let sync_workers =
+            IntGauge::new("sync_agent_sync_workers", "Running sync workers").expect("valid metric");
+        let objects_synced = IntCounterVec::new(
+            Opts::new(
+                "sync_agent_objects_synced_total",
+                "Writes that brought an object in line",
+            ),
+            &["published_resource", "operation"],
+        )
+        .expect("valid metric");
+        let sync_errors = IntCounterVec::new(
+            Opts::new("sync_agent_sync_errors_total", "Failed object syncs"),
+            &["published_resource", "reason"],
+        )
+        .expect("valid metric");
+        let sync_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "sync_agent_sync_latency_seconds",
+                "Seconds from seeing a change in kcp to writing it to the service cluster",
+            )
+            .buckets(vec![
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["published_resource"],
+        )
+        .expect("valid metric");
+        let events_dropped = IntCounter::new(
+            "sync_agent_events_dropped_total",
+            "Events on kcp objects dropped because too many were waiting to be written",
+        )
+        .expect("valid metric");
+        controllers.register(vec![
+            Box::new(published_resources.clone()),
+            Box::new(events_dropped.clone()),
+            Box::new(sync_workers.clone()),
+            Box::new(objects_synced.clone()),
+            Box::new(sync_errors.clone()),
+            Box::new(sync_latency.clone()),
+        ]);
+        Self {
+            controllers,
+            published_resources,
+            sync_workers,
+            objects_synced,
+            sync_errors,
+            sync_latency,
+            events_dropped,
+        }
+    }
+
+    /// Runs one reconcile of `controller`, counted and timed.
+    pub async fn timed<T, E>(
+        &self,
+        controller: &str,
+        reconcile: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        self.controllers.timed(controller, reconcile).await
+    }
+
+    /// Records a failed reconcile of `controller` by error category.
+    pub fn failed(&self, controller: &str, category: &str) {
+        self.controllers.failed(controller, category);
+    }
+
+    /// 1 while this replica holds the Lease `lease`, else 0.
+    pub fn leader_status(&self, lease: &str) -> IntGauge {
+        self.controllers.leader_status(lease)
+    }
+
+    /// The metrics in Prometheus' text format.
+    pub fn render(&self) -> String {
+        self.controllers.render()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_agents_metrics_share_one_registry_with_its_controllers() {
+        let metrics = Metrics::new();
+        let _: Result<(), ()> = metrics.timed("apiexport", async { Ok(()) }).await;
+        metrics.published_resources.set(2);
+        let text = metrics.render();
+        assert!(text.contains("sync_agent_published_resource 2"), "{text}");
+        assert!(
+            text.contains(
+                r#"controller_runtime_reconcile_total{controller="apiexport",result="success"} 1"#
+            ),
+            "{text}"
+        );
+    }
+}

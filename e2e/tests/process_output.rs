@@ -1,0 +1,120 @@
+//! What the binaries print and accept, run as a provider runs them: JSON
+//! log lines shaped like upstream's (`msg`, `level`, `time` at the top
+//! level) up to and including the line saying why the process stopped,
+//! text logs without colour codes when written to a file, and flags spelled
+//! the Go way (`--flag=true`, `1h30m`). No server is needed: each run stops
+//! on a kubeconfig that does not exist, after parsing every flag.
+
+use std::process::{Command, Output};
+
+use e2e::agent::project_binary;
+use serde_json::{Map, Value};
+
+fn run(binary: &str, args: &[&str]) -> Output {
+    let missing = std::env::temp_dir().join("process-output-no-such-kubeconfig");
+    Command::new(project_binary(binary))
+        .args(args)
+        .env("KUBECONFIG", &missing)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("binary runs")
+}
+
+/// Every line of `output`'s standard error as a JSON object.
+fn json_lines(output: &Output) -> Vec<Map<String, Value>> {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    stderr
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"))
+        })
+        .collect()
+}
+
+fn assert_upstream_shape(lines: &[Map<String, Value>], last_msg: &str) {
+    assert!(!lines.is_empty(), "no log lines");
+    for line in lines {
+        for key in ["msg", "level", "time"] {
+            assert!(line[key].is_string(), "{key} missing at the top: {line:?}");
+        }
+        assert!(!line.contains_key("fields"), "nested fields: {line:?}");
+    }
+    let last = lines.last().expect("a last line");
+    assert_eq!(last["level"], "error", "{last:?}");
+    assert_eq!(last["msg"], last_msg, "{last:?}");
+    assert!(
+        last["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("process-output-no-such-kubeconfig")),
+        "the error names the missing file: {last:?}"
+    );
+}
+
+#[test]
+fn the_agent_fails_in_json_to_the_last_line_and_takes_go_style_booleans() {
+    let output = run(
+        "sync-agent",
+        &[
+            "--kcp-kubeconfig=/nonexistent/process-output-no-such-kubeconfig",
+            "--namespace=agents",
+            "--apiexportendpointslice-ref=widgets",
+            "--log-format=json",
+            "--log-debug=true",
+            "--wait-for-foreign-finalizers=true",
+            "--per-agent-related-finalizer=false",
+            "--enable-leader-election=true",
+        ],
+    );
+    assert!(!output.status.success(), "{output:?}");
+    assert_upstream_shape(&json_lines(&output), "The agent stopped");
+}
+
+#[test]
+fn the_operator_fails_in_json_to_the_last_line_and_takes_go_durations() {
+    let output = run(
+        "offering-operator",
+        &[
+            "run",
+            "--agent-image=sync-agent:test",
+            "--log-format=json",
+            "--enable-leader-election=true",
+            "--agent-token-lifetime=1h30m",
+            "--agent-token-renew-before=45m",
+            "--health-address=",
+            "--metrics-address=",
+        ],
+    );
+    assert!(!output.status.success(), "{output:?}");
+    assert_upstream_shape(&json_lines(&output), "The operator stopped");
+}
+
+#[test]
+fn text_logs_written_to_a_file_carry_no_colour_codes() {
+    let output = run(
+        "sync-agent",
+        &[
+            "--kcp-kubeconfig=/nonexistent/process-output-no-such-kubeconfig",
+            "--namespace=agents",
+            "--apiexportendpointslice-ref=widgets",
+            "--log-format=text",
+        ],
+    );
+    assert!(!output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("The agent stopped"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour codes in a file: {stderr:?}"
+    );
+}
+
+#[test]
+fn a_bad_duration_is_refused_with_an_example() {
+    let output = run(
+        "offering-operator",
+        &["run", "--agent-image=x", "--agent-token-lifetime=90"],
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("1h30m"), "{stderr}");
+}
