@@ -1,7 +1,7 @@
 //! Runs the `sync-agent` binary against the test servers.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -74,10 +74,10 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn binary() -> PathBuf {
+fn binary() -> anyhow::Result<PathBuf> {
     std::env::var_os(AGENT_BINARY_VARIABLE).map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sync-agent"),
-        PathBuf::from,
+        || crate::checkout::binary("sync-agent"),
+        |path| Ok(PathBuf::from(path)),
     )
 }
 
@@ -104,11 +104,9 @@ pub fn free_address() -> anyhow::Result<String> {
     Ok(format!("127.0.0.1:{}", free_port()?))
 }
 
-/// The project binary `name` (`<repo>/target/debug/<name>`).
+/// The project binary `name` (`<checkout>/target/debug/<name>`).
 pub fn project_binary(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/debug")
-        .join(name)
+    crate::checkout::binary(name).unwrap_or_else(|error| panic!("{error:#}"))
 }
 
 impl AgentProcess {
@@ -133,7 +131,7 @@ impl AgentProcess {
         ];
         args.extend(settings.extra_args.iter().cloned());
         Self::launch(Launch {
-            binary: binary(),
+            binary: binary()?,
             args,
             env: vec![("RUST_LOG".into(), settings.log_filter.clone())],
             log,

@@ -49,10 +49,10 @@ impl EnvFile {
 
     /// Reads the env file named by `E2E_ENV_FILE`, or the default one.
     pub fn load() -> anyhow::Result<Self> {
-        let path = std::env::var_os(ENV_FILE_VARIABLE).map_or_else(
-            || Path::new(env!("CARGO_MANIFEST_DIR")).join("../.e2e-run/env"),
-            PathBuf::from,
-        );
+        let path = match std::env::var_os(ENV_FILE_VARIABLE) {
+            Some(path) => PathBuf::from(path),
+            None => crate::checkout::root()?.join(".e2e-run/env"),
+        };
         let content = fs::read_to_string(&path).with_context(|| {
             format!(
                 "reading {}; start the servers with `cargo run -p e2e --bin testenv -- start`",

@@ -2,6 +2,7 @@
 //! `testenv` starts (see `e2e/README.md`).
 
 pub mod agent;
+pub mod checkout;
 pub mod env;
 pub mod kcp;
 pub mod offering;

@@ -1,7 +1,5 @@
 //! The service cluster: clients, the project's CRDs, throw-away namespaces.
 
-use std::path::Path;
-
 use anyhow::Context;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -40,7 +38,7 @@ pub async fn client(env: &EnvFile) -> anyhow::Result<Client> {
 
 /// The project's CRDs, parsed from `crds/*.yaml`.
 pub fn project_crds() -> anyhow::Result<Vec<CustomResourceDefinition>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    let dir = crate::checkout::root()?.join("crds");
     let mut crds = Vec::new();
     for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();

@@ -4,7 +4,6 @@
 //! service cluster and its status back. Everything keeps running until
 //! Ctrl-C.
 
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -76,7 +75,7 @@ async fn main() -> anyhow::Result<()> {
     println!("    log: {}", operator.log.display());
 
     step("Applying config/samples/demo-offering.yaml");
-    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/samples/demo-offering.yaml");
+    let sample = e2e::checkout::root()?.join("config/samples/demo-offering.yaml");
     let offering: PublishedOffering = serde_saphyr::from_str(&std::fs::read_to_string(&sample)?)?;
     let offerings: Api<PublishedOffering> = Api::namespaced(service.clone(), NAMESPACE);
     offerings.create(&PostParams::default(), &offering).await?;

@@ -28,12 +28,14 @@ const STOP_GRACE: Duration = Duration::from_secs(15);
 #[derive(Parser, Debug)]
 #[command(about = "Runs a real kcp and kube-apiserver for the end-to-end tests")]
 struct Cli {
-    /// State directory: data, logs, kubeconfigs, the env file and the PID list.
-    #[arg(long, global = true, default_value_os_t = repo_dir().join(".e2e-run"))]
-    dir: PathBuf,
-    /// Where `e2e/env/build.sh` put the server binaries.
-    #[arg(long, global = true, default_value_os_t = repo_dir().join(".e2e-bin"))]
-    bin_dir: PathBuf,
+    /// State directory: data, logs, kubeconfigs, the env file and the PID
+    /// list [default: `<checkout>/.e2e-run`, the checkout found at run time].
+    #[arg(long, global = true)]
+    dir: Option<PathBuf>,
+    /// Where `e2e/env/build.sh` put the server binaries [default:
+    /// `<checkout>/.e2e-bin`].
+    #[arg(long, global = true)]
+    bin_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Action,
 }
@@ -52,31 +54,45 @@ enum Action {
     },
 }
 
-fn repo_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Action::Start => start(&cli.dir, &cli.bin_dir)
-            .await
-            .map(|_| ExitCode::SUCCESS),
-        Action::Stop => stop(&cli.dir).map(|()| ExitCode::SUCCESS),
-        Action::Run { command } => run(&cli.dir, &cli.bin_dir, &command).await,
-    };
+    let result = async {
+        let in_checkout = |dir: Option<PathBuf>, name: &str| match dir {
+            Some(dir) => Ok(dir),
+            None => e2e::checkout::root().map(|root| root.join(name)),
+        };
+        let dir = in_checkout(cli.dir, ".e2e-run")?;
+        let bin_dir = in_checkout(cli.bin_dir, ".e2e-bin")?;
+        match cli.command {
+            Action::Start => start_or_interrupted(&dir, &bin_dir)
+                .await
+                .map(|_| ExitCode::SUCCESS),
+            Action::Stop => stop(&dir).map(|()| ExitCode::SUCCESS),
+            Action::Run { command } => run(&dir, &bin_dir, &command).await,
+        }
+    }
+    .await;
     result.unwrap_or_else(|error| {
         eprintln!("testenv: {error:#}");
         ExitCode::FAILURE
     })
 }
 
+/// Starts the servers; a SIGINT or SIGTERM while they start stops the ones
+/// already running (every spawn is recorded at once) instead of leaving them.
+async fn start_or_interrupted(dir: &Path, bin_dir: &Path) -> anyhow::Result<EnvFile> {
+    tokio::select! {
+        env = start(dir, bin_dir) => env,
+        signal = interrupted() => {
+            stop(dir)?;
+            bail!("interrupted by {signal} while starting the servers; stopped them")
+        }
+    }
+}
+
 async fn run(dir: &Path, bin_dir: &Path, command: &[String]) -> anyhow::Result<ExitCode> {
-    let env = start(dir, bin_dir).await?;
+    let env = start_or_interrupted(dir, bin_dir).await?;
     let (program, args) = command.split_first().context("no command given")?;
     let outcome = match tokio::process::Command::new(program)
         .args(args)
@@ -161,21 +177,25 @@ async fn start(dir: &Path, bin_dir: &Path) -> anyhow::Result<EnvFile> {
 
         // The service cluster: etcd, then kube-apiserver on top of it.
         let etcd_dir = dir.join("etcd");
-        started.push(spawn(
-            "etcd",
-            &binary("etcd")?,
-            &[
-                "--name=e2e".into(),
-                format!("--data-dir={}", etcd_dir.join("data").display()),
-                format!("--listen-client-urls=http://127.0.0.1:{etcd_client}"),
-                format!("--advertise-client-urls=http://127.0.0.1:{etcd_client}"),
-                format!("--listen-peer-urls=http://127.0.0.1:{etcd_peer}"),
-                format!("--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}"),
-                format!("--initial-cluster=e2e=http://127.0.0.1:{etcd_peer}"),
-                "--unsafe-no-fsync".into(),
-            ],
-            &log_dir,
-        )?);
+        record(
+            &dir,
+            &mut started,
+            spawn(
+                "etcd",
+                &binary("etcd")?,
+                &[
+                    "--name=e2e".into(),
+                    format!("--data-dir={}", etcd_dir.join("data").display()),
+                    format!("--listen-client-urls=http://127.0.0.1:{etcd_client}"),
+                    format!("--advertise-client-urls=http://127.0.0.1:{etcd_client}"),
+                    format!("--listen-peer-urls=http://127.0.0.1:{etcd_peer}"),
+                    format!("--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}"),
+                    format!("--initial-cluster=e2e=http://127.0.0.1:{etcd_peer}"),
+                    "--unsafe-no-fsync".into(),
+                ],
+                &log_dir,
+            )?,
+        )?;
 
         let kube_dir = dir.join("kube-apiserver");
         let admin_token = random_hex(16)?;
@@ -197,29 +217,33 @@ async fn start(dir: &Path, bin_dir: &Path) -> anyhow::Result<EnvFile> {
                 .arg(&sa_key),
         )?;
         let cert_dir = kube_dir.join("certs");
-        started.push(spawn(
-            "kube-apiserver",
-            &binary("kube-apiserver")?,
-            &[
-                format!("--etcd-servers=http://127.0.0.1:{etcd_client}"),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
-                format!("--secure-port={kube_port}"),
-                format!("--cert-dir={}", cert_dir.display()),
-                format!(
-                    "--token-auth-file={}",
-                    kube_dir.join("tokens.csv").display()
-                ),
-                "--authorization-mode=RBAC".into(),
-                "--service-cluster-ip-range=10.96.0.0/16".into(),
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
-                format!("--service-account-key-file={}", sa_key.display()),
-                format!("--service-account-signing-key-file={}", sa_key.display()),
-                "--enable-priority-and-fairness=false".into(),
-                "--profiling=false".into(),
-            ],
-            &log_dir,
-        )?);
+        record(
+            &dir,
+            &mut started,
+            spawn(
+                "kube-apiserver",
+                &binary("kube-apiserver")?,
+                &[
+                    format!("--etcd-servers=http://127.0.0.1:{etcd_client}"),
+                    "--bind-address=127.0.0.1".into(),
+                    "--advertise-address=127.0.0.1".into(),
+                    format!("--secure-port={kube_port}"),
+                    format!("--cert-dir={}", cert_dir.display()),
+                    format!(
+                        "--token-auth-file={}",
+                        kube_dir.join("tokens.csv").display()
+                    ),
+                    "--authorization-mode=RBAC".into(),
+                    "--service-cluster-ip-range=10.96.0.0/16".into(),
+                    "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+                    format!("--service-account-key-file={}", sa_key.display()),
+                    format!("--service-account-signing-key-file={}", sa_key.display()),
+                    "--enable-priority-and-fairness=false".into(),
+                    "--profiling=false".into(),
+                ],
+                &log_dir,
+            )?,
+        )?;
 
         // kcp, with its embedded etcd and a static token for a non-admin user.
         let kcp_dir = dir.join("kcp");
@@ -228,22 +252,25 @@ async fn start(dir: &Path, bin_dir: &Path) -> anyhow::Result<EnvFile> {
             kcp_dir.join("tokens.csv"),
             format!("{agent_token},e2e-agent,e2e-agent\n"),
         )?;
-        started.push(spawn(
-            "kcp",
-            &binary("kcp")?,
-            &[
-                "start".into(),
-                format!("--root-directory={}", kcp_dir.join("root").display()),
-                "--bind-address=127.0.0.1".into(),
-                format!("--secure-port={kcp_port}"),
-                format!("--embedded-etcd-client-port={kcp_etcd_client}"),
-                format!("--embedded-etcd-peer-port={kcp_etcd_peer}"),
-                "--embedded-etcd-wal-size-bytes=5000".into(),
-                format!("--token-auth-file={}", kcp_dir.join("tokens.csv").display()),
-            ],
-            &log_dir,
-        )?);
-        write_pids(&dir, &started)?;
+        record(
+            &dir,
+            &mut started,
+            spawn(
+                "kcp",
+                &binary("kcp")?,
+                &[
+                    "start".into(),
+                    format!("--root-directory={}", kcp_dir.join("root").display()),
+                    "--bind-address=127.0.0.1".into(),
+                    format!("--secure-port={kcp_port}"),
+                    format!("--embedded-etcd-client-port={kcp_etcd_client}"),
+                    format!("--embedded-etcd-peer-port={kcp_etcd_peer}"),
+                    "--embedded-etcd-wal-size-bytes=5000".into(),
+                    format!("--token-auth-file={}", kcp_dir.join("tokens.csv").display()),
+                ],
+                &log_dir,
+            )?,
+        )?;
 
         let service_kubeconfig = dir.join("service.kubeconfig");
         let kcp_kubeconfig = kcp_dir.join("root").join("admin.kubeconfig");
@@ -352,6 +379,13 @@ fn run_quietly(command: &mut Command) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Adds a just-spawned server to `started` and to `<dir>/pids` at once, so
+/// an interrupted start can stop it.
+fn record(dir: &Path, started: &mut Vec<Started>, server: Started) -> anyhow::Result<()> {
+    started.push(server);
+    write_pids(dir, started)
 }
 
 fn write_pids(dir: &Path, started: &[Started]) -> anyhow::Result<()> {

@@ -2,7 +2,7 @@
 //! run produces, with their medians and percentiles.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -138,11 +138,9 @@ impl FromStr for Size {
     }
 }
 
+/// The checkout the benchmark runs in (found at run time).
 pub(crate) fn repo_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
+    e2e::checkout::root().unwrap_or_else(|error| panic!("{error:#}"))
 }
 
 // ---------------------------------------------------------------------------
