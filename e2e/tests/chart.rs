@@ -27,7 +27,7 @@ use offering_operator::api::PublishedOffering;
 use serde_json::{Value, json};
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    e2e::checkout::root().expect("the project's checkout")
 }
 
 fn helm() -> PathBuf {
