@@ -16,9 +16,6 @@ pub enum SyncError {
     /// The naming rules produced no valid name.
     #[error(transparent)]
     Naming(#[from] NamingError),
-    /// A rendered name is not a valid Kubernetes name.
-    #[error("naming rules produced {0:?}, which is not a valid {1}")]
-    InvalidName(String, &'static str),
     /// An object could not be converted (a bug, or a malformed object).
     #[error("malformed object: {0}")]
     Malformed(String),
@@ -55,7 +52,7 @@ impl SyncError {
         match self {
             SyncError::Kcp(_) => "kcp",
             SyncError::Service(_) => "service_cluster",
-            SyncError::Naming(_) | SyncError::InvalidName(..) => "naming",
+            SyncError::Naming(_) => "naming",
             SyncError::Ambiguous(_) => "ambiguous",
             SyncError::Malformed(_) => "malformed",
             SyncError::Mutation(_) => "mutation",

@@ -19,10 +19,9 @@ use super::error::SyncError;
 use super::events::EventSink;
 use super::identity::{AGENT_LABEL, FINALIZER, REMOTE_CLUSTER_LABEL, RemoteKey, Side};
 use super::mirror::Mirror;
-use super::naming::{self, DEFAULT_NAME, DEFAULT_NAMESPACE, NamingContext};
+use super::naming::{NamingContext, Placement};
 use super::object::{Owner, finalizer_patch, new_local, update_patch};
 use super::related;
-use crate::api::dns;
 use crate::context::{Context, FIELD_MANAGER, patch_params};
 use crate::kcp::retarget_url;
 
@@ -311,6 +310,7 @@ async fn sync_object(
             local: &local_value,
             cluster: &key.cluster,
             cluster_path: owner.workspace_path.unwrap_or_default(),
+            templates: &config.templates,
         };
         let synced = related::sync(
             &config.related,
@@ -382,45 +382,12 @@ async fn create(
         cluster_name: &key.cluster,
         cluster_path: owner.workspace_path.unwrap_or_default(),
     };
-    let name_pattern = config
-        .naming
-        .name
-        .clone()
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| {
-            if key.namespace.is_empty() {
-                // Cluster-scoped in kcp: there is no namespace to hash.
-                "{{ .Object.metadata.name | sha3short }}".into()
-            } else {
-                DEFAULT_NAME.into()
-            }
-        });
-    let mut name = naming::render(&name_pattern, &context)?;
-    if !config.local_namespaced && config.naming.name.as_deref().is_none_or(str::is_empty) {
-        // One namespace-less space for every workspace: keep copies apart.
-        name = format!("{}-{name}", key.cluster);
-    }
-    if !dns::is_dns1123_subdomain(&name) {
-        return Err(SyncError::InvalidName(name, "object name"));
-    }
-    let namespace = if config.local_namespaced {
-        let pattern = config
-            .naming
-            .namespace
-            .clone()
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| DEFAULT_NAMESPACE.into());
-        let namespace = naming::render(&pattern, &context)?;
-        if !dns::is_dns1123_label(&namespace) {
-            return Err(SyncError::InvalidName(namespace, "namespace name"));
-        }
-        ctx.ensure_service_namespace(&namespace)
+    let Placement { name, namespace } = config.naming.resolve(&context)?;
+    if let Some(namespace) = &namespace {
+        ctx.ensure_service_namespace(namespace)
             .await
             .map_err(SyncError::Service)?;
-        Some(namespace)
-    } else {
-        None
-    };
+    }
     let object = new_local(
         remote,
         &config.local.api_version,
@@ -527,6 +494,7 @@ async fn delete(
                 local: &local_value,
                 cluster: &remote_cluster(remote),
                 cluster_path: "",
+                templates: &config.templates,
             };
             if !related::cleanup(
                 &config.related,

@@ -22,7 +22,7 @@ use tracing::{debug, info};
 
 use super::error::SyncError;
 use super::identity::Side;
-use super::naming;
+use super::naming::Templates;
 use super::object::{finalizer_patch, merge_diff};
 use crate::api::published_resource::{
     RelatedResourceObjectSelector, RelatedResourceObjectSpec, RelatedResourceOrigin,
@@ -55,6 +55,8 @@ pub struct Primaries<'a> {
     pub cluster: &'a str,
     /// Workspace path, when known.
     pub cluster_path: &'a str,
+    /// The compiled templates of the related resources.
+    pub templates: &'a Templates,
 }
 
 impl std::fmt::Debug for Primaries<'_> {
@@ -146,6 +148,30 @@ pub async fn origin_kind(
     kinds.resolve(client, origin, &spec.gvrs().0).await
 }
 
+/// The templates of `related` (locators, selectors, rewrites), compiled.
+pub fn templates(related: &[RelatedResourceSpec]) -> Templates {
+    let locators = related
+        .iter()
+        .flat_map(|spec| std::iter::once(&spec.object.spec).chain(&spec.object.namespace));
+    let mut texts: Vec<&str> = Vec::new();
+    for locator in locators {
+        texts.extend(
+            locator
+                .template
+                .iter()
+                .filter_map(|t| t.template.as_deref()),
+        );
+        if let Some(selector) = &locator.selector {
+            for (key, value) in selector.match_labels.iter().flatten() {
+                texts.extend([key.as_str(), value.as_str()]);
+            }
+            let rewrite = selector.rewrite.template.as_ref();
+            texts.extend(rewrite.and_then(|t| t.template.as_deref()));
+        }
+    }
+    Templates::with(texts)
+}
+
 /// Values a locator yields on one side: reference (strings, arrays of
 /// strings; empty items kept as empty to keep pairs aligned) or template.
 fn locate(
@@ -179,18 +205,17 @@ fn locate(
         return Ok(Some(values));
     }
     if let Some(template) = &spec.template {
-        let pattern = template.template.clone().unwrap_or_default();
-        let translated = naming::translate(&pattern)?;
         let data = json!({
             "Side": side.name(),
             "Object": primary,
             "ClusterName": primaries.cluster,
             "ClusterPath": primaries.cluster_path,
         });
-        let rendered = naming::registry()
-            .render_template(&translated, &data)
-            .map_err(|e| SyncError::Related(format!("template {pattern:?}: {e}")))?;
-        let rendered = rendered.trim().to_string();
+        let rendered = primaries
+            .templates
+            .render(template.template.as_deref().unwrap_or_default(), &data)?
+            .trim()
+            .to_string();
         return Ok((!rendered.is_empty()).then(|| vec![rendered]));
     }
     Err(SyncError::Related(
@@ -310,16 +335,7 @@ async fn select(
         "ClusterName": primaries.cluster,
         "ClusterPath": primaries.cluster_path,
     });
-    let render = |text: &str| -> Result<String, SyncError> {
-        if !text.contains("{{") {
-            return Ok(text.to_string());
-        }
-        let template = naming::translate(text)?;
-        naming::registry()
-            .render_template(&template, &data)
-            .map(|r| r.trim().to_string())
-            .map_err(|e| SyncError::Related(format!("selector template {text:?}: {e}")))
-    };
+    let render = |text: &str| primaries.templates.render(text, &data);
     let mut labels = std::collections::BTreeMap::new();
     for (key, value) in selector.match_labels.clone().unwrap_or_default() {
         let key = render(&key)?;
@@ -355,15 +371,9 @@ async fn select(
             }
             match rewrite.template.as_ref().and_then(|t| t.template.clone()) {
                 Some(template) => {
-                    let translated = naming::translate(&template)?;
                     let mut data = data.clone();
                     data["Value"] = name.clone().into();
-                    naming::registry()
-                        .render_template(&translated, &data)
-                        .map(|r| r.trim().to_string())
-                        .map_err(|e| {
-                            SyncError::Related(format!("rewrite template {template:?}: {e}"))
-                        })
+                    Ok(primaries.templates.render(&template, &data)?)
                 }
                 None => Ok(name.clone()),
             }
@@ -637,6 +647,7 @@ mod tests {
             local: &remote,
             cluster: "c1",
             cluster_path: "",
+            templates: &Templates::default(),
         };
         let locator: RelatedResourceObjectSpec = serde_json::from_value(json!({
             "reference": {"path": "spec.users.#.secret", "regex": {"pattern": "^(.+)$", "replacement": "user-$1"}}
