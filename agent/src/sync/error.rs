@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::identity::Side;
 use super::naming::NamingError;
 
 /// Why an object could not be synced.
@@ -37,6 +38,14 @@ pub enum SyncError {
 }
 
 impl SyncError {
+    /// The error of a failed request to `side`.
+    pub fn on(side: Side) -> impl Fn(kube::Error) -> SyncError {
+        move |error| match side {
+            Side::Kcp => SyncError::Kcp(error),
+            Side::Service => SyncError::Service(error),
+        }
+    }
+
     /// Whether a write was refused because it was based on an outdated
     /// version; the watch event bringing the newer one wakes the object.
     pub fn is_conflict(&self) -> bool {

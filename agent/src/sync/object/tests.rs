@@ -68,7 +68,7 @@ fn a_new_copy_has_the_identity_and_none_of_the_kcp_internals() {
 fn an_unchanged_object_needs_no_patch() {
     let r = remote(json!({"size": 1}));
     let local = new_local(&r, "v1", "K", "n", Some("c1"), owner(&key()));
-    assert_eq!(update_patch(&r, &local, owner(&key())), None);
+    assert_eq!(update_patch(&r, &local, &owner(&key()).stamp(&r)), None);
 }
 
 #[test]
@@ -77,7 +77,7 @@ fn only_the_kcp_delta_is_sent_and_provider_additions_survive() {
     let mut local = new_local(&r, "v1", "K", "n", Some("c1"), owner(&key()));
     local["spec"]["defaultedByProvider"] = json!("yes");
     let changed = remote(json!({"size": 2}));
-    let patch = update_patch(&changed, &local, owner(&key())).expect("a patch");
+    let patch = update_patch(&changed, &local, &owner(&key()).stamp(&changed)).expect("a patch");
     assert_eq!(patch["spec"], json!({"size": 2}));
     assert_eq!(
         patch["metadata"]["annotations"][LAST_KNOWN_ANNOTATION],
@@ -91,7 +91,7 @@ fn a_provider_edit_of_a_consumer_field_is_reverted() {
     let mut local = new_local(&r, "v1", "K", "n", Some("c1"), owner(&key()));
     local["spec"]["size"] = json!(5);
     local["spec"]["extra"] = json!(true);
-    let patch = update_patch(&r, &local, owner(&key())).expect("a patch");
+    let patch = update_patch(&r, &local, &owner(&key()).stamp(&r)).expect("a patch");
     assert_eq!(
         patch["spec"],
         json!({"size": 1}),
@@ -104,7 +104,7 @@ fn without_a_last_known_state_kcp_values_are_restored_and_identity_repaired() {
     let r = remote(json!({"size": 1, "tier": "gold"}));
     let local = json!({"metadata": {"labels": {}, "annotations": {}},
                        "spec": {"size": 2, "tier": "gold", "providerField": true}});
-    let patch = update_patch(&r, &local, owner(&key())).expect("a patch");
+    let patch = update_patch(&r, &local, &owner(&key()).stamp(&r)).expect("a patch");
     assert_eq!(
         patch["spec"],
         json!({"size": 1}),
@@ -118,7 +118,7 @@ fn without_a_last_known_state_kcp_values_are_restored_and_identity_repaired() {
     repaired["spec"]["size"] = json!(1);
     repaired["metadata"] = patch["metadata"].clone();
     assert_eq!(
-        update_patch(&r, &repaired, owner(&key())),
+        update_patch(&r, &repaired, &owner(&key()).stamp(&r)),
         None,
         "it converges"
     );
