@@ -12,7 +12,7 @@ use kube::api::{Api, ApiResource, DynamicObject, Patch};
 use kube::core::SelectorExt;
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use tracing::{debug, info};
+use tracing::{debug, info, instrument};
 
 use super::config::{CopyMirror, WorkerConfig};
 use super::copy::{Deleted, Engine, Placed, as_value};
@@ -133,6 +133,16 @@ fn kcp_api(
 }
 
 /// Syncs one object; returns when to look at it again, if at all.
+#[instrument(
+    name = "reconcile",
+    skip_all,
+    fields(
+        published_resource = %config.published_resource,
+        cluster = %target.key.cluster,
+        namespace = %target.key.namespace,
+        name = %target.key.name,
+    )
+)]
 pub async fn reconcile(
     ctx: &Context,
     config: &WorkerConfig,

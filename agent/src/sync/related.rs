@@ -448,6 +448,52 @@ mod tests {
         assert_eq!(found, ["user-a", "", "user-c"]);
     }
 
+    #[test]
+    fn selector_labels_are_rendered_and_empty_keys_dropped() {
+        let selector: RelatedResourceObjectSelector = serde_json::from_value(json!({
+            "matchLabels": {"app": "{{ .RemoteObject.metadata.name }}", "{{ .Missing }}": "x", "tier": "db"},
+            "rewrite": {}
+        }))
+        .expect("selector");
+        let data = json!({"RemoteObject": {"metadata": {"name": "w1"}}});
+        let query = selector_query(&selector, &data, &Templates::default()).expect("query");
+        assert_eq!(query, "app=w1,tier=db");
+    }
+
+    #[test]
+    fn rewrites_apply_a_regex_a_template_or_keep_the_name() {
+        let names = vec!["db-a".to_string(), "db-b".to_string()];
+        let data = json!({"ClusterName": "c1"});
+        let rewrite = |value: Value| -> Vec<String> {
+            let rewrite: RelatedResourceSelectorRewrite =
+                serde_json::from_value(value).expect("rewrite");
+            rewrite_names(&rewrite, &names, &data, &Templates::default()).expect("names")
+        };
+        assert_eq!(rewrite(json!({})), names);
+        assert_eq!(
+            rewrite(json!({"regex": {"pattern": "^db-", "replacement": "copy-"}})),
+            ["copy-a", "copy-b"]
+        );
+        assert_eq!(
+            rewrite(json!({"regex": {"replacement": "fixed"}})),
+            ["fixed", "fixed"]
+        );
+        assert_eq!(
+            rewrite(json!({"template": {"template": "{{ .ClusterName }}-{{ .Value }}"}})),
+            ["c1-db-a", "c1-db-b"]
+        );
+    }
+
+    #[test]
+    fn an_invalid_regex_is_an_error() {
+        let regex: RegularExpression =
+            serde_json::from_value(json!({"pattern": "(", "replacement": "x"})).expect("regex");
+        assert!(matches!(
+            replace(&regex, &["a".to_string()]),
+            Err(SyncError::Related(_))
+        ));
+    }
+
     fn dummy_client() -> Client {
         let config = kube::Config::new("http://127.0.0.1:1".parse().expect("url"));
         Client::try_from(config).expect("client")

@@ -175,3 +175,20 @@ fn finalizer_patches_add_sorted_remove_and_carry_the_resource_version() {
     let remove = finalizer_patch(&object, "z.io/other", false).expect("removes");
     assert_eq!(remove["metadata"]["finalizers"], json!([]));
 }
+
+#[test]
+fn a_related_copy_carries_no_metadata_keeps_destination_keys_and_loses_removed_ones() {
+    let source = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": "s", "labels": {"app": "x"}},
+                        "data": {"mode": "fast", "size": "s"}});
+    let stamp = Stamp::default();
+    let mut copy = new_copy(&source, "v1", "ConfigMap", "s", Some("ns"), &stamp);
+    assert_eq!(copy["metadata"]["labels"], json!({}));
+    assert_eq!(update_patch(&source, &copy, &stamp), None);
+    copy["data"]["provider"] = json!("added");
+    let edited = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "s"},
+                        "data": {"mode": "slow"}});
+    let patch = update_patch(&edited, &copy, &stamp).expect("a patch");
+    assert_eq!(patch["data"], json!({"mode": "slow", "size": null}));
+    assert!(patch["metadata"]["annotations"][LAST_KNOWN_ANNOTATION].is_string());
+}
