@@ -133,6 +133,16 @@ async fn related_objects_travel_both_ways_and_kcp_origin_ones_are_released_on_de
     )
     .await
     .expect("copied up");
+    // A Secret's copy keeps no last-known state: its values would show in an
+    // annotation.
+    let copy = kcp_secrets.get("db-credentials").await.expect("copy");
+    assert!(
+        !copy
+            .annotations()
+            .contains_key("syncagent.kcp.io/last-known-state"),
+        "{:?}",
+        copy.annotations()
+    );
     let primary = widgets.get("db").await.expect("primary");
     let announced = primary
         .annotations()

@@ -149,7 +149,9 @@ pub fn new_copy(
     let labels = &stamp.labels;
     let mut annotations = stamp.annotations.clone();
     let fields = spec_fields(source);
-    annotations.extend(last_known_annotation(&fields));
+    if keeps_state(source) {
+        annotations.extend(last_known_annotation(&fields));
+    }
     let mut metadata = json!({"name": name, "labels": labels, "annotations": annotations});
     if let Some(namespace) = namespace {
         metadata["namespace"] = namespace.into();
@@ -160,6 +162,15 @@ pub fn new_copy(
     object.insert("metadata".into(), metadata);
     object.extend(fields);
     Value::Object(object)
+}
+
+/// Whether a copy of `source` records its last-known state. Not for
+/// Secrets: the state would repeat their values in an annotation, which
+/// `kubectl describe` and metadata readers show. Their copies are kept by
+/// restoring each source value (keys the destination added stay; a key
+/// removed at the source stays on the copy until removed there).
+fn keeps_state(source: &Value) -> bool {
+    !(source["apiVersion"] == "v1" && source["kind"] == "Secret")
 }
 
 fn last_known_annotation(fields: &Map<String, Value>) -> Option<(String, String)> {
@@ -176,8 +187,10 @@ fn last_known_annotation(fields: &Map<String, Value>) -> Option<(String, String)
 /// or repaired (never removed).
 pub fn update_patch(source: &Value, local: &Value, stamp: &Stamp) -> Option<Value> {
     let desired = spec_fields(source);
+    let keeps_state = keeps_state(source);
     let last_known = local["metadata"]["annotations"][LAST_KNOWN_ANNOTATION]
         .as_str()
+        .filter(|_| keeps_state)
         .and_then(|s| serde_json::from_str::<Map<String, Value>>(s).ok());
     let mut patch = match &last_known {
         Some(last) => merge_diff(
@@ -225,7 +238,8 @@ pub fn update_patch(source: &Value, local: &Value, stamp: &Stamp) -> Option<Valu
         }
     }
     let spec_changed = !patch_fields.is_empty();
-    if (spec_changed || last_known.as_ref() != Some(&desired))
+    if keeps_state
+        && (spec_changed || last_known.as_ref() != Some(&desired))
         && let Some((k, v)) = last_known_annotation(&desired)
         && local_annotations.get(&k) != Some(&v)
     {

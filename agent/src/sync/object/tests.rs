@@ -192,3 +192,20 @@ fn a_related_copy_carries_no_metadata_keeps_destination_keys_and_loses_removed_o
     assert_eq!(patch["data"], json!({"mode": "slow", "size": null}));
     assert!(patch["metadata"]["annotations"][LAST_KNOWN_ANNOTATION].is_string());
 }
+
+#[test]
+fn a_secret_copy_keeps_no_state_so_its_values_never_show_in_an_annotation() {
+    let source = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+                        "data": {"password": "c2VjcmV0", "user": "YWRtaW4="}});
+    let stamp = Stamp::default();
+    let mut copy = new_copy(&source, "v1", "Secret", "s", Some("ns"), &stamp);
+    assert_eq!(copy["data"], source["data"]);
+    assert!(copy["metadata"]["annotations"][LAST_KNOWN_ANNOTATION].is_null());
+    assert_eq!(update_patch(&source, &copy, &stamp), None);
+    // A key the destination added stays; a changed source value is restored;
+    // and still no state is written.
+    copy["data"]["provider"] = json!("YWRkZWQ=");
+    copy["data"]["user"] = json!("b3RoZXI=");
+    let patch = update_patch(&source, &copy, &stamp).expect("a patch");
+    assert_eq!(patch, json!({"data": {"user": "YWRtaW4="}}));
+}
