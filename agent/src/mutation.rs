@@ -15,7 +15,7 @@ use regex::Regex;
 use serde_json::{Map, Value, json};
 
 use crate::api::published_resource::ResourceMutation;
-use crate::sync::naming;
+use crate::sync::naming::Template;
 
 /// Why a rule cannot be compiled or applied.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -59,7 +59,7 @@ enum Step {
         replacement: String,
     },
     Template {
-        template: String,
+        template: Template,
     },
     Cel {
         program: cel::Program,
@@ -112,17 +112,12 @@ impl Mutator {
                     },
                 )
             } else if let Some(template) = &rule.template {
-                let translated =
-                    naming::translate(&template.template).map_err(|e| MutationError::Template {
+                let compiled =
+                    Template::compile(&template.template).map_err(|e| MutationError::Template {
                         rule: name.clone(),
                         reason: e.to_string(),
                     })?;
-                (
-                    &template.path,
-                    Step::Template {
-                        template: translated,
-                    },
-                )
+                (&template.path, Step::Template { template: compiled })
             } else if let Some(expression) = &rule.cel {
                 let program = cel::Program::compile(&expression.expression).map_err(|e| {
                     MutationError::Cel {
@@ -170,17 +165,13 @@ impl Mutator {
                         "LocalObject": object,
                         "RemoteObject": other,
                     });
-                    let rendered = naming::registry()
-                        .render_template(template, &data)
+                    let rendered = template
+                        .render(&data)
                         .map_err(|e| MutationError::Template {
                             rule: rule.name.clone(),
                             reason: e.to_string(),
                         })?;
-                    set(
-                        object,
-                        &rule.path,
-                        Value::String(rendered.trim().to_string()),
-                    );
+                    set(object, &rule.path, Value::String(rendered));
                 }
                 Step::Cel { program } => {
                     let cel_error = |reason: String| MutationError::Cel {

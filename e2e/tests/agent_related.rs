@@ -133,6 +133,16 @@ async fn related_objects_travel_both_ways_and_kcp_origin_ones_are_released_on_de
     )
     .await
     .expect("copied up");
+    // A Secret's copy keeps no last-known state: its values would show in an
+    // annotation.
+    let copy = kcp_secrets.get("db-credentials").await.expect("copy");
+    assert!(
+        !copy
+            .annotations()
+            .contains_key("syncagent.kcp.io/last-known-state"),
+        "{:?}",
+        copy.annotations()
+    );
     let primary = widgets.get("db").await.expect("primary");
     let announced = primary
         .annotations()
@@ -815,4 +825,147 @@ async fn a_watched_related_object_wakes_its_primary_at_once() {
 
     consumer.delete(&provider.kcp).await.expect("cleanup");
     provider.cleanup().await.expect("cleanup");
+}
+
+/// The data of a ConfigMap, or an empty map.
+fn config_data(
+    config_map: &k8s_openapi::api::core::v1::ConfigMap,
+) -> std::collections::BTreeMap<String, String> {
+    config_map.data.clone().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn related_copies_keep_provider_fields_follow_consumer_edits_and_do_not_loop() {
+    use e2e::service::{patch_params, post_params};
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    let scene = Scene::new(
+        "relstate",
+        json!({"related": [
+            {"identifier": "settings", "origin": "kcp", "version": "v1", "resource": "configmaps",
+             "object": {"reference": {"path": "spec.configName"}}},
+            {"identifier": "sentinel", "origin": "kcp", "version": "v1", "resource": "configmaps",
+             "object": {"reference": {"path": "spec.sentinelName"}}}
+        ]}),
+    )
+    .await;
+    let (consumer, client) = scene.consumer("consumer").await;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "apps");
+    for (name, data) in [
+        ("settings", json!({"mode": "fast", "size": "s"})),
+        ("sentinel", json!({"round": "0"})),
+    ] {
+        let object: ConfigMap =
+            serde_json::from_value(json!({"metadata": {"name": name}, "data": data}))
+                .expect("config map");
+        config_maps
+            .create(&post_params(), &object)
+            .await
+            .expect("consumer's config map");
+    }
+    let mut widget = DynamicObject::new("db", &scene.resource).within("apps");
+    widget.data =
+        json!({"spec": {"color": "c", "configName": "settings", "sentinelName": "sentinel"}});
+    let widgets = scene.kcp_widgets(&client);
+    poll_until("a widget", TIMEOUT, async || {
+        widgets
+            .create(&post_params(), &widget)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .expect("created");
+    let local = scene.local_copy(&consumer.cluster, "db").await;
+    let local_namespace = local.namespace().expect("namespaced copy");
+    let copies: Api<ConfigMap> = Api::namespaced(scene.provider.service.clone(), &local_namespace);
+    let copy_where = async |name: &str, what: &str, wanted: &dyn Fn(&ConfigMap) -> bool| {
+        poll_until(what, TIMEOUT, async || {
+            match copies.get_opt(name).await.map_err(|e| e.to_string())? {
+                Some(copy) if wanted(&copy) => Ok(copy),
+                other => Err(format!("{:?}", other.map(|c| config_data(&c)))),
+            }
+        })
+        .await
+        .expect(what)
+    };
+    copy_where("settings", "the settings copy", &|c| {
+        config_data(c).get("mode").map(String::as_str) == Some("fast")
+    })
+    .await;
+
+    // The provider adds a key and a label to the copy on its side.
+    copies
+        .patch(
+            "settings",
+            &patch_params(),
+            &Patch::Merge(json!({"metadata": {"labels": {"provider": "yes"}},
+                                 "data": {"provider-key": "kept"}})),
+        )
+        .await
+        .expect("provider edits the copy");
+
+    // The consumer changes a key and removes another; both reach the copy.
+    config_maps
+        .patch(
+            "settings",
+            &patch_params(),
+            &Patch::Merge(json!({"data": {"mode": "slow", "size": null}})),
+        )
+        .await
+        .expect("consumer edits");
+    let arrived = copy_where("settings", "the consumer's edit on the copy", &|c| {
+        let data = config_data(c);
+        data.get("mode").map(String::as_str) == Some("slow") && !data.contains_key("size")
+    })
+    .await;
+    // What the provider added survived the sync that brought the edit.
+    assert_eq!(
+        config_data(&arrived)
+            .get("provider-key")
+            .map(String::as_str),
+        Some("kept"),
+        "the provider's key is kept: {:?}",
+        config_data(&arrived)
+    );
+    assert_eq!(
+        arrived.labels().get("provider").map(String::as_str),
+        Some("yes")
+    );
+
+    // No write loop: once the edit arrived, the copy is not written again.
+    // The sentinel (another related object of the same primary, synced in
+    // the same reconciles, after this one) proves that the agent synced the
+    // primary again meanwhile.
+    let version = arrived.resource_version().expect("version");
+    for round in ["1", "2"] {
+        config_maps
+            .patch(
+                "sentinel",
+                &patch_params(),
+                &Patch::Merge(json!({"data": {"round": round}})),
+            )
+            .await
+            .expect("consumer edits the sentinel");
+        copy_where("sentinel", "the sentinel on the service cluster", &|c| {
+            config_data(c).get("round").map(String::as_str) == Some(round)
+        })
+        .await;
+    }
+    let settled = copies.get("settings").await.expect("settings copy");
+    assert_eq!(
+        settled.resource_version().as_deref(),
+        Some(version.as_str()),
+        "the settings copy was written again without a change: {:?}",
+        settled.metadata.managed_fields
+    );
+    assert_eq!(
+        config_data(&settled)
+            .get("provider-key")
+            .map(String::as_str),
+        Some("kept")
+    );
+
+    consumer.delete(&scene.provider.kcp).await.expect("cleanup");
+    scene.provider.cleanup().await.expect("cleanup");
 }

@@ -29,6 +29,8 @@ use crate::mutation::Mutator;
 use crate::schema;
 use crate::source;
 use crate::sync::config::WorkerConfig;
+use crate::sync::naming::Naming;
+use crate::sync::related;
 use crate::sync::worker;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
@@ -252,23 +254,26 @@ async fn worker_config(
     };
     let resource_filter = selector(|f| f.resource.clone())?;
     let namespace_filter = selector(|f| f.namespace.clone())?;
-    let naming = pr.spec.naming.clone().unwrap_or_default();
-    for pattern in [&naming.name, &naming.namespace].into_iter().flatten() {
-        crate::sync::naming::check(pattern)?;
-    }
+    let local_namespaced = source.spec.scope == "Namespaced";
+    let naming = Naming::compile(
+        &pr.spec.naming.clone().unwrap_or_default(),
+        local_namespaced,
+    )?;
+    let related = pr.spec.related.clone().unwrap_or_default();
     let mutations = pr.spec.mutation.clone().unwrap_or_default();
     let config = WorkerConfig {
         published_resource: pr.name_any(),
         remote: api_resource(&projected.spec, &remote_version.name),
         remote_namespaced: projected.spec.scope == "Namespaced",
         local: api_resource(&source.spec, &local_version.name),
-        local_namespaced: source.spec.scope == "Namespaced",
+        local_namespaced,
         local_status: local_version
             .subresources
             .as_ref()
             .is_some_and(|s| s.status.is_some()),
         naming,
-        related: pr.spec.related.clone().unwrap_or_default(),
+        templates: Arc::new(related::templates(&related)),
+        related,
         kinds: Arc::default(),
         echoes: Arc::default(),
         resource_filter,

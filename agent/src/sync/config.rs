@@ -8,8 +8,9 @@ use kube::api::ApiResource;
 
 use super::echo::Echoes;
 use super::mirror::Mirror;
+use super::naming::{Naming, Templates};
 use super::related::KindCache;
-use crate::api::published_resource::{RelatedResourceSpec, ResourceNaming};
+use crate::api::published_resource::RelatedResourceSpec;
 use crate::mutation::Mutator;
 
 /// Everything a worker needs to know about its PublishedResource.
@@ -27,8 +28,8 @@ pub struct WorkerConfig {
     pub local_namespaced: bool,
     /// Whether the local kind has a status subresource to copy back.
     pub local_status: bool,
-    /// Naming templates.
-    pub naming: ResourceNaming,
+    /// Naming rules, compiled.
+    pub naming: Naming,
     /// Label selector on kcp objects, if any.
     pub resource_filter: Option<kube::core::Selector>,
     /// Label selector on the namespaces of kcp objects, if any.
@@ -43,6 +44,8 @@ pub struct WorkerConfig {
     pub status_mutator: Arc<Mutator>,
     /// Related resources.
     pub related: Vec<RelatedResourceSpec>,
+    /// The templates of the related resources, compiled.
+    pub templates: Arc<Templates>,
     /// Kinds of related resources, resolved once.
     pub kinds: Arc<KindCache>,
     /// Versions of the worker's own writes, whose watch events are dropped.

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::identity::Side;
 use super::naming::NamingError;
 
 /// Why an object could not be synced.
@@ -16,9 +17,6 @@ pub enum SyncError {
     /// The naming rules produced no valid name.
     #[error(transparent)]
     Naming(#[from] NamingError),
-    /// A rendered name is not a valid Kubernetes name.
-    #[error("naming rules produced {0:?}, which is not a valid {1}")]
-    InvalidName(String, &'static str),
     /// An object could not be converted (a bug, or a malformed object).
     #[error("malformed object: {0}")]
     Malformed(String),
@@ -40,6 +38,14 @@ pub enum SyncError {
 }
 
 impl SyncError {
+    /// The error of a failed request to `side`.
+    pub fn on(side: Side) -> impl Fn(kube::Error) -> SyncError {
+        move |error| match side {
+            Side::Kcp => SyncError::Kcp(error),
+            Side::Service => SyncError::Service(error),
+        }
+    }
+
     /// Whether a write was refused because it was based on an outdated
     /// version; the watch event bringing the newer one wakes the object.
     pub fn is_conflict(&self) -> bool {
@@ -55,7 +61,7 @@ impl SyncError {
         match self {
             SyncError::Kcp(_) => "kcp",
             SyncError::Service(_) => "service_cluster",
-            SyncError::Naming(_) | SyncError::InvalidName(..) => "naming",
+            SyncError::Naming(_) => "naming",
             SyncError::Ambiguous(_) => "ambiguous",
             SyncError::Malformed(_) => "malformed",
             SyncError::Mutation(_) => "mutation",

@@ -1,6 +1,7 @@
 //! Object sync between consumer workspaces and the service cluster.
 
 pub mod config;
+pub mod copy;
 pub mod echo;
 pub mod error;
 pub mod events;
@@ -10,4 +11,5 @@ pub mod naming;
 pub mod object;
 pub mod reconcile;
 pub mod related;
+pub mod related_copies;
 pub mod worker;

@@ -1,5 +1,7 @@
-//! Pure steps of syncing one object: what the local copy should look like,
-//! and the JSON merge patch that brings it there from the last-known state.
+//! Pure steps of syncing one object, for primaries and related objects
+//! alike: which fields are copied, what a new copy looks like, the JSON
+//! merge patch that brings a copy in line from the last-known state, and
+//! finalizer patches. The IO around them is in `copy.rs`.
 
 use std::collections::BTreeMap;
 
@@ -7,9 +9,10 @@ use serde_json::{Map, Value, json};
 
 use super::identity::{AGENT_LABEL, REMOTE_PATH_ANNOTATION, RemoteKey};
 
-/// Annotation on a local copy holding the last state synced from kcp (the
+/// Annotation on a copy holding the last state synced from its source (the
 /// top-level fields other than metadata and status), so the next sync can
-/// send only what changed in kcp and keep what the provider's side added.
+/// send only what changed at the source and keep what the destination's
+/// side added.
 pub const LAST_KNOWN_ANNOTATION: &str = "syncagent.kcp.io/last-known-state";
 /// Largest last-known state stored; larger objects fall back to full updates.
 pub const LAST_KNOWN_LIMIT: usize = 128 * 1024;
@@ -26,7 +29,7 @@ const UNSYNCED_ANNOTATIONS: &[&str] = &[
     "related-resources.syncagent.kcp.io/",
 ];
 
-/// The fields of an object that sync from kcp: every top-level field except
+/// The fields of an object that are copied: every top-level field except
 /// `apiVersion`, `kind`, `metadata` and `status`.
 pub fn spec_fields(object: &Value) -> Map<String, Value> {
     object
@@ -79,21 +82,39 @@ pub struct Owner<'a> {
 }
 
 impl Owner<'_> {
-    fn labels(&self, remote: &Value) -> BTreeMap<String, String> {
-        let mut labels = synced_labels(remote);
-        labels.extend(self.key.labels());
+    /// The identity labels of the copy: the key's and the agent's.
+    pub fn identity(&self) -> BTreeMap<String, String> {
+        let mut labels = self.key.labels();
         labels.insert(AGENT_LABEL.into(), self.agent.into());
         labels
     }
 
-    fn annotations(&self, remote: &Value) -> BTreeMap<String, String> {
+    /// What the copy of `remote` carries: the labels and annotations synced
+    /// from kcp, and the identity.
+    pub fn stamp(&self, remote: &Value) -> Stamp {
+        let mut labels = synced_labels(remote);
+        labels.extend(self.identity());
         let mut annotations = synced_annotations(remote);
         annotations.extend(self.key.annotations());
         if let Some(path) = self.workspace_path {
             annotations.insert(REMOTE_PATH_ANNOTATION.into(), path.into());
         }
-        annotations
+        Stamp {
+            labels,
+            annotations,
+        }
     }
+}
+
+/// The labels and annotations a copy carries besides its copied fields;
+/// they are added and repaired on the copy, never removed. Related copies
+/// carry none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stamp {
+    /// Labels of the copy.
+    pub labels: BTreeMap<String, String>,
+    /// Annotations of the copy.
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// The local copy to create for a kcp object.
@@ -105,10 +126,32 @@ pub fn new_local(
     namespace: Option<&str>,
     owner: Owner<'_>,
 ) -> Value {
-    let labels = owner.labels(remote);
-    let mut annotations = owner.annotations(remote);
-    let fields = spec_fields(remote);
-    annotations.extend(last_known_annotation(&fields));
+    new_copy(
+        remote,
+        api_version,
+        kind,
+        name,
+        namespace,
+        &owner.stamp(remote),
+    )
+}
+
+/// The copy to create of `source`: its copied fields, the stamp, and the
+/// last-known state.
+pub fn new_copy(
+    source: &Value,
+    api_version: &str,
+    kind: &str,
+    name: &str,
+    namespace: Option<&str>,
+    stamp: &Stamp,
+) -> Value {
+    let labels = &stamp.labels;
+    let mut annotations = stamp.annotations.clone();
+    let fields = spec_fields(source);
+    if keeps_state(source) {
+        annotations.extend(last_known_annotation(&fields));
+    }
     let mut metadata = json!({"name": name, "labels": labels, "annotations": annotations});
     if let Some(namespace) = namespace {
         metadata["namespace"] = namespace.into();
@@ -121,22 +164,33 @@ pub fn new_local(
     Value::Object(object)
 }
 
+/// Whether a copy of `source` records its last-known state. Not for
+/// Secrets: the state would repeat their values in an annotation, which
+/// `kubectl describe` and metadata readers show. Their copies are kept by
+/// restoring each source value (keys the destination added stay; a key
+/// removed at the source stays on the copy until removed there).
+fn keeps_state(source: &Value) -> bool {
+    !(source["apiVersion"] == "v1" && source["kind"] == "Secret")
+}
+
 fn last_known_annotation(fields: &Map<String, Value>) -> Option<(String, String)> {
     let state = serde_json::to_string(fields).ok()?;
     (state.len() <= LAST_KNOWN_LIMIT).then(|| (LAST_KNOWN_ANNOTATION.to_string(), state))
 }
 
-/// The merge patch that brings an existing local copy in line with its kcp
-/// object, or `None` when nothing changed.
+/// The merge patch that brings an existing copy in line with its source,
+/// or `None` when nothing changed.
 ///
-/// With a last-known state, only the kcp-side delta is sent, so fields the
-/// provider's side added or defaulted stay. Without one, every synced field
-/// is sent. Identification labels and annotations are repaired, and labels
-/// and annotations from kcp are added (never removed).
-pub fn update_patch(remote: &Value, local: &Value, owner: Owner<'_>) -> Option<Value> {
-    let desired = spec_fields(remote);
+/// With a last-known state, only the source-side delta is sent, so fields
+/// the destination's side added or defaulted stay. Without one, every
+/// copied field is restored. The stamp's labels and annotations are added
+/// or repaired (never removed).
+pub fn update_patch(source: &Value, local: &Value, stamp: &Stamp) -> Option<Value> {
+    let desired = spec_fields(source);
+    let keeps_state = keeps_state(source);
     let last_known = local["metadata"]["annotations"][LAST_KNOWN_ANNOTATION]
         .as_str()
+        .filter(|_| keeps_state)
         .and_then(|s| serde_json::from_str::<Map<String, Value>>(s).ok());
     let mut patch = match &last_known {
         Some(last) => merge_diff(
@@ -171,20 +225,21 @@ pub fn update_patch(remote: &Value, local: &Value, owner: Owner<'_>) -> Option<V
 
     let mut labels = Map::new();
     let local_labels = string_map(&local["metadata"]["labels"]);
-    for (k, v) in owner.labels(remote) {
-        if local_labels.get(&k) != Some(&v) {
-            labels.insert(k, v.into());
+    for (k, v) in &stamp.labels {
+        if local_labels.get(k) != Some(v) {
+            labels.insert(k.clone(), v.clone().into());
         }
     }
     let mut annotations = Map::new();
     let local_annotations = string_map(&local["metadata"]["annotations"]);
-    for (k, v) in owner.annotations(remote) {
-        if local_annotations.get(&k) != Some(&v) {
-            annotations.insert(k, v.into());
+    for (k, v) in &stamp.annotations {
+        if local_annotations.get(k) != Some(v) {
+            annotations.insert(k.clone(), v.clone().into());
         }
     }
     let spec_changed = !patch_fields.is_empty();
-    if (spec_changed || last_known.as_ref() != Some(&desired))
+    if keeps_state
+        && (spec_changed || last_known.as_ref() != Some(&desired))
         && let Some((k, v)) = last_known_annotation(&desired)
         && local_annotations.get(&k) != Some(&v)
     {

@@ -8,22 +8,23 @@
 
 use std::time::Duration;
 
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch};
 use kube::core::SelectorExt;
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use tracing::{debug, info};
+use tracing::{debug, info, instrument};
 
 use super::config::{CopyMirror, WorkerConfig};
+use super::copy::{Deleted, Engine, Placed, as_value};
 use super::error::SyncError;
 use super::events::EventSink;
-use super::identity::{AGENT_LABEL, FINALIZER, REMOTE_CLUSTER_LABEL, RemoteKey, Side};
+use super::identity::{FINALIZER, RemoteKey, Side};
 use super::mirror::Mirror;
-use super::naming::{self, DEFAULT_NAME, DEFAULT_NAMESPACE, NamingContext};
-use super::object::{Owner, finalizer_patch, new_local, update_patch};
+use super::naming::{NamingContext, Placement};
+use super::object::{Owner, new_copy};
 use super::related;
-use crate::api::dns;
-use crate::context::{Context, FIELD_MANAGER, patch_params};
+use super::related_copies;
+use crate::context::{Context, patch_params};
 use crate::kcp::retarget_url;
 
 /// How often objects with unwatched related resources are looked at again.
@@ -107,6 +108,17 @@ pub fn workspace_client(ctx: &Context, endpoint: &str, cluster: &str) -> Result<
     .ok_or_else(|| SyncError::Malformed(format!("endpoint URL {endpoint}")))
 }
 
+fn service_api(
+    ctx: &Context,
+    config: &WorkerConfig,
+    namespace: Option<&str>,
+) -> Api<DynamicObject> {
+    match namespace {
+        Some(ns) => Api::namespaced_with(ctx.service.clone(), ns, &config.local),
+        None => Api::all_with(ctx.service.clone(), &config.local),
+    }
+}
+
 fn kcp_api(
     client: Client,
     resource: &ApiResource,
@@ -121,6 +133,16 @@ fn kcp_api(
 }
 
 /// Syncs one object; returns when to look at it again, if at all.
+#[instrument(
+    name = "reconcile",
+    skip_all,
+    fields(
+        published_resource = %config.published_resource,
+        cluster = %target.key.cluster,
+        namespace = %target.key.namespace,
+        name = %target.key.name,
+    )
+)]
 pub async fn reconcile(
     ctx: &Context,
     config: &WorkerConfig,
@@ -171,12 +193,13 @@ async fn sync_object(
     // they cannot be evaluated any more).
     let matches = remote.metadata.deletion_timestamp.is_some()
         || filters_match(config, kcp_client, &remote).await?;
-    let events = KcpEvents {
-        sink: target.events,
-        client: kcp_client,
-        object: &remote,
-    };
 
+    let record = |side: Side, object: &DynamicObject| target.wrote(config, side, object);
+    let engine = Engine {
+        source: Side::Kcp,
+        finalizer: Some(FINALIZER),
+        record: &record,
+    };
     let found = target.copies.get(&key.labels());
     if found.len() > 1 {
         return Err(SyncError::Ambiguous(found.len()));
@@ -189,28 +212,20 @@ async fn sync_object(
             return Ok(Outcome::DONE);
         }
         // Deleted in kcp, or no longer selected: the copy goes, then the finalizer.
-        return delete(ctx, config, target, remote_api, &remote, local, &events).await;
+        return delete(ctx, config, target, &engine, remote_api, &remote, local).await;
     }
-    let remote = match finalizer_patch(&remote, FINALIZER, true) {
-        None => remote,
-        Some(patch) => {
-            let patched = remote_api
-                .patch(&key.name, &patch_params(), &Patch::Merge(&patch))
-                .await
-                .map_err(SyncError::Kcp)?;
-            target.wrote(config, Side::Kcp, &patched);
-            events.normal(
-                "ObjectAccepted",
-                "the object will be synced to the service cluster",
-            );
-            patched
-        }
-    };
+    let (remote, held) = engine.hold(remote_api, remote).await?;
     let events = KcpEvents {
         sink: target.events,
         client: kcp_client,
         object: &remote,
     };
+    if held {
+        events.normal(
+            "ObjectAccepted",
+            "the object will be synced to the service cluster",
+        );
+    }
     let workspace_path = if config.workspace_paths {
         Some(workspace_path(kcp_client).await?)
     } else {
@@ -221,7 +236,7 @@ async fn sync_object(
         agent: &ctx.agent_name,
         workspace_path: workspace_path.as_deref(),
     };
-    let original = serde_json::to_value(&remote).unwrap_or_default();
+    let original = as_value(&remote);
     let local_before = local.as_ref().and_then(|l| serde_json::to_value(l).ok());
     let mut remote_value = original.clone();
     config
@@ -230,77 +245,53 @@ async fn sync_object(
 
     let local = match local {
         Some(local) => local,
-        None => return create(ctx, config, target, owner, &remote_value, &events).await,
+        None => return create(ctx, config, &engine, owner, &remote_value, &events).await,
     };
     if local.metadata.deletion_timestamp.is_some() {
         // Someone deleted the copy; it is recreated once it is gone.
         return Ok(Outcome::wait(AFTER_WRITE));
     }
-    let local_value = serde_json::to_value(&local).unwrap_or_default();
-    let local_namespace = local.namespace();
-    let local_ns_api: Api<DynamicObject> = match &local_namespace {
-        Some(ns) => Api::namespaced_with(ctx.service.clone(), ns, &config.local),
-        None => Api::all_with(ctx.service.clone(), &config.local),
-    };
-    let mut wrote = false;
-    if let Some(patch) = update_patch(&remote_value, &local_value, owner) {
-        let patched = local_ns_api
-            .patch(&local.name_any(), &patch_params(), &Patch::Merge(&patch))
-            .await
-            .map_err(SyncError::Service)?;
-        target.wrote(config, Side::Service, &patched);
-        // A patch that changed nothing on the server is not a write; coming
-        // back for it would only repeat it.
-        if patched.resource_version() != local.resource_version() {
-            ctx.metrics
-                .objects_synced
-                .with_label_values(&[config.published_resource.as_str(), "update"])
-                .inc();
-            debug!(object = %key, "Updated the local copy");
-            events.normal(
+    let local_value = as_value(&local);
+    let local_api = service_api(ctx, config, local.namespace().as_deref());
+    let stamp = owner.stamp(&remote_value);
+    let mut wrote = engine
+        .update(&local_api, &remote_value, &local, &stamp)
+        .await?
+        .is_some();
+    if wrote {
+        debug!(object = %key, "Updated the local copy");
+        synced(
+            ctx,
+            config,
+            &events,
+            "update",
+            (
                 "ObjectSynced",
                 "the change was synced to the service cluster",
-            );
-            wrote = true;
-        }
+            ),
+        );
     }
 
     let mut for_status = local_value.clone();
     config
         .status_mutator
         .apply(&mut for_status, Some(&remote_value))?;
-    if config.local_status && for_status.get("status") != original.get("status") {
-        let mut updated = original.clone();
-        match for_status.get("status") {
-            Some(status) => updated["status"] = status.clone(),
-            None => {
-                if let Some(object) = updated.as_object_mut() {
-                    object.remove("status");
-                }
-            }
-        }
-        let updated: DynamicObject =
-            serde_json::from_value(updated).map_err(|e| SyncError::Malformed(e.to_string()))?;
-        let replaced = remote_api
-            .replace_status(
-                &key.name,
-                &PostParams {
-                    field_manager: Some(FIELD_MANAGER.into()),
-                    ..Default::default()
-                },
-                &updated,
-            )
-            .await
-            .map_err(SyncError::Kcp)?;
-        target.wrote(config, Side::Kcp, &replaced);
-        ctx.metrics
-            .objects_synced
-            .with_label_values(&[config.published_resource.as_str(), "status"])
-            .inc();
+    if config.local_status
+        && engine
+            .copy_status(remote_api, Side::Kcp, &original, for_status.get("status"))
+            .await?
+            .is_some()
+    {
         debug!(object = %key, "Copied the status to kcp");
-        events.normal(
-            "ObjectStatusSynced",
-            "the status was updated from the service cluster",
+        synced(
+            ctx,
+            config,
+            &events,
+            "status",
+            (
+                "ObjectStatusSynced",
+                "the status was updated from the service cluster",
+            ),
         );
     }
     if !config.related.is_empty() {
@@ -311,8 +302,9 @@ async fn sync_object(
             local: &local_value,
             cluster: &key.cluster,
             cluster_path: owner.workspace_path.unwrap_or_default(),
+            templates: &config.templates,
         };
-        let synced = related::sync(
+        let synced = related_copies::sync(
             &config.related,
             &config.kinds,
             &primaries,
@@ -371,7 +363,7 @@ fn remote_cluster(remote: &DynamicObject) -> String {
 async fn create(
     ctx: &Context,
     config: &WorkerConfig,
-    target: &Target<'_>,
+    engine: &Engine<'_>,
     owner: Owner<'_>,
     remote: &Value,
     events: &KcpEvents<'_>,
@@ -382,111 +374,52 @@ async fn create(
         cluster_name: &key.cluster,
         cluster_path: owner.workspace_path.unwrap_or_default(),
     };
-    let name_pattern = config
-        .naming
-        .name
-        .clone()
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| {
-            if key.namespace.is_empty() {
-                // Cluster-scoped in kcp: there is no namespace to hash.
-                "{{ .Object.metadata.name | sha3short }}".into()
-            } else {
-                DEFAULT_NAME.into()
-            }
-        });
-    let mut name = naming::render(&name_pattern, &context)?;
-    if !config.local_namespaced && config.naming.name.as_deref().is_none_or(str::is_empty) {
-        // One namespace-less space for every workspace: keep copies apart.
-        name = format!("{}-{name}", key.cluster);
-    }
-    if !dns::is_dns1123_subdomain(&name) {
-        return Err(SyncError::InvalidName(name, "object name"));
-    }
-    let namespace = if config.local_namespaced {
-        let pattern = config
-            .naming
-            .namespace
-            .clone()
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| DEFAULT_NAMESPACE.into());
-        let namespace = naming::render(&pattern, &context)?;
-        if !dns::is_dns1123_label(&namespace) {
-            return Err(SyncError::InvalidName(namespace, "namespace name"));
-        }
-        ctx.ensure_service_namespace(&namespace)
+    let Placement { name, namespace } = config.naming.resolve(&context)?;
+    if let Some(namespace) = &namespace {
+        ctx.ensure_service_namespace(namespace)
             .await
             .map_err(SyncError::Service)?;
-        Some(namespace)
-    } else {
-        None
-    };
-    let object = new_local(
+    }
+    let object = new_copy(
         remote,
         &config.local.api_version,
         &config.local.kind,
         &name,
         namespace.as_deref(),
-        owner,
+        &owner.stamp(remote),
     );
     let object: DynamicObject =
         serde_json::from_value(object).map_err(|e| SyncError::Malformed(e.to_string()))?;
-    let api: Api<DynamicObject> = match &namespace {
-        Some(ns) => Api::namespaced_with(ctx.service.clone(), ns, &config.local),
-        None => Api::all_with(ctx.service.clone(), &config.local),
-    };
-    let params = PostParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..Default::default()
-    };
-    match api.create(&params, &object).await {
-        Ok(created) => {
-            target.wrote(config, Side::Service, &created);
+    let api = service_api(ctx, config, namespace.as_deref());
+    match engine
+        .create_or_adopt(&api, &object, &owner.identity())
+        .await
+    {
+        Ok(Placed::Created(_)) => {
             info!(object = %key, local = %name, namespace = ?namespace, "Placed the local copy");
-            events.normal(
-                "ObjectPlaced",
-                "the object was created on the service cluster",
+            synced(
+                ctx,
+                config,
+                events,
+                "create",
+                (
+                    "ObjectPlaced",
+                    "the object was created on the service cluster",
+                ),
             );
-            ctx.metrics
-                .objects_synced
-                .with_label_values(&[config.published_resource.as_str(), "create"])
-                .inc();
         }
-        Err(kube::Error::Api(status)) if status.code == 409 => {
-            // Adopt an existing object of that name by giving it our identity,
-            // unless it already is the copy of something else.
-            let existing = api.get(&name).await.map_err(SyncError::Service)?;
-            let owner_labels = key.labels();
-            let foreign = existing
-                .labels()
-                .get(REMOTE_CLUSTER_LABEL)
-                .is_some_and(|_| {
-                    owner_labels
-                        .iter()
-                        .any(|(k, v)| existing.labels().get(k) != Some(v))
-                        || existing.labels().get(AGENT_LABEL) != Some(&ctx.agent_name)
-                });
-            if foreign {
-                return Err(SyncError::NameTaken(name));
-            }
-            if existing.metadata.deletion_timestamp.is_none() {
-                let patch = json!({"metadata": {"labels": object.metadata.labels, "annotations": object.metadata.annotations}});
-                let adopted = api
-                    .patch(&name, &patch_params(), &Patch::Merge(&patch))
-                    .await
-                    .map_err(SyncError::Service)?;
-                target.wrote(config, Side::Service, &adopted);
-                info!(object = %key, local = %name, "Adopted an existing local object");
-            }
+        Ok(Placed::Adopted) => {
+            info!(object = %key, local = %name, "Adopted an existing local object");
         }
-        Err(kube::Error::Api(status)) if status.code == 404 => {
+        Ok(Placed::Deleting) => {}
+        Err(SyncError::Service(kube::Error::Api(status))) if status.code == 404 => {
             // The namespace was deleted since the agent made sure of it.
             if let Some(namespace) = &namespace {
                 ctx.forget_service_namespace(namespace);
             }
             return Err(SyncError::Service(kube::Error::Api(status)));
         }
-        Err(error) => return Err(SyncError::Service(error)),
+        Err(error) => return Err(error),
     }
     if config.related.is_empty() {
         Ok(Outcome::WROTE)
@@ -503,11 +436,16 @@ async fn delete(
     ctx: &Context,
     config: &WorkerConfig,
     target: &Target<'_>,
+    engine: &Engine<'_>,
     remote_api: &Api<DynamicObject>,
     remote: &DynamicObject,
     local: Option<DynamicObject>,
-    events: &KcpEvents<'_>,
 ) -> Result<Outcome, SyncError> {
+    let events = KcpEvents {
+        sink: target.events,
+        client: target.client,
+        object: remote,
+    };
     let foreign = remote.finalizers().iter().any(|f| f != FINALIZER);
     if ctx.wait_for_foreign_finalizers && remote.metadata.deletion_timestamp.is_some() && foreign {
         debug!(object = %remote.name_any(), "Waiting for other finalizers before deleting the copy");
@@ -516,10 +454,7 @@ async fn delete(
     if let Some(local) = local {
         if !config.related.is_empty() && local.metadata.deletion_timestamp.is_none() {
             // Related objects first: their copies may need both primaries.
-            let (remote_value, local_value) = (
-                serde_json::to_value(remote).unwrap_or_default(),
-                serde_json::to_value(&local).unwrap_or_default(),
-            );
+            let (remote_value, local_value) = (as_value(remote), as_value(&local));
             let primaries = related::Primaries {
                 kcp: target.client,
                 service: &ctx.service,
@@ -527,8 +462,9 @@ async fn delete(
                 local: &local_value,
                 cluster: &remote_cluster(remote),
                 cluster_path: "",
+                templates: &config.templates,
             };
-            if !related::cleanup(
+            if !related_copies::cleanup(
                 &config.related,
                 &config.kinds,
                 &primaries,
@@ -544,54 +480,59 @@ async fn delete(
             // object back here once it is gone.
             return Ok(Outcome::wait(Duration::from_secs(2)));
         }
-        let api: Api<DynamicObject> = match local.namespace() {
-            Some(ns) => Api::namespaced_with(ctx.service.clone(), &ns, &config.local),
-            None => Api::all_with(ctx.service.clone(), &config.local),
-        };
-        let held = match api
-            .delete(&local.name_any(), &DeleteParams::background())
-            .await
-            .map(|response| response.left())
-        {
-            // Returned with finalizers of its own still on it.
-            Ok(Some(deleting)) if !deleting.finalizers().is_empty() => {
+        let api = service_api(ctx, config, local.namespace().as_deref());
+        let held = match engine.delete(&api, &local).await? {
+            Deleted::Held(deleting) => {
                 target.copies.apply(&deleting);
                 true
             }
-            Ok(_) => {
+            Deleted::Gone => {
                 target.copies.remove(&local);
                 false
             }
             // Already gone; the mirror had not heard yet.
-            Err(kube::Error::Api(status)) if status.code == 404 => {
+            Deleted::Missing => {
                 target.copies.remove(&local);
                 return Ok(Outcome::wait(Duration::ZERO));
             }
-            Err(error) => return Err(SyncError::Service(error)),
         };
         info!(local = %local.name_any(), "Deleting the local copy");
-        events.normal(
-            "ObjectCleanup",
-            "the copy on the service cluster is being deleted",
+        synced(
+            ctx,
+            config,
+            &events,
+            "delete",
+            (
+                "ObjectCleanup",
+                "the copy on the service cluster is being deleted",
+            ),
         );
-        ctx.metrics
-            .objects_synced
-            .with_label_values(&[config.published_resource.as_str(), "delete"])
-            .inc();
         if held {
             return Ok(Outcome::wait(Duration::from_secs(2)));
         }
     }
-    if let Some(patch) = finalizer_patch(remote, FINALIZER, false) {
-        let released = remote_api
-            .patch(&remote.name_any(), &patch_params(), &Patch::Merge(&patch))
-            .await
-            .map_err(SyncError::Kcp)?;
+    if let Some(released) = engine.release(remote_api, remote).await? {
         target.objects.apply(&released);
         info!(object = %remote.name_any(), "The local copy is gone; released the kcp object");
         events.normal("ObjectDeleted", "the copy on the service cluster is gone");
     }
     Ok(Outcome::DONE)
+}
+
+/// Counts a write (`action`) and tells the consumer about it (`event`:
+/// reason and message).
+fn synced(
+    ctx: &Context,
+    config: &WorkerConfig,
+    events: &KcpEvents<'_>,
+    action: &str,
+    (reason, message): (&str, &str),
+) {
+    ctx.metrics
+        .objects_synced
+        .with_label_values(&[config.published_resource.as_str(), action])
+        .inc();
+    events.normal(reason, message);
 }
 
 /// Whether the kcp object passes the resource and namespace filters.

@@ -3,39 +3,30 @@
 //! the consumer's workspace (origin `service`) or the other way (origin
 //! `kcp`).
 //!
-//! Objects are found by a `reference` (a path into the primary object on
-//! each side, arrays allowed, optional regex) or a `template`; namespaces the
-//! same way, defaulting to each primary's namespace. The copy is made or
-//! updated on the destination side; kcp-origin objects carry the agent's
-//! finalizer until their copy is gone; service-origin copies are announced
-//! on the kcp primary in `related-resources.syncagent.kcp.io/<id>.<index>`.
+//! This module locates them: which origin object pairs with which
+//! destination name and namespace. Objects are found by a `reference` (a
+//! path into the primary object on each side, arrays allowed, optional
+//! regex), a `template`, or a label `selector` (the one lookup that lists
+//! candidates on the origin side); namespaces the same way, defaulting to
+//! each primary's namespace. The copies are kept by `related_copies.rs`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch};
+use kube::api::{Api, ApiResource, DynamicObject};
 use kube::core::GroupVersion;
 use kube::{Client, ResourceExt};
 use regex::Regex;
-use serde_json::{Map, Value, json};
-use tracing::{debug, info};
+use serde_json::{Value, json};
 
 use super::error::SyncError;
 use super::identity::Side;
-use super::naming;
-use super::object::{finalizer_patch, merge_diff};
+use super::naming::Templates;
 use crate::api::published_resource::{
-    RelatedResourceObjectSelector, RelatedResourceObjectSpec, RelatedResourceOrigin,
-    RelatedResourceSpec,
+    RegularExpression, RelatedResourceObjectSelector, RelatedResourceObjectSpec,
+    RelatedResourceOrigin, RelatedResourceSelectorRewrite, RelatedResourceSpec,
 };
-use crate::context::{patch_params, post_params};
 use crate::mutation::{get, split_path};
-
-/// Annotation prefix on kcp primaries naming their service-origin related objects.
-pub const ANNOTATION_PREFIX: &str = "related-resources.syncagent.kcp.io/";
-
-/// Keys that are not copied between sides.
-const NOT_COPIED: &[&str] = &["apiVersion", "kind", "metadata", "status"];
 
 /// Resolved kinds per (side, group, version, resource), shared by a worker.
 #[derive(Debug, Default)]
@@ -55,6 +46,8 @@ pub struct Primaries<'a> {
     pub cluster: &'a str,
     /// Workspace path, when known.
     pub cluster_path: &'a str,
+    /// The compiled templates of the related resources.
+    pub templates: &'a Templates,
 }
 
 impl std::fmt::Debug for Primaries<'_> {
@@ -66,7 +59,8 @@ impl std::fmt::Debug for Primaries<'_> {
 }
 
 impl Primaries<'_> {
-    fn client(&self, side: Side) -> &Client {
+    /// The client of `side`.
+    pub fn client(&self, side: Side) -> &Client {
         match side {
             Side::Kcp => self.kcp,
             Side::Service => self.service,
@@ -82,15 +76,20 @@ impl Primaries<'_> {
 }
 
 /// One related object, located on both sides.
-#[derive(Debug, Clone)]
-struct Pair {
-    origin_namespace: Option<String>,
-    origin_name: String,
-    destination_namespace: Option<String>,
-    destination_name: String,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pair {
+    /// Namespace of the origin object, if namespaced.
+    pub origin_namespace: Option<String>,
+    /// Name of the origin object.
+    pub origin_name: String,
+    /// Namespace of its copy, if namespaced.
+    pub destination_namespace: Option<String>,
+    /// Name of its copy.
+    pub destination_name: String,
 }
 
-fn sides(spec: &RelatedResourceSpec) -> (Side, Side) {
+/// The origin side of a related resource and the side of its copies.
+pub fn sides(spec: &RelatedResourceSpec) -> (Side, Side) {
     match spec.origin {
         RelatedResourceOrigin::Service => (Side::Service, Side::Kcp),
         RelatedResourceOrigin::Kcp => (Side::Kcp, Side::Service),
@@ -98,7 +97,8 @@ fn sides(spec: &RelatedResourceSpec) -> (Side, Side) {
 }
 
 impl KindCache {
-    async fn resolve(
+    /// The kind of `gvr` on `side`, asked of the server the first time.
+    pub async fn resolve(
         &self,
         client: &Client,
         side: Side,
@@ -146,6 +146,30 @@ pub async fn origin_kind(
     kinds.resolve(client, origin, &spec.gvrs().0).await
 }
 
+/// The templates of `related` (locators, selectors, rewrites), compiled.
+pub fn templates(related: &[RelatedResourceSpec]) -> Templates {
+    let locators = related
+        .iter()
+        .flat_map(|spec| std::iter::once(&spec.object.spec).chain(&spec.object.namespace));
+    let mut texts: Vec<&str> = Vec::new();
+    for locator in locators {
+        texts.extend(
+            locator
+                .template
+                .iter()
+                .filter_map(|t| t.template.as_deref()),
+        );
+        if let Some(selector) = &locator.selector {
+            for (key, value) in selector.match_labels.iter().flatten() {
+                texts.extend([key.as_str(), value.as_str()]);
+            }
+            let rewrite = selector.rewrite.template.as_ref();
+            texts.extend(rewrite.and_then(|t| t.template.as_deref()));
+        }
+    }
+    Templates::with(texts)
+}
+
 /// Values a locator yields on one side: reference (strings, arrays of
 /// strings; empty items kept as empty to keep pairs aligned) or template.
 fn locate(
@@ -161,36 +185,23 @@ fn locate(
             [Value::Array(items)] => items.iter().map(text).collect(),
             many => many.iter().map(text).collect(),
         };
-        let Some(regex) = &reference.regex else {
-            return Ok(Some(values));
+        return match &reference.regex {
+            None => Ok(Some(values)),
+            Some(regex) => replace(regex, &values).map(Some),
         };
-        let replacement = regex.replacement.clone().unwrap_or_default();
-        let values = match regex.pattern.as_deref().filter(|p| !p.is_empty()) {
-            None => values.iter().map(|_| replacement.clone()).collect(),
-            Some(pattern) => {
-                let compiled = Regex::new(pattern)
-                    .map_err(|e| SyncError::Related(format!("invalid regex {pattern:?}: {e}")))?;
-                values
-                    .iter()
-                    .map(|v| compiled.replace_all(v, replacement.as_str()).into_owned())
-                    .collect()
-            }
-        };
-        return Ok(Some(values));
     }
     if let Some(template) = &spec.template {
-        let pattern = template.template.clone().unwrap_or_default();
-        let translated = naming::translate(&pattern)?;
         let data = json!({
             "Side": side.name(),
             "Object": primary,
             "ClusterName": primaries.cluster,
             "ClusterPath": primaries.cluster_path,
         });
-        let rendered = naming::registry()
-            .render_template(&translated, &data)
-            .map_err(|e| SyncError::Related(format!("template {pattern:?}: {e}")))?;
-        let rendered = rendered.trim().to_string();
+        let rendered = primaries
+            .templates
+            .render(template.template.as_deref().unwrap_or_default(), &data)?
+            .trim()
+            .to_string();
         return Ok((!rendered.is_empty()).then(|| vec![rendered]));
     }
     Err(SyncError::Related(
@@ -225,7 +236,8 @@ fn text(value: &Value) -> String {
     }
 }
 
-async fn pairs(
+/// The related objects of one primary, located on both sides.
+pub async fn pairs(
     spec: &RelatedResourceSpec,
     primaries: &Primaries<'_>,
     origin_kind: &ApiResource,
@@ -304,314 +316,101 @@ async fn select(
     origin: Side,
     primaries: &Primaries<'_>,
 ) -> Result<(Vec<String>, Vec<String>), SyncError> {
-    let data = json!({
+    let data = selector_data(primaries);
+    let query = selector_query(selector, &data, primaries.templates)?;
+    let found = origin_api
+        .list(&kube::api::ListParams::default().labels(&query))
+        .await
+        .map_err(SyncError::on(origin))?;
+    let mut origin_names: Vec<String> = found.items.iter().map(|o| o.name_any()).collect();
+    origin_names.sort();
+    let destination_names =
+        rewrite_names(&selector.rewrite, &origin_names, &data, primaries.templates)?;
+    Ok((origin_names, destination_names))
+}
+
+/// What selector and rewrite templates can refer to.
+fn selector_data(primaries: &Primaries<'_>) -> Value {
+    json!({
         "LocalObject": primaries.local,
         "RemoteObject": primaries.remote,
         "ClusterName": primaries.cluster,
         "ClusterPath": primaries.cluster_path,
-    });
-    let render = |text: &str| -> Result<String, SyncError> {
-        if !text.contains("{{") {
-            return Ok(text.to_string());
-        }
-        let template = naming::translate(text)?;
-        naming::registry()
-            .render_template(&template, &data)
-            .map(|r| r.trim().to_string())
-            .map_err(|e| SyncError::Related(format!("selector template {text:?}: {e}")))
-    };
+    })
+}
+
+/// The label selector of `selector` as a query, its templates rendered
+/// over `data`; a label whose key renders empty is dropped.
+fn selector_query(
+    selector: &RelatedResourceObjectSelector,
+    data: &Value,
+    templates: &Templates,
+) -> Result<String, SyncError> {
     let mut labels = std::collections::BTreeMap::new();
-    for (key, value) in selector.match_labels.clone().unwrap_or_default() {
-        let key = render(&key)?;
+    for (key, value) in selector.match_labels.iter().flatten() {
+        let key = templates.render(key, data)?;
         if !key.is_empty() {
-            labels.insert(key, render(&value)?);
+            labels.insert(key, templates.render(value, data)?);
         }
     }
     let label_selector = k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
         match_labels: Some(labels),
         match_expressions: selector.match_expressions.clone(),
     };
-    let selector_text = kube::core::Selector::try_from(label_selector)
+    Ok(kube::core::Selector::try_from(label_selector)
         .map_err(|e| SyncError::Related(format!("invalid selector: {e}")))?
-        .to_string();
-    let found = origin_api
-        .list(&kube::api::ListParams::default().labels(&selector_text))
-        .await
-        .map_err(side_error(origin))?;
-    let mut origin_names: Vec<String> = found.items.iter().map(|o| o.name_any()).collect();
-    origin_names.sort();
-    let rewrite = &selector.rewrite;
-    let destination_names = origin_names
-        .iter()
-        .map(|name| {
-            if let Some(regex) = &rewrite.regex {
-                let replacement = regex.replacement.clone().unwrap_or_default();
-                return match regex.pattern.as_deref().filter(|p| !p.is_empty()) {
-                    None => Ok(replacement),
-                    Some(pattern) => Regex::new(pattern)
-                        .map(|r| r.replace_all(name, replacement.as_str()).into_owned())
-                        .map_err(|e| SyncError::Related(format!("invalid regex {pattern:?}: {e}"))),
-                };
-            }
-            match rewrite.template.as_ref().and_then(|t| t.template.clone()) {
-                Some(template) => {
-                    let translated = naming::translate(&template)?;
-                    let mut data = data.clone();
-                    data["Value"] = name.clone().into();
-                    naming::registry()
-                        .render_template(&translated, &data)
-                        .map(|r| r.trim().to_string())
-                        .map_err(|e| {
-                            SyncError::Related(format!("rewrite template {template:?}: {e}"))
-                        })
-                }
-                None => Ok(name.clone()),
-            }
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((origin_names, destination_names))
+        .to_string())
 }
 
-fn api(client: &Client, resource: &ApiResource, namespace: Option<&str>) -> Api<DynamicObject> {
+/// The destination names of origin objects found by a selector: the
+/// rewrite's regex or template (with `.Value`, the origin name) applied.
+fn rewrite_names(
+    rewrite: &RelatedResourceSelectorRewrite,
+    names: &[String],
+    data: &Value,
+    templates: &Templates,
+) -> Result<Vec<String>, SyncError> {
+    if let Some(regex) = &rewrite.regex {
+        return replace(regex, names);
+    }
+    let Some(template) = rewrite
+        .template
+        .as_ref()
+        .and_then(|t| t.template.as_deref())
+    else {
+        return Ok(names.to_vec());
+    };
+    names
+        .iter()
+        .map(|name| {
+            let mut data = data.clone();
+            data["Value"] = name.clone().into();
+            Ok(templates.render(template, &data)?)
+        })
+        .collect()
+}
+
+/// `values` with the regex replacement applied; without a pattern, every
+/// value becomes the replacement.
+fn replace(regex: &RegularExpression, values: &[String]) -> Result<Vec<String>, SyncError> {
+    let replacement = regex.replacement.clone().unwrap_or_default();
+    let Some(pattern) = regex.pattern.as_deref().filter(|p| !p.is_empty()) else {
+        return Ok(values.iter().map(|_| replacement.clone()).collect());
+    };
+    let compiled = Regex::new(pattern)
+        .map_err(|e| SyncError::Related(format!("invalid regex {pattern:?}: {e}")))?;
+    Ok(values
+        .iter()
+        .map(|v| compiled.replace_all(v, replacement.as_str()).into_owned())
+        .collect())
+}
+
+/// The API of `resource` in `namespace` (or cluster-wide).
+pub fn api(client: &Client, resource: &ApiResource, namespace: Option<&str>) -> Api<DynamicObject> {
     match namespace {
         Some(ns) => Api::namespaced_with(client.clone(), ns, resource),
         None => Api::all_with(client.clone(), resource),
     }
-}
-
-fn side_error(side: Side) -> impl Fn(kube::Error) -> SyncError {
-    move |e| match side {
-        Side::Kcp => SyncError::Kcp(e),
-        Side::Service => SyncError::Service(e),
-    }
-}
-
-fn copied_fields(object: &Value) -> Map<String, Value> {
-    object
-        .as_object()
-        .map(|o| {
-            o.iter()
-                .filter(|(k, _)| !NOT_COPIED.contains(&k.as_str()))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// What syncing the related objects of one primary did.
-#[derive(Debug, Default)]
-pub struct Synced {
-    /// Annotations the kcp primary should carry.
-    pub annotations: Map<String, Value>,
-    /// Whether something was written.
-    pub wrote: bool,
-    /// Identifiers of related resources whose origin object is missing.
-    pub missing: Vec<String>,
-}
-
-/// Syncs every related object of a primary.
-pub async fn sync(
-    related: &[RelatedResourceSpec],
-    kinds: &KindCache,
-    primaries: &Primaries<'_>,
-    finalizer: &str,
-) -> Result<Synced, SyncError> {
-    let mut annotations = Map::new();
-    let mut wrote = false;
-    let mut missing = Vec::new();
-    for spec in related {
-        let (origin, destination) = sides(spec);
-        let (origin_gvr, destination_gvr) = spec.gvrs();
-        let origin_kind = kinds
-            .resolve(primaries.client(origin), origin, &origin_gvr)
-            .await?;
-        let destination_kind = kinds
-            .resolve(primaries.client(destination), destination, &destination_gvr)
-            .await?;
-        let found = pairs(spec, primaries, &origin_kind).await?;
-        if found.is_empty() {
-            missing.push(spec.identifier.clone());
-        }
-        for (index, pair) in found.into_iter().enumerate() {
-            let origin_api = api(
-                primaries.client(origin),
-                &origin_kind,
-                pair.origin_namespace.as_deref(),
-            );
-            let Some(source) = origin_api
-                .get_opt(&pair.origin_name)
-                .await
-                .map_err(side_error(origin))?
-            else {
-                debug!(identifier = %spec.identifier, name = %pair.origin_name, "The related object does not exist yet");
-                missing.push(spec.identifier.clone());
-                continue;
-            };
-            if origin == Side::Kcp
-                && let Some(patch) = finalizer_patch(&source, finalizer, true)
-            {
-                origin_api
-                    .patch(&pair.origin_name, &patch_params(), &Patch::Merge(&patch))
-                    .await
-                    .map_err(side_error(origin))?;
-            }
-            if let Some(namespace) = &pair.destination_namespace {
-                crate::context::ensure_namespace(primaries.client(destination), namespace)
-                    .await
-                    .map_err(side_error(destination))?;
-            }
-            let destination_api = api(
-                primaries.client(destination),
-                &destination_kind,
-                pair.destination_namespace.as_deref(),
-            );
-            let source_value = serde_json::to_value(&source).unwrap_or_default();
-            let fields = copied_fields(&source_value);
-            match destination_api
-                .get_opt(&pair.destination_name)
-                .await
-                .map_err(side_error(destination))?
-            {
-                None => {
-                    let mut object = Map::new();
-                    object.insert(
-                        "apiVersion".into(),
-                        destination_kind.api_version.clone().into(),
-                    );
-                    object.insert("kind".into(), destination_kind.kind.clone().into());
-                    let mut metadata = json!({"name": pair.destination_name});
-                    if let Some(ns) = &pair.destination_namespace {
-                        metadata["namespace"] = ns.clone().into();
-                    }
-                    object.insert("metadata".into(), metadata);
-                    object.extend(fields.clone());
-                    let object: DynamicObject = serde_json::from_value(Value::Object(object))
-                        .map_err(|e| SyncError::Malformed(e.to_string()))?;
-                    destination_api
-                        .create(&post_params(), &object)
-                        .await
-                        .map_err(side_error(destination))?;
-                    info!(identifier = %spec.identifier, name = %pair.destination_name, to = destination.name(), "Copied a related object");
-                    wrote = true;
-                }
-                Some(existing) => {
-                    let current =
-                        copied_fields(&serde_json::to_value(&existing).unwrap_or_default());
-                    let patch = merge_diff(&Value::Object(current), &Value::Object(fields.clone()));
-                    if patch != json!({}) {
-                        destination_api
-                            .patch(
-                                &pair.destination_name,
-                                &patch_params(),
-                                &Patch::Merge(&patch),
-                            )
-                            .await
-                            .map_err(side_error(destination))?;
-                        debug!(identifier = %spec.identifier, name = %pair.destination_name, "Updated a related object");
-                        wrote = true;
-                    }
-                }
-            }
-            if spec.sync_status == Some(true)
-                && let Some(status) = source_value.get("status")
-            {
-                let patch = json!({"status": status});
-                if let Err(error) = destination_api
-                    .patch_status(
-                        &pair.destination_name,
-                        &patch_params(),
-                        &Patch::Merge(&patch),
-                    )
-                    .await
-                {
-                    debug!(%error, "The related kind has no status subresource; status not copied");
-                }
-            }
-            if origin == Side::Service {
-                annotations.insert(
-                    format!("{ANNOTATION_PREFIX}{}.{index}", spec.identifier),
-                    json!({
-                        "namespace": pair.destination_namespace.clone().unwrap_or_default(),
-                        "name": pair.destination_name,
-                        "apiVersion": source_value["apiVersion"],
-                        "kind": source_value["kind"],
-                    })
-                    .to_string()
-                    .into(),
-                );
-            }
-        }
-    }
-    Ok(Synced {
-        annotations,
-        wrote,
-        missing,
-    })
-}
-
-/// On deletion of the primary: removes destination copies that must go
-/// (`cleanup`, or kcp-origin) and releases kcp-origin objects. Returns
-/// whether everything is done.
-pub async fn cleanup(
-    related: &[RelatedResourceSpec],
-    kinds: &KindCache,
-    primaries: &Primaries<'_>,
-    finalizer: &str,
-) -> Result<bool, SyncError> {
-    let mut done = true;
-    for spec in related {
-        let (origin, destination) = sides(spec);
-        if !(spec.cleanup == Some(true) || origin == Side::Kcp) {
-            continue;
-        }
-        let (origin_gvr, destination_gvr) = spec.gvrs();
-        let origin_kind = kinds
-            .resolve(primaries.client(origin), origin, &origin_gvr)
-            .await?;
-        let destination_kind = kinds
-            .resolve(primaries.client(destination), destination, &destination_gvr)
-            .await?;
-        for pair in pairs(spec, primaries, &origin_kind).await? {
-            let destination_api = api(
-                primaries.client(destination),
-                &destination_kind,
-                pair.destination_namespace.as_deref(),
-            );
-            if let Some(copy) = destination_api
-                .get_opt(&pair.destination_name)
-                .await
-                .map_err(side_error(destination))?
-            {
-                if copy.metadata.deletion_timestamp.is_none() {
-                    destination_api
-                        .delete(&pair.destination_name, &DeleteParams::background())
-                        .await
-                        .map_err(side_error(destination))?;
-                }
-                done = false;
-                continue;
-            }
-            if origin == Side::Kcp {
-                let origin_api = api(
-                    primaries.client(origin),
-                    &origin_kind,
-                    pair.origin_namespace.as_deref(),
-                );
-                if let Some(source) = origin_api
-                    .get_opt(&pair.origin_name)
-                    .await
-                    .map_err(side_error(origin))?
-                    && let Some(patch) = finalizer_patch(&source, finalizer, false)
-                {
-                    origin_api
-                        .patch(&pair.origin_name, &patch_params(), &Patch::Merge(&patch))
-                        .await
-                        .map_err(side_error(origin))?;
-                }
-            }
-        }
-    }
-    Ok(done)
 }
 
 #[cfg(test)]
@@ -637,6 +436,7 @@ mod tests {
             local: &remote,
             cluster: "c1",
             cluster_path: "",
+            templates: &Templates::default(),
         };
         let locator: RelatedResourceObjectSpec = serde_json::from_value(json!({
             "reference": {"path": "spec.users.#.secret", "regex": {"pattern": "^(.+)$", "replacement": "user-$1"}}
@@ -646,6 +446,52 @@ mod tests {
             .expect("located")
             .expect("some");
         assert_eq!(found, ["user-a", "", "user-c"]);
+    }
+
+    #[test]
+    fn selector_labels_are_rendered_and_empty_keys_dropped() {
+        let selector: RelatedResourceObjectSelector = serde_json::from_value(json!({
+            "matchLabels": {"app": "{{ .RemoteObject.metadata.name }}", "{{ .Missing }}": "x", "tier": "db"},
+            "rewrite": {}
+        }))
+        .expect("selector");
+        let data = json!({"RemoteObject": {"metadata": {"name": "w1"}}});
+        let query = selector_query(&selector, &data, &Templates::default()).expect("query");
+        assert_eq!(query, "app=w1,tier=db");
+    }
+
+    #[test]
+    fn rewrites_apply_a_regex_a_template_or_keep_the_name() {
+        let names = vec!["db-a".to_string(), "db-b".to_string()];
+        let data = json!({"ClusterName": "c1"});
+        let rewrite = |value: Value| -> Vec<String> {
+            let rewrite: RelatedResourceSelectorRewrite =
+                serde_json::from_value(value).expect("rewrite");
+            rewrite_names(&rewrite, &names, &data, &Templates::default()).expect("names")
+        };
+        assert_eq!(rewrite(json!({})), names);
+        assert_eq!(
+            rewrite(json!({"regex": {"pattern": "^db-", "replacement": "copy-"}})),
+            ["copy-a", "copy-b"]
+        );
+        assert_eq!(
+            rewrite(json!({"regex": {"replacement": "fixed"}})),
+            ["fixed", "fixed"]
+        );
+        assert_eq!(
+            rewrite(json!({"template": {"template": "{{ .ClusterName }}-{{ .Value }}"}})),
+            ["c1-db-a", "c1-db-b"]
+        );
+    }
+
+    #[test]
+    fn an_invalid_regex_is_an_error() {
+        let regex: RegularExpression =
+            serde_json::from_value(json!({"pattern": "(", "replacement": "x"})).expect("regex");
+        assert!(matches!(
+            replace(&regex, &["a".to_string()]),
+            Err(SyncError::Related(_))
+        ));
     }
 
     fn dummy_client() -> Client {

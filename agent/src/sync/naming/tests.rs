@@ -2,6 +2,14 @@ use serde_json::json;
 
 use super::*;
 
+fn render(pattern: &str, context: &NamingContext<'_>) -> Result<String, NamingError> {
+    Pattern::compile(pattern)?.render(context)
+}
+
+fn check(pattern: &str) -> Result<(), NamingError> {
+    Pattern::compile(pattern).map(drop)
+}
+
 fn object() -> serde_json::Value {
     json!({"metadata": {"name": "my-db", "namespace": "team-a", "labels": {"tier": "Gold"}}})
 }
@@ -136,6 +144,128 @@ fn patterns_are_checked_before_any_object_is_named() {
     assert_eq!(check("{{ .Object.metadata.name | sha3short 8 }}"), Ok(()));
     assert!(matches!(
         check("{{ if .ClusterName }}x{{ end }}"),
+        Err(NamingError::Unsupported { .. })
+    ));
+}
+
+fn placement(
+    naming: &ResourceNaming,
+    local_namespaced: bool,
+    object: &serde_json::Value,
+) -> Placement {
+    Naming::compile(naming, local_namespaced)
+        .expect("compiles")
+        .resolve(&context(object))
+        .expect("resolves")
+}
+
+#[test]
+fn default_placement_hashes_namespace_and_name_into_the_cluster_namespace() {
+    let object = object();
+    assert_eq!(
+        placement(&ResourceNaming::default(), true, &object),
+        Placement {
+            name: format!("{}-{}", &sha3_hex("team-a")[..20], &sha3_hex("my-db")[..20]),
+            namespace: Some("2m4xabc".into()),
+        }
+    );
+}
+
+#[test]
+fn default_names_of_cluster_scoped_objects_hash_the_name_only() {
+    let object = json!({"metadata": {"name": "my-db"}});
+    assert_eq!(
+        placement(&ResourceNaming::default(), true, &object).name,
+        &sha3_hex("my-db")[..20]
+    );
+}
+
+#[test]
+fn default_names_of_cluster_scoped_copies_carry_the_cluster_and_no_namespace() {
+    let object = object();
+    assert_eq!(
+        placement(&ResourceNaming::default(), false, &object),
+        Placement {
+            name: format!(
+                "2m4xabc-{}-{}",
+                &sha3_hex("team-a")[..20],
+                &sha3_hex("my-db")[..20]
+            ),
+            namespace: None,
+        }
+    );
+}
+
+#[test]
+fn configured_patterns_replace_the_defaults_and_empty_ones_do_not() {
+    let object = object();
+    let naming = ResourceNaming {
+        name: Some("$remoteName".into()),
+        namespace: Some("{{ .ClusterName }}-x".into()),
+    };
+    assert_eq!(
+        placement(&naming, false, &object),
+        Placement {
+            name: "my-db".into(),
+            namespace: None
+        }
+    );
+    assert_eq!(
+        placement(&naming, true, &object),
+        Placement {
+            name: "my-db".into(),
+            namespace: Some("2m4xabc-x".into())
+        }
+    );
+    let empty = ResourceNaming {
+        name: Some(String::new()),
+        namespace: Some(String::new()),
+    };
+    assert_eq!(
+        placement(&empty, true, &object),
+        placement(&ResourceNaming::default(), true, &object)
+    );
+}
+
+#[test]
+fn invalid_names_and_namespaces_are_errors() {
+    let object = object();
+    let resolve = |naming: ResourceNaming| {
+        Naming::compile(&naming, true)
+            .expect("compiles")
+            .resolve(&context(&object))
+    };
+    assert!(matches!(
+        resolve(ResourceNaming {
+            name: Some("Not_Valid".into()),
+            namespace: None
+        }),
+        Err(NamingError::Invalid(_, "object name"))
+    ));
+    assert!(matches!(
+        resolve(ResourceNaming {
+            name: None,
+            namespace: Some("a.b".into())
+        }),
+        Err(NamingError::Invalid(_, "namespace name"))
+    ));
+}
+
+#[test]
+fn templates_compile_once_and_render_many_objects() {
+    let templates = Templates::with(["{{ .Object.name }}", "{{ if .x }}"]);
+    for name in ["a", "b"] {
+        assert_eq!(
+            templates.render("{{ .Object.name }}", &json!({"Object": {"name": name}})),
+            Ok(name.to_string())
+        );
+    }
+    assert_eq!(
+        templates.render("plain", &json!({})),
+        Ok("plain".to_string())
+    );
+    assert!(matches!(
+        templates.render("{{ if .x }}", &json!({})),
         Err(NamingError::Unsupported { .. })
     ));
 }

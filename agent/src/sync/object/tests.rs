@@ -68,7 +68,7 @@ fn a_new_copy_has_the_identity_and_none_of_the_kcp_internals() {
 fn an_unchanged_object_needs_no_patch() {
     let r = remote(json!({"size": 1}));
     let local = new_local(&r, "v1", "K", "n", Some("c1"), owner(&key()));
-    assert_eq!(update_patch(&r, &local, owner(&key())), None);
+    assert_eq!(update_patch(&r, &local, &owner(&key()).stamp(&r)), None);
 }
 
 #[test]
@@ -77,7 +77,7 @@ fn only_the_kcp_delta_is_sent_and_provider_additions_survive() {
     let mut local = new_local(&r, "v1", "K", "n", Some("c1"), owner(&key()));
     local["spec"]["defaultedByProvider"] = json!("yes");
     let changed = remote(json!({"size": 2}));
-    let patch = update_patch(&changed, &local, owner(&key())).expect("a patch");
+    let patch = update_patch(&changed, &local, &owner(&key()).stamp(&changed)).expect("a patch");
     assert_eq!(patch["spec"], json!({"size": 2}));
     assert_eq!(
         patch["metadata"]["annotations"][LAST_KNOWN_ANNOTATION],
@@ -91,7 +91,7 @@ fn a_provider_edit_of_a_consumer_field_is_reverted() {
     let mut local = new_local(&r, "v1", "K", "n", Some("c1"), owner(&key()));
     local["spec"]["size"] = json!(5);
     local["spec"]["extra"] = json!(true);
-    let patch = update_patch(&r, &local, owner(&key())).expect("a patch");
+    let patch = update_patch(&r, &local, &owner(&key()).stamp(&r)).expect("a patch");
     assert_eq!(
         patch["spec"],
         json!({"size": 1}),
@@ -104,7 +104,7 @@ fn without_a_last_known_state_kcp_values_are_restored_and_identity_repaired() {
     let r = remote(json!({"size": 1, "tier": "gold"}));
     let local = json!({"metadata": {"labels": {}, "annotations": {}},
                        "spec": {"size": 2, "tier": "gold", "providerField": true}});
-    let patch = update_patch(&r, &local, owner(&key())).expect("a patch");
+    let patch = update_patch(&r, &local, &owner(&key()).stamp(&r)).expect("a patch");
     assert_eq!(
         patch["spec"],
         json!({"size": 1}),
@@ -118,7 +118,7 @@ fn without_a_last_known_state_kcp_values_are_restored_and_identity_repaired() {
     repaired["spec"]["size"] = json!(1);
     repaired["metadata"] = patch["metadata"].clone();
     assert_eq!(
-        update_patch(&r, &repaired, owner(&key())),
+        update_patch(&r, &repaired, &owner(&key()).stamp(&r)),
         None,
         "it converges"
     );
@@ -174,4 +174,38 @@ fn finalizer_patches_add_sorted_remove_and_carry_the_resource_version() {
     );
     let remove = finalizer_patch(&object, "z.io/other", false).expect("removes");
     assert_eq!(remove["metadata"]["finalizers"], json!([]));
+}
+
+#[test]
+fn a_related_copy_carries_no_metadata_keeps_destination_keys_and_loses_removed_ones() {
+    let source = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": "s", "labels": {"app": "x"}},
+                        "data": {"mode": "fast", "size": "s"}});
+    let stamp = Stamp::default();
+    let mut copy = new_copy(&source, "v1", "ConfigMap", "s", Some("ns"), &stamp);
+    assert_eq!(copy["metadata"]["labels"], json!({}));
+    assert_eq!(update_patch(&source, &copy, &stamp), None);
+    copy["data"]["provider"] = json!("added");
+    let edited = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "s"},
+                        "data": {"mode": "slow"}});
+    let patch = update_patch(&edited, &copy, &stamp).expect("a patch");
+    assert_eq!(patch["data"], json!({"mode": "slow", "size": null}));
+    assert!(patch["metadata"]["annotations"][LAST_KNOWN_ANNOTATION].is_string());
+}
+
+#[test]
+fn a_secret_copy_keeps_no_state_so_its_values_never_show_in_an_annotation() {
+    let source = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+                        "data": {"password": "c2VjcmV0", "user": "YWRtaW4="}});
+    let stamp = Stamp::default();
+    let mut copy = new_copy(&source, "v1", "Secret", "s", Some("ns"), &stamp);
+    assert_eq!(copy["data"], source["data"]);
+    assert!(copy["metadata"]["annotations"][LAST_KNOWN_ANNOTATION].is_null());
+    assert_eq!(update_patch(&source, &copy, &stamp), None);
+    // A key the destination added stays; a changed source value is restored;
+    // and still no state is written.
+    copy["data"]["provider"] = json!("YWRkZWQ=");
+    copy["data"]["user"] = json!("b3RoZXI=");
+    let patch = update_patch(&source, &copy, &stamp).expect("a patch");
+    assert_eq!(patch, json!({"data": {"user": "YWRtaW4="}}));
 }

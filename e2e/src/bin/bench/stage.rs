@@ -20,8 +20,9 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use sync_agent::api::kcp::apis_v1alpha1::APIExportEndpointSlice;
 use sync_agent::api::kcp::tenancy_v1alpha1::Workspace;
+use sync_agent::api::published_resource::ResourceNaming;
 use sync_agent::sync::identity::{AGENT_LABEL, FINALIZER, RemoteKey};
-use sync_agent::sync::naming::{self, DEFAULT_NAME, DEFAULT_NAMESPACE, NamingContext};
+use sync_agent::sync::naming::{Naming, NamingContext};
 use sync_agent::sync::object::finalizer_patch;
 
 use crate::config::{AGENT_LOG_FILTER, CONSUMER_NAMESPACE};
@@ -469,8 +470,6 @@ pub(crate) fn local_name(object: &Value, cluster: &str) -> anyhow::Result<(Strin
         cluster_name: cluster,
         cluster_path: "",
     };
-    Ok((
-        naming::render(DEFAULT_NAMESPACE, &context)?,
-        naming::render(DEFAULT_NAME, &context)?,
-    ))
+    let placement = Naming::compile(&ResourceNaming::default(), true)?.resolve(&context)?;
+    Ok((placement.namespace.unwrap_or_default(), placement.name))
 }
