@@ -7,6 +7,7 @@ use sync_agent::context::{self, Context};
 use sync_agent::controller;
 use sync_agent::kcp::{KcpTarget, workspace_of};
 use sync_agent::options::{ControllerName, Options};
+use sync_agent::runtime::backoff::Backoff;
 use sync_agent::runtime::http::{self, Health};
 use sync_agent::runtime::kubeconfig;
 use sync_agent::runtime::leader::{LeaseSettings, run_as_leader};
@@ -69,7 +70,9 @@ async fn run(options: Options, stopped: watch::Receiver<bool>) -> anyhow::Result
         return Ok(());
     };
     info!(export = %kcp.export_name, path = %kcp.export_path, cluster = %kcp.export_cluster, "Found the APIExport");
-    health.set_ready(true);
+    // Standby replicas are ready: they take over on failover. A leader is
+    // ready once its controllers' caches synced (ready_when_synced).
+    health.set_ready(options.enable_leader_election);
 
     let identity = process::instance_name("sync-agent");
     let lease = options.enable_leader_election.then(|| {
@@ -85,28 +88,44 @@ async fn run(options: Options, stopped: watch::Receiver<bool>) -> anyhow::Result
     });
     let ctx = Context::new(service, kcp, &options, metrics, identity);
     run_as_leader(lease, stopped.clone(), |controllers| {
+        let mut reports = Vec::new();
+        let mut synced = || {
+            let (synced, report) = controller::ready::Synced::channel();
+            reports.push(report);
+            synced
+        };
         if options.runs(ControllerName::ApiResourceSchema) {
             controllers.spawn(controller::schemas::run(
                 ctx.clone(),
+                synced(),
                 stopping(stopped.clone()),
             ));
         }
         if options.runs(ControllerName::ApiExport) {
             controllers.spawn(controller::apiexport::run(
                 ctx.clone(),
+                synced(),
                 stopping(stopped.clone()),
             ));
         }
         if options.runs(ControllerName::Sync) {
             controllers.spawn(controller::sync::run(
                 ctx.clone(),
+                synced(),
                 stopping(stopped.clone()),
             ));
         }
+        controllers.spawn(controller::ready::ready_when_synced(
+            health.clone(),
+            reports,
+        ));
     })
     .await?;
     Ok(())
 }
+
+/// Retries of resolving the export: 1 s, doubling up to a minute.
+const RESOLVE_RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
 
 /// Resolves the export, retrying transient failures with backoff until it
 /// works or the agent is stopped (`Ok(None)`).
@@ -115,20 +134,22 @@ async fn resolve_with_retry(
     slice: &str,
     mut stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<Option<KcpTarget>> {
-    let mut delay = Duration::from_secs(1);
+    let mut failures = 0;
     loop {
-        match KcpTarget::resolve(config.clone(), slice).await {
+        let delay = match KcpTarget::resolve(config.clone(), slice).await {
             Ok(target) => return Ok(Some(target)),
             Err(error) if error.is_transient() => {
+                failures += 1;
+                let delay = RESOLVE_RETRY.after(failures);
                 warn!(%error, retry_in = ?delay, "Cannot reach the APIExport yet");
+                delay
             }
             Err(error) => return Err(error.into()),
-        }
+        };
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             _ = stopped.wait_for(|s| *s) => return Ok(None),
         }
-        delay = (delay * 2).min(Duration::from_secs(60));
     }
 }
 

@@ -25,7 +25,6 @@ use super::reconcile::{self, Outcome, Target};
 use crate::api::kcp::CLUSTER_ANNOTATION;
 use crate::api::published_resource::{RelatedResourceOrigin, RelatedResourceSpec};
 use crate::context::Context;
-use crate::kcp::retarget_url;
 use crate::runtime::backoff::Backoff;
 use crate::sync::related;
 
@@ -118,28 +117,18 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
     }
 
     let permits = Arc::new(Semaphore::new(CONCURRENCY));
-    let mut clients: HashMap<String, (String, Client)> = HashMap::new();
     loop {
         let claim = tokio::select! {
             claim = queue.next() => claim,
             _ = stop.wait_for(|s| *s) => break,
         };
-        let cluster = &claim.key().cluster;
-        let client = match clients.get(cluster) {
-            Some((endpoint, client)) if endpoint == claim.endpoint() => client.clone(),
-            _ => match reconcile::workspace_client(&ctx, claim.endpoint(), cluster) {
-                Ok(client) => {
-                    clients.insert(
-                        cluster.clone(),
-                        (claim.endpoint().to_string(), client.clone()),
-                    );
-                    client
-                }
-                Err(error) => {
-                    warn!(%error, "Cannot reach a consumer workspace");
-                    continue;
-                }
-            },
+        let client = match reconcile::workspace_client(&ctx, claim.endpoint(), &claim.key().cluster)
+        {
+            Ok(client) => client,
+            Err(error) => {
+                warn!(%error, "Cannot reach a consumer workspace");
+                continue;
+            }
         };
         let objects = kcp_objects[claim.endpoint()].clone();
         let (ctx, config, permits, copies, events) = (
@@ -328,12 +317,8 @@ async fn watch_kcp_related(
     endpoint: &str,
     queue: &WorkQueue,
 ) {
-    let client_at = |url: String| {
-        retarget_url(&ctx.kcp.slice_config, &url)
-            .ok()
-            .and_then(|c| Client::try_from(c).ok())
-    };
-    let Some(wildcard) = client_at(format!("{endpoint}/clusters/*")) else {
+    let client_of = |cluster: &str| ctx.kcp.endpoints.cluster(endpoint, cluster).ok();
+    let Some(wildcard) = client_of("*") else {
         return;
     };
     let kind = match related::origin_kind(&config.kinds, &wildcard, spec).await {
@@ -373,7 +358,7 @@ async fn watch_kcp_related(
                 .by_selector
                 .clone()
                 .and_then(|s| kube::core::Selector::try_from(s).ok())
-                && let Some(client) = client_at(format!("{endpoint}/clusters/{cluster}"))
+                && let Some(client) = client_of(&cluster)
             {
                 let primaries: Api<DynamicObject> =
                     Api::namespaced_with(client, &namespace, &config.remote);
@@ -403,9 +388,7 @@ async fn wait_until_served(
     endpoint: &str,
     mut stop: watch::Receiver<bool>,
 ) -> Option<Client> {
-    let client = match retarget_url(&ctx.kcp.slice_config, &format!("{endpoint}/clusters/*"))
-        .and_then(|c| Client::try_from(c).map_err(|e| crate::kcp::KcpError::Url(e.to_string())))
-    {
+    let client = match ctx.kcp.endpoints.cluster(endpoint, "*") {
         Ok(client) => client,
         Err(error) => {
             warn!(%error, %endpoint, "Cannot build a client for the virtual workspace");
