@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use kube::api::{Api, DynamicObject};
 use kube::{Client, ResourceExt};
 use kube_runtime::watcher::Event;
@@ -245,6 +245,29 @@ async fn watch_endpoint(
     }
 }
 
+/// The changed objects of a related kind, watched through `client`;
+/// `None` (logged) when the kind cannot be resolved.
+async fn related_changes(
+    config: &WorkerConfig,
+    client: Client,
+    spec: &RelatedResourceSpec,
+) -> Option<impl Stream<Item = DynamicObject> + use<>> {
+    let kind = match related::origin_kind(&config.kinds, &client, spec).await {
+        Ok(kind) => kind,
+        Err(error) => {
+            warn!(identifier = %spec.identifier, %error, "Cannot watch related objects");
+            return None;
+        }
+    };
+    let api: Api<DynamicObject> = Api::all_with(client, &kind);
+    Some(
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .touched_objects()
+            .filter_map(|change| futures::future::ready(change.ok())),
+    )
+}
+
 /// Watches a service-origin related kind and wakes up the primaries its
 /// objects belong to: by owner reference to the local primary, or every
 /// local primary in the namespace matching `watch.bySelector`.
@@ -254,21 +277,11 @@ async fn watch_service_related(
     spec: &RelatedResourceSpec,
     queue: &WorkQueue,
 ) {
-    let kind = match related::origin_kind(&config.kinds, &ctx.service, spec).await {
-        Ok(kind) => kind,
-        Err(error) => {
-            warn!(identifier = %spec.identifier, %error, "Cannot watch related objects");
-            return;
-        }
+    let Some(changes) = related_changes(config, ctx.service.clone(), spec).await else {
+        return;
     };
-    let api: Api<DynamicObject> = Api::all_with(ctx.service.clone(), &kind);
-    let mut events = std::pin::pin!(
-        watcher(api, watcher::Config::default())
-            .default_backoff()
-            .touched_objects()
-    );
-    while let Some(event) = events.next().await {
-        let Ok(object) = event else { continue };
+    let mut changes = std::pin::pin!(changes);
+    while let Some(object) = changes.next().await {
         let Some(namespace) = object.namespace() else {
             continue;
         };
@@ -321,21 +334,11 @@ async fn watch_kcp_related(
     let Some(wildcard) = client_of("*") else {
         return;
     };
-    let kind = match related::origin_kind(&config.kinds, &wildcard, spec).await {
-        Ok(kind) => kind,
-        Err(error) => {
-            warn!(identifier = %spec.identifier, %error, "Cannot watch related objects");
-            return;
-        }
+    let Some(changes) = related_changes(config, wildcard, spec).await else {
+        return;
     };
-    let api: Api<DynamicObject> = Api::all_with(wildcard, &kind);
-    let mut events = std::pin::pin!(
-        watcher(api, watcher::Config::default())
-            .default_backoff()
-            .touched_objects()
-    );
-    while let Some(event) = events.next().await {
-        let Ok(object) = event else { continue };
+    let mut changes = std::pin::pin!(changes);
+    while let Some(object) = changes.next().await {
         let (Some(cluster), Some(namespace)) = (
             object.annotations().get(CLUSTER_ANNOTATION).cloned(),
             object.namespace(),
