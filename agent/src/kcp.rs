@@ -5,8 +5,13 @@
 //! APIExportEndpointSlice (`https://host/clusters/<workspace>`). The slice
 //! names the export, possibly in another workspace; its endpoints are the
 //! virtual workspace URLs through which consumer workspaces are reached.
+//! [`EndpointClients`] reaches them with one connection pool per endpoint.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use kube::api::Api;
+use kube::client::Body;
 use kube::{Client, Config};
 
 use crate::api::kcp::CLUSTER_ANNOTATION;
@@ -58,6 +63,10 @@ pub struct KcpTarget {
     pub export_client: Client,
     /// Configuration for the endpoint slice's workspace.
     pub slice_config: Config,
+    /// Client for the endpoint slice's workspace.
+    pub slice_client: Client,
+    /// Clients for the consumer workspaces behind the slice's endpoints.
+    pub endpoints: EndpointClients,
     /// Name of the APIExport.
     pub export_name: String,
     /// Workspace path of the export.
@@ -122,7 +131,7 @@ impl KcpTarget {
             .map_err(request(format!(
                 "getting APIExportEndpointSlice {slice_name} in {slice_workspace}"
             )))?;
-        let slice_cluster = Api::<LogicalCluster>::all(slice_client)
+        let slice_cluster = Api::<LogicalCluster>::all(slice_client.clone())
             .get(LOGICAL_CLUSTER_NAME)
             .await
             .map_err(request(format!(
@@ -154,13 +163,79 @@ impl KcpTarget {
         Ok(Self {
             export_config,
             export_client,
+            endpoints: EndpointClients::new(slice_config.clone()),
             slice_config,
+            slice_client: slice_client.clone(),
             export_name,
             export_path,
             export_cluster,
             slice_name: slice_name.to_string(),
         })
     }
+}
+
+/// Clients for logical clusters behind virtual workspace endpoints, with
+/// the kcp kubeconfig's credentials. Each endpoint URL gets one client, so
+/// one connection pool and TLS setup however many workspaces it serves; a
+/// logical cluster's client is a cheap view of it that prefixes each request
+/// path with `/clusters/<name>`.
+#[derive(Clone)]
+pub struct EndpointClients {
+    config: Config,
+    pools: Arc<Mutex<HashMap<String, Client>>>,
+}
+
+impl std::fmt::Debug for EndpointClients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointClients").finish_non_exhaustive()
+    }
+}
+
+impl EndpointClients {
+    /// Clients with the credentials of `config`.
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            pools: Arc::default(),
+        }
+    }
+
+    /// The client of logical cluster `cluster` (`*` for all of them) as
+    /// `endpoint` serves it.
+    pub fn cluster(&self, endpoint: &str, cluster: &str) -> Result<Client, KcpError> {
+        let pool = self.pool(endpoint)?;
+        let prefix = format!("/clusters/{cluster}");
+        // Checked once here, so that prefixing a request cannot fail later.
+        prefixed(&prefix, &http::Uri::from_static("/"))
+            .map_err(|_| KcpError::Url(format!("{endpoint}{prefix}")))?;
+        let service = tower::service_fn(move |mut request: http::Request<Body>| {
+            let pool = pool.clone();
+            let uri = prefixed(&prefix, request.uri());
+            async move {
+                *request.uri_mut() = uri.map_err(|e| kube::Error::Service(e.into()))?;
+                pool.send(request).await
+            }
+        });
+        Ok(Client::new(service, "default"))
+    }
+
+    /// The one client of `endpoint`, built on first use.
+    fn pool(&self, endpoint: &str) -> Result<Client, KcpError> {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = pools.get(endpoint) {
+            return Ok(client.clone());
+        }
+        let client = Client::try_from(retarget_url(&self.config, endpoint)?)
+            .map_err(request(format!("building a client for {endpoint}")))?;
+        pools.insert(endpoint.to_string(), client.clone());
+        Ok(client)
+    }
+}
+
+/// `uri`'s path and query under `prefix`; the client's base URL comes first.
+fn prefixed(prefix: &str, uri: &http::Uri) -> Result<http::Uri, http::uri::InvalidUri> {
+    let rest = uri.path_and_query().map_or("/", |p| p.as_str());
+    format!("{prefix}{rest}").parse()
 }
 
 fn annotation(object: &LogicalCluster, key: &str) -> Option<String> {
@@ -186,6 +261,33 @@ mod tests {
             Some("abc".into())
         );
         assert_eq!(workspace_of(&config("https://kcp:6443/")), None);
+    }
+
+    #[test]
+    fn cluster_requests_go_below_the_cluster_prefix() {
+        let uri = http::Uri::from_static("/apis/g/v1/things?watch=true");
+        assert_eq!(
+            prefixed("/clusters/abc", &uri).expect("valid").to_string(),
+            "/clusters/abc/apis/g/v1/things?watch=true"
+        );
+        assert!(prefixed("/clusters/a b", &uri).is_err());
+    }
+
+    #[tokio::test]
+    async fn one_client_serves_each_endpoint_for_every_cluster() {
+        let clients = EndpointClients::new(config("https://kcp:6443/clusters/root"));
+        let endpoint = "https://kcp:6443/services/apiexport/root/export";
+        clients.cluster(endpoint, "a").expect("client");
+        clients.cluster(endpoint, "*").expect("client");
+        clients
+            .cluster("https://kcp:6443/services/other", "a")
+            .expect("client");
+        let pools = clients.pools.lock().expect("lock").len();
+        assert_eq!(pools, 2, "one pool per endpoint");
+        assert!(matches!(
+            clients.cluster(endpoint, "a b"),
+            Err(KcpError::Url(_))
+        ));
     }
 
     #[test]

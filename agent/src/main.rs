@@ -76,7 +76,9 @@ async fn run(options: Options, stopped: watch::Receiver<bool>) -> anyhow::Result
         return Ok(());
     };
     info!(export = %kcp.export_name, path = %kcp.export_path, cluster = %kcp.export_cluster, "Found the APIExport");
-    health.set_ready(true);
+    // Standby replicas are ready: they take over on failover. A leader is
+    // ready once its controllers' caches synced (ready_when_synced).
+    health.set_ready(options.enable_leader_election);
 
     let identity = process::instance_name("sync-agent");
     let lease = options.enable_leader_election.then(|| {
@@ -92,28 +94,44 @@ async fn run(options: Options, stopped: watch::Receiver<bool>) -> anyhow::Result
     });
     let ctx = Context::new(service, kcp, &options, metrics, identity);
     run_as_leader(lease, stopped.clone(), |controllers| {
+        let mut reports = Vec::new();
+        let mut synced = || {
+            let (synced, report) = controller::ready::Synced::channel();
+            reports.push(report);
+            synced
+        };
         if options.runs(ControllerName::ApiResourceSchema) {
             controllers.spawn(controller::schemas::run(
                 ctx.clone(),
+                synced(),
                 stopping(stopped.clone()),
             ));
         }
         if options.runs(ControllerName::ApiExport) {
             controllers.spawn(controller::apiexport::run(
                 ctx.clone(),
+                synced(),
                 stopping(stopped.clone()),
             ));
         }
         if options.runs(ControllerName::Sync) {
             controllers.spawn(controller::sync::run(
                 ctx.clone(),
+                synced(),
                 stopping(stopped.clone()),
             ));
         }
+        controllers.spawn(controller::ready::ready_when_synced(
+            health.clone(),
+            reports,
+        ));
     })
     .await?;
     Ok(())
 }
+
+/// Retries of resolving the export: 1 s, doubling up to a minute.
+const RESOLVE_RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
 
 /// Resolves the export, retrying transient failures with backoff until it
 /// works or the agent is stopped (`Ok(None)`).
@@ -122,18 +140,18 @@ async fn resolve_with_retry(
     slice: &str,
     mut stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<Option<KcpTarget>> {
-    const RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let mut failures = 0;
     loop {
-        failures += 1;
-        let delay = RETRY.after(failures);
-        match KcpTarget::resolve(config.clone(), slice).await {
+        let delay = match KcpTarget::resolve(config.clone(), slice).await {
             Ok(target) => return Ok(Some(target)),
             Err(error) if error.is_transient() => {
+                failures += 1;
+                let delay = RESOLVE_RETRY.after(failures);
                 warn!(%error, retry_in = ?delay, "Cannot reach the APIExport yet");
+                delay
             }
             Err(error) => return Err(error.into()),
-        }
+        };
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             _ = stopped.wait_for(|s| *s) => return Ok(None),

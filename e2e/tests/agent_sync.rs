@@ -289,6 +289,13 @@ async fn identical_names_in_two_workspaces_do_not_collide_and_a_pr_edit_keeps_on
         "the new naming rule applies"
     );
     let metrics = scene.agent.metrics().await.expect("metrics");
+    // Object reconciles count as the `sync` controller's, as documented.
+    assert!(
+        metrics.lines().any(|l| l.starts_with(
+            r#"controller_runtime_reconcile_total{controller="sync",result="success"} "#
+        )),
+        "{metrics}"
+    );
     assert!(
         metrics.lines().any(|l| l == "sync_agent_sync_workers 1"),
         "{}",

@@ -13,11 +13,12 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures::{StreamExt, stream};
+use futures::StreamExt;
 use kube::api::{Api, PostParams};
 use kube::{Resource, ResourceExt};
+use kube_runtime::controller::{self, Action, Controller};
 use kube_runtime::events::{Event, EventType};
 use kube_runtime::reflector::{self, Store};
 use kube_runtime::{WatchStreamExt, watcher};
@@ -26,6 +27,8 @@ use tracing::{debug, info, instrument, warn};
 use crate::api::kcp::apis_v1alpha2::{APIExport, APIExportSpec, PermissionClaim, ResourceSchema};
 use crate::api::published_resource::PublishedResource;
 use crate::context::{Context, FIELD_MANAGER};
+use crate::controller::ready::Synced;
+use crate::controller::reconciler::Reconciler;
 use crate::controller::watched::{self, Watched};
 use crate::runtime::backoff::Backoff;
 use crate::schema::{AGENT_NAME_KEY, parse_schema_name};
@@ -197,61 +200,78 @@ pub fn required_claims(
     claims
 }
 
-/// Runs the controller until `shutdown` resolves.
-pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 'static) {
+/// Runs the controller until `shutdown` resolves: the export is reconciled
+/// when it changes and when any PublishedResource does, debounced, and now
+/// and then without changes. `synced` reports both caches filled.
+pub async fn run(
+    ctx: Arc<Context>,
+    synced: Synced,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
     let prs: Api<Watched> = Api::all(ctx.service.clone());
-    let (store, writer) = reflector::store();
+    let (pr_store, writer) = reflector::store();
     let pr_changes = watcher(prs, watcher::Config::default().labels(&ctx.selector))
         .default_backoff()
         .reflect(writer)
         .touched_objects()
-        .map(|r| r.map(drop).map_err(|e| e.to_string()));
+        .filter_map(|change| {
+            futures::future::ready(match change {
+                Ok(_) => Some(()),
+                Err(error) => {
+                    warn!(%error, "Watching PublishedResources failed; retrying");
+                    None
+                }
+            })
+        });
     let exports: Api<APIExport> = Api::all(ctx.kcp.export_client.clone());
-    let export_changes = watcher(
-        exports,
-        watcher::Config::default().fields(&format!("metadata.name={}", ctx.kcp.export_name)),
-    )
-    .default_backoff()
-    .touched_objects()
-    .map(|r| r.map(drop).map_err(|e| e.to_string()));
-    let mut changes = std::pin::pin!(stream::select(pr_changes, export_changes));
-    let mut shutdown = std::pin::pin!(shutdown);
-    let mut failures = 0;
-    let mut next = Instant::now() + DEBOUNCE;
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            change = changes.next() => match change {
-                // Gather the changes of the next moment into one reconcile;
-                // a steady stream of changes cannot push it back further.
-                Some(Ok(())) => next = next.min(Instant::now() + DEBOUNCE),
-                Some(Err(error)) => warn!(%error, "Watch failed; retrying"),
-                None => break,
-            },
-            () = tokio::time::sleep_until(next.into()) => {
-                if !store_ready(&store) {
-                    next = Instant::now() + DEBOUNCE;
-                    continue;
-                }
-                match reconcile(&ctx, &watched::readable(store.state())).await {
-                    Ok(()) => {
-                        failures = 0;
-                        next = Instant::now() + RESYNC;
-                    }
-                    Err(error) => {
-                        failures += 1;
-                        let retry = RETRY.after(failures);
-                        warn!(%error, retry_in = ?retry, "Reconciling the APIExport failed");
-                        next = Instant::now() + retry;
-                    }
-                }
-            }
+    let name = format!("metadata.name={}", ctx.kcp.export_name);
+    let controller = Controller::new(exports, watcher::Config::default().fields(&name))
+        .with_config(controller::Config::default().debounce(DEBOUNCE));
+    let export_store = controller.store();
+    let reconciler = Arc::new(State {
+        reconciler: Reconciler::new(ctx, RETRY),
+        prs: pr_store.clone(),
+    });
+    let synced = async move {
+        let (prs, exports) =
+            futures::future::join(pr_store.wait_until_ready(), export_store.wait_until_ready())
+                .await;
+        if prs.is_ok() && exports.is_ok() {
+            synced.done();
         }
-    }
+    };
+    let controller = controller
+        .reconcile_all_on(pr_changes)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile_export, error_policy, reconciler)
+        .for_each(|_| futures::future::ready(()));
+    futures::future::join(controller, synced).await;
 }
 
-fn store_ready(store: &Store<Watched>) -> bool {
-    futures::FutureExt::now_or_never(store.wait_until_ready()).is_some_and(|r| r.is_ok())
+/// The reconciles' state: the PublishedResources as last listed.
+struct State {
+    reconciler: Reconciler,
+    prs: Store<Watched>,
+}
+
+/// Reconciles the export once the PublishedResources are listed.
+async fn reconcile_export(
+    export: Arc<APIExport>,
+    state: Arc<State>,
+) -> Result<Action, kube::Error> {
+    let ready = futures::FutureExt::now_or_never(state.prs.wait_until_ready());
+    if ready.is_none_or(|r| r.is_err()) {
+        return Ok(Action::requeue(DEBOUNCE));
+    }
+    reconcile(&state.reconciler.ctx, &watched::readable(state.prs.state())).await?;
+    state.reconciler.succeeded(export.as_ref());
+    Ok(Action::requeue(RESYNC))
+}
+
+fn error_policy(export: Arc<APIExport>, error: &kube::Error, state: Arc<State>) -> Action {
+    let retry = state.reconciler.failed(export.as_ref());
+    warn!(%error, retry_in = ?retry, "Reconciling the APIExport failed");
+    Action::requeue(retry)
 }
 
 #[instrument(skip_all, fields(apiexport = %ctx.kcp.export_name))]

@@ -25,12 +25,17 @@ use crate::api::condition::{condition, set_condition};
 use crate::api::kcp::apis_v1alpha1::APIResourceSchema;
 use crate::api::published_resource::{PublishedResource, SCHEMA_PUBLISHED_CONDITION};
 use crate::context::{Context, patch_params, post_params};
+use crate::controller::ready::Synced;
+use crate::controller::reconciler::Reconciler;
 use crate::controller::watched::Watched;
+use crate::runtime::backoff::Backoff;
 use crate::schema::{self, ProjectionError};
 use crate::source::{self, SourceError};
 
 /// Name of the controller in metrics and `--disabled-controllers`.
 pub const NAME: &str = "apiresourceschema";
+/// Retries of a failing PublishedResource: 1 s, doubling up to 5 min.
+const RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
 
 /// Why a schema could not be published.
 #[derive(Debug, thiserror::Error)]
@@ -73,27 +78,20 @@ impl Error {
             Error::Status { .. } => "ServiceClusterError",
         }
     }
-
-    /// When to try again: input errors wait for a change (or a slow retry),
-    /// transient ones retry soon.
-    fn retry_after(&self) -> Duration {
-        match self {
-            Error::Projection(_) => Duration::from_secs(300),
-            Error::Source(SourceError::KindNotServed { .. } | SourceError::OpenApi(_)) => {
-                Duration::from_secs(30)
-            }
-            _ => Duration::from_secs(5),
-        }
-    }
 }
 
 /// Runs the controller until `shutdown` resolves.
-pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+pub async fn run(
+    ctx: Arc<Context>,
+    synced: Synced,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
     let prs: Api<Watched> = Api::all(ctx.service.clone());
     let crds: Api<CustomResourceDefinition> = Api::all(ctx.service.clone());
     let controller = Controller::new(prs, watcher::Config::default().labels(&ctx.selector));
     let store = controller.store();
-    controller
+    let synced = synced.when_ready(store.clone());
+    let controller = controller
         .watches(crds, watcher::Config::default(), move |crd| {
             // A CRD change re-publishes every PublishedResource of its kind.
             store
@@ -109,21 +107,26 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
                 .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|_| futures::future::ready(()))
-        .await;
+        .run(
+            reconcile,
+            error_policy,
+            Arc::new(Reconciler::new(ctx, RETRY)),
+        )
+        .for_each(|_| futures::future::ready(()));
+    futures::future::join(controller, synced).await;
 }
 
 /// One reconcile. A PublishedResource the agent cannot read gets a Warning
 /// event and waits for a change; the others go on.
 #[instrument(skip_all, fields(published_resource = %watched.name_any()))]
-async fn reconcile(watched: Arc<Watched>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(watched: Arc<Watched>, reconciler: Arc<Reconciler>) -> Result<Action, Error> {
+    let ctx = &reconciler.ctx;
     let pr = match &watched.0 {
         Ok(pr) => pr,
         Err(invalid) => {
             warn!(error = %invalid, "Cannot read the PublishedResource; skipping it");
             let note = format!("The agent cannot read this PublishedResource: {invalid}");
-            publish_event(&ctx, watched.as_ref(), "InvalidObject", &note).await;
+            publish_event(ctx, watched.as_ref(), "InvalidObject", &note).await;
             return Ok(Action::await_change());
         }
     };
@@ -131,9 +134,8 @@ async fn reconcile(watched: Arc<Watched>, ctx: Arc<Context>) -> Result<Action, E
         // The schema outlives its PublishedResource: bindings may use it.
         return Ok(Action::await_change());
     }
-    ctx.metrics
-        .timed(NAME, publish_and_report(pr, &ctx))
-        .await?;
+    ctx.metrics.timed(NAME, publish_and_report(pr, ctx)).await?;
+    reconciler.succeeded(watched.as_ref());
     Ok(Action::await_change())
 }
 
@@ -178,10 +180,13 @@ async fn publish_and_report(pr: &PublishedResource, ctx: &Context) -> Result<(),
     outcome.and(status.map(drop))
 }
 
-fn error_policy(pr: Arc<Watched>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.failed(NAME, error.reason());
-    warn!(published_resource = %pr.name_any(), %error, "Reconcile failed");
-    Action::requeue(error.retry_after())
+/// Input errors also wait for a change of the PublishedResource or its CRD;
+/// transient ones are retried by the backoff.
+fn error_policy(pr: Arc<Watched>, error: &Error, reconciler: Arc<Reconciler>) -> Action {
+    reconciler.ctx.metrics.failed(NAME, error.reason());
+    let retry = reconciler.failed(pr.as_ref());
+    warn!(published_resource = %pr.name_any(), %error, retry_in = ?retry, "Reconcile failed");
+    Action::requeue(retry)
 }
 
 /// Makes sure the schema for the PublishedResource's current source exists

@@ -18,12 +18,13 @@ use kube_runtime::reflector::{self, Store};
 use kube_runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{info, instrument, warn};
 
 use crate::api::condition::{condition, set_condition};
 use crate::api::kcp::apis_v1alpha1::APIExportEndpointSlice;
 use crate::api::published_resource::{PublishedResource, ResourceFilter, SYNCING_CONDITION};
 use crate::context::Context;
+use crate::controller::ready::Synced;
 use crate::controller::watched::{self, Watched};
 use crate::mutation::Mutator;
 use crate::schema;
@@ -35,7 +36,7 @@ use crate::sync::worker;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 /// Name of the controller in `--disabled-controllers`.
-pub const NAME: &str = "sync";
+pub const NAME: &str = worker::CONTROLLER;
 /// How often endpoints and PublishedResources are re-checked without events.
 const RESYNC: Duration = Duration::from_secs(10);
 
@@ -46,7 +47,13 @@ struct Running {
 }
 
 /// Runs the controller until `shutdown` resolves.
-pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 'static) {
+/// `synced` reports the cache of PublishedResources filled.
+pub async fn run(
+    ctx: Arc<Context>,
+    synced: Synced,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let mut synced = Some(synced);
     let prs: Api<Watched> = Api::all(ctx.service.clone());
     let (store, writer) = reflector::store();
     let mut changes = std::pin::pin!(
@@ -72,6 +79,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         }
         // The store fills only while the stream is polled: never wait on it here.
         if futures::FutureExt::now_or_never(store.wait_until_ready()).is_some_and(|r| r.is_ok()) {
+            if let Some(synced) = synced.take() {
+                synced.done();
+            }
             converge(&ctx, &store, &mut running).await;
         }
     }
@@ -81,6 +91,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     ctx.metrics.sync_workers.set(0);
 }
 
+#[instrument(skip_all)]
 async fn converge(
     ctx: &Arc<Context>,
     store: &Store<Watched>,
@@ -179,8 +190,7 @@ async fn stop(worker: Running) {
 }
 
 async fn endpoints(ctx: &Context) -> Result<Vec<String>, kube::Error> {
-    let client = kube::Client::try_from(ctx.kcp.slice_config.clone())?;
-    let slice = Api::<APIExportEndpointSlice>::all(client)
+    let slice = Api::<APIExportEndpointSlice>::all(ctx.kcp.slice_client.clone())
         .get(&ctx.kcp.slice_name)
         .await?;
     let mut urls: Vec<String> = slice

@@ -9,6 +9,7 @@ pub mod identity;
 pub mod mirror;
 pub mod naming;
 pub mod object;
+pub mod queue;
 pub mod reconcile;
 pub mod related;
 pub mod related_copies;

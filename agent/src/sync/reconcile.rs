@@ -25,7 +25,6 @@ use super::object::{Owner, new_copy};
 use super::related;
 use super::related_copies;
 use crate::context::{Context, patch_params};
-use crate::kcp::retarget_url;
 
 /// How often objects with unwatched related resources are looked at again.
 const RELATED_RESYNC: Duration = Duration::from_secs(5);
@@ -99,13 +98,10 @@ impl std::fmt::Debug for Target<'_> {
 
 /// A client for one consumer workspace behind a virtual workspace endpoint.
 pub fn workspace_client(ctx: &Context, endpoint: &str, cluster: &str) -> Result<Client, SyncError> {
-    retarget_url(
-        &ctx.kcp.slice_config,
-        &format!("{endpoint}/clusters/{cluster}"),
-    )
-    .ok()
-    .and_then(|c| Client::try_from(c).ok())
-    .ok_or_else(|| SyncError::Malformed(format!("endpoint URL {endpoint}")))
+    ctx.kcp
+        .endpoints
+        .cluster(endpoint, cluster)
+        .map_err(|error| SyncError::Malformed(error.to_string()))
 }
 
 fn service_api(

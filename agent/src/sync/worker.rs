@@ -3,74 +3,42 @@
 //! workspace (`<endpoint>/clusters/*`) and the local copies on the service
 //! cluster, and reconciles each object with [`super::reconcile`].
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use kube::api::{Api, DynamicObject};
 use kube::{Client, ResourceExt};
 use kube_runtime::watcher::Event;
 use kube_runtime::{WatchStreamExt, watcher};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, watch};
 use tracing::{debug, info, warn};
 
 use super::config::{CopyMirror, WorkerConfig};
-use super::echo::Echoes;
 use super::error::SyncError;
 use super::events::EventSink;
-use super::identity::{AGENT_LABEL, RemoteKey, Side, copy_labels};
+use super::identity::{AGENT_LABEL, RemoteKey, copy_labels};
 use super::mirror::Mirror;
-use super::reconcile::{self, Target};
+use super::queue::{Claim, WorkQueue};
+use super::reconcile::{self, Outcome, Target};
 use crate::api::kcp::CLUSTER_ANNOTATION;
 use crate::api::published_resource::{RelatedResourceOrigin, RelatedResourceSpec};
 use crate::context::Context;
-use crate::kcp::retarget_url;
-use crate::runtime::backoff::{Backoff, Failures};
+use crate::runtime::backoff::Backoff;
 use crate::sync::related;
 
 /// Objects reconciled at the same time by one worker.
 pub const CONCURRENCY: usize = 4;
+/// The controller object reconciles are counted under in the
+/// `controller_runtime_*` metrics (`controller::sync` runs the workers).
+pub const CONTROLLER: &str = "sync";
 /// Retries of a failing object: 1 s, doubling up to 5 min.
 const RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
 /// Longest time one object's reconcile may take.
 const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest time one discovery request may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Keys waiting, running, or due again, shared by a worker's tasks.
-#[derive(Default)]
-struct Queue {
-    /// Which endpoint serves each logical cluster.
-    routes: HashMap<String, String>,
-    /// When a kcp change to a key was first seen (for the latency metric).
-    observed: HashMap<RemoteKey, Instant>,
-    /// Keys being reconciled now.
-    in_flight: HashSet<RemoteKey>,
-    /// Keys that changed while being reconciled.
-    dirty: HashSet<RemoteKey>,
-    /// Versions that watches saw of keys being reconciled: rerun afterwards
-    /// unless they turn out to be echoes of the reconcile's own writes.
-    pending: HashMap<RemoteKey, Vec<(Side, String)>>,
-    /// Keys with a retry timer pending.
-    scheduled: HashSet<RemoteKey>,
-    /// One client per workspace, reused across reconciles.
-    clients: HashMap<String, Client>,
-}
-
-impl Queue {
-    /// Records which endpoint serves a workspace; a workspace that moved to
-    /// another endpoint gets a new client.
-    fn route(&mut self, cluster: &str, endpoint: &str) {
-        if self.routes.get(cluster).map(String::as_str) != Some(endpoint) {
-            self.routes
-                .insert(cluster.to_string(), endpoint.to_string());
-            self.clients.remove(cluster);
-        }
-    }
-}
-
-type Shared = Arc<Mutex<Queue>>;
 
 /// The object a watch event is about, unless it only marks a (re)list.
 fn touched(event: &Event<DynamicObject>) -> Option<&DynamicObject> {
@@ -80,43 +48,15 @@ fn touched(event: &Event<DynamicObject>) -> Option<&DynamicObject> {
     }
 }
 
-fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Queue> {
-    shared.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Clears a key's in-flight mark even if its reconcile panics.
-struct InFlight {
-    shared: Shared,
-    key: RemoteKey,
-    queue: mpsc::UnboundedSender<RemoteKey>,
-    echoes: Arc<Echoes>,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let rerun = {
-            let mut queue = lock(&self.shared);
-            queue.in_flight.remove(&self.key);
-            let seen = queue.pending.remove(&self.key).unwrap_or_default();
-            queue.dirty.remove(&self.key)
-                || seen
-                    .iter()
-                    .any(|(side, version)| !self.echoes.is_echo_version(&self.key, *side, version))
-        };
-        if rerun {
-            let _ = self.queue.send(self.key.clone());
-        }
-    }
-}
+/// The kcp objects as each endpoint's watch last saw them.
+type KcpMirrors = HashMap<String, Arc<Mirror<RemoteKey>>>;
 
 /// Runs a worker until `stop` flips to true.
 pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Receiver<bool>) {
     info!(published_resource = %config.published_resource, endpoints = ?config.endpoints, "Starting sync worker");
-    let (queue, mut keys) = mpsc::unbounded_channel::<RemoteKey>();
-    let shared: Shared = Arc::default();
-    let failures = Arc::new(Failures::new(RETRY));
+    let queue = WorkQueue::new(config.echoes.clone(), RETRY);
     let mut tasks = tokio::task::JoinSet::new();
-    let kcp_objects: Arc<HashMap<String, Arc<Mirror<RemoteKey>>>> = Arc::new(
+    let kcp_objects: Arc<KcpMirrors> = Arc::new(
         config
             .endpoints
             .iter()
@@ -128,13 +68,7 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
     tasks.spawn(sender);
 
     for endpoint in config.endpoints.clone() {
-        let (ctx, config, queue, shared, stop) = (
-            ctx.clone(),
-            config.clone(),
-            queue.clone(),
-            shared.clone(),
-            stop.clone(),
-        );
+        let (ctx, config, queue, stop) = (ctx.clone(), config.clone(), queue.clone(), stop.clone());
         let mirror = kcp_objects[&endpoint].clone();
         // Each endpoint on its own: one shard that is slow to serve the
         // kind does not hold up the others.
@@ -142,7 +76,7 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
             let Some(client) = wait_until_served(&ctx, &config, &endpoint, stop).await else {
                 return;
             };
-            watch_endpoint(client, &config, &endpoint, &mirror, &queue, &shared).await;
+            watch_endpoint(client, &config, &endpoint, &mirror, &queue).await;
         });
     }
 
@@ -157,49 +91,22 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
             }
             RelatedResourceOrigin::Kcp => {
                 for endpoint in config.endpoints.clone() {
-                    let (ctx, config, spec, queue, shared) = (
-                        ctx.clone(),
-                        config.clone(),
-                        spec.clone(),
-                        queue.clone(),
-                        shared.clone(),
-                    );
+                    let (ctx, config, spec, queue) =
+                        (ctx.clone(), config.clone(), spec.clone(), queue.clone());
                     tasks.spawn(async move {
-                        watch_kcp_related(&ctx, &config, &spec, &endpoint, &queue, &shared).await
+                        watch_kcp_related(&ctx, &config, &spec, &endpoint, &queue).await
                     });
                 }
             }
         }
     }
 
-    let local: Api<DynamicObject> = Api::all_with(ctx.service.clone(), &config.local);
-    let selector = format!("{AGENT_LABEL}={}", ctx.agent_name);
-    let local_queue = queue.clone();
-    let local_config = config.clone();
-    let local_shared = shared.clone();
-    let local_copies = copies.clone();
-    tasks.spawn(async move {
-        let mut events = std::pin::pin!(
-            watcher(local, watcher::Config::default().labels(&selector)).default_backoff()
-        );
-        while let Some(event) = events.next().await {
-            let event = match event {
-                Ok(event) => event,
-                Err(error) => {
-                    warn!(%error, "Watching local copies failed; retrying");
-                    continue;
-                }
-            };
-            local_copies.observe(&event);
-            if let Some(object) = touched(&event)
-                && let Some(key) = RemoteKey::from_local(object.labels(), object.annotations())
-                && !local_config.echoes.is_echo(&key, Side::Service, object)
-                && !defer(&local_shared, &key, Side::Service, object)
-            {
-                let _ = local_queue.send(key);
-            }
-        }
-    });
+    tasks.spawn(watch_copies(
+        ctx.clone(),
+        config.clone(),
+        copies.clone(),
+        queue.clone(),
+    ));
 
     // Reconciles read the copies from the mirror: it must be complete first.
     let mut stop = stop;
@@ -214,100 +121,47 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
 
     let permits = Arc::new(Semaphore::new(CONCURRENCY));
     loop {
-        let key = tokio::select! {
-            key = keys.recv() => match key { Some(key) => key, None => break },
+        let claim = tokio::select! {
+            claim = queue.next() => claim,
             _ = stop.wait_for(|s| *s) => break,
         };
-        let (client, objects) = {
-            let mut guard = lock(&shared);
-            if guard.in_flight.contains(&key) {
-                guard.dirty.insert(key);
+        let client = match reconcile::workspace_client(&ctx, claim.endpoint(), &claim.key().cluster)
+        {
+            Ok(client) => client,
+            Err(error) => {
+                warn!(%error, "Cannot reach a consumer workspace");
                 continue;
             }
-            // Unknown clusters are not seen through any endpoint yet; the
-            // kcp watch will bring them.
-            let Some(endpoint) = guard.routes.get(&key.cluster).cloned() else {
-                continue;
-            };
-            let client = match guard.clients.get(&key.cluster) {
-                Some(client) => client.clone(),
-                None => match reconcile::workspace_client(&ctx, &endpoint, &key.cluster) {
-                    Ok(client) => {
-                        guard.clients.insert(key.cluster.clone(), client.clone());
-                        client
-                    }
-                    Err(error) => {
-                        warn!(%error, "Cannot reach a consumer workspace");
-                        continue;
-                    }
-                },
-            };
-            guard.in_flight.insert(key.clone());
-            (client, kcp_objects[&endpoint].clone())
         };
-        let guard = InFlight {
-            shared: shared.clone(),
-            key: key.clone(),
-            queue: queue.clone(),
-            echoes: config.echoes.clone(),
-        };
-        let (ctx, config, permits, shared, queue, copies, failures) = (
+        let objects = kcp_objects[claim.endpoint()].clone();
+        let (ctx, config, permits, copies, events) = (
             ctx.clone(),
             config.clone(),
             permits.clone(),
-            shared.clone(),
-            queue.clone(),
             copies.clone(),
-            failures.clone(),
+            events.clone(),
         );
-        let events = events.clone();
         tasks.spawn(async move {
             let Ok(_permit) = permits.acquire().await else {
                 return;
             };
             let target = Target {
                 client: &client,
-                key: &key,
+                key: claim.key(),
                 objects: &objects,
                 copies: &copies,
                 events: &events,
             };
-            let result = tokio::time::timeout(
-                RECONCILE_TIMEOUT,
-                reconcile::reconcile(&ctx, &config, &target),
-            )
-            .await
-            .unwrap_or(Err(SyncError::Timeout(RECONCILE_TIMEOUT)));
-            let label = config.published_resource.as_str();
-            let requeue = match result {
-                Ok(outcome) => {
-                    failures.succeeded(&key);
-                    let seen = lock(&shared).observed.remove(&key);
-                    if let (true, Some(seen)) = (outcome.wrote, seen) {
-                        ctx.metrics
-                            .sync_latency
-                            .with_label_values(&[label])
-                            .observe(seen.elapsed().as_secs_f64());
-                    }
-                    outcome.requeue
-                }
-                Err(error) => {
-                    if error.is_conflict() {
-                        debug!(object = %key, %error, "Wrote against an outdated version; retrying");
-                    } else {
-                        warn!(object = %key, reason = error.reason(), %error, "Syncing failed");
-                    }
-                    ctx.metrics
-                        .sync_errors
-                        .with_label_values(&[label, error.reason()])
-                        .inc();
-                    Some(failures.failed(key.clone()))
-                }
+            let reconcile = async {
+                tokio::time::timeout(
+                    RECONCILE_TIMEOUT,
+                    reconcile::reconcile(&ctx, &config, &target),
+                )
+                .await
+                .unwrap_or(Err(SyncError::Timeout(RECONCILE_TIMEOUT)))
             };
-            drop(guard);
-            if let Some(after) = requeue {
-                schedule(&shared, &queue, key, after);
-            }
+            let result = ctx.metrics.timed(CONTROLLER, reconcile).await;
+            finish(&ctx, &config, claim, result);
         });
         while tasks.try_join_next().is_some() {}
     }
@@ -315,20 +169,61 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
     info!(published_resource = %config.published_resource, "Stopped sync worker");
 }
 
-/// Holds back a watch event of a key being reconciled; the reconcile's end
-/// decides whether it was an echo. Returns whether the event was held back.
-fn defer(shared: &Shared, key: &RemoteKey, side: Side, object: &DynamicObject) -> bool {
-    let mut guard = lock(shared);
-    match (guard.in_flight.contains(key), object.resource_version()) {
-        (true, Some(version)) => {
-            guard
-                .pending
-                .entry(key.clone())
-                .or_default()
-                .push((side, version));
-            true
+/// Records one reconcile's result in the metrics and the queue.
+fn finish(ctx: &Context, config: &WorkerConfig, claim: Claim, result: Result<Outcome, SyncError>) {
+    let label = config.published_resource.as_str();
+    match result {
+        Ok(outcome) => {
+            let seen = claim.succeeded(outcome.requeue);
+            if let (true, Some(seen)) = (outcome.wrote, seen) {
+                ctx.metrics
+                    .sync_latency
+                    .with_label_values(&[label])
+                    .observe(seen.elapsed().as_secs_f64());
+            }
         }
-        _ => false,
+        Err(error) => {
+            if error.is_conflict() {
+                debug!(object = %claim.key(), %error, "Wrote against an outdated version; retrying");
+            } else {
+                warn!(object = %claim.key(), reason = error.reason(), %error, "Syncing failed");
+            }
+            ctx.metrics
+                .sync_errors
+                .with_label_values(&[label, error.reason()])
+                .inc();
+            ctx.metrics.failed(CONTROLLER, error.reason());
+            claim.failed();
+        }
+    }
+}
+
+/// Watches the local copies of this agent and queues their kcp objects.
+async fn watch_copies(
+    ctx: Arc<Context>,
+    config: Arc<WorkerConfig>,
+    copies: Arc<CopyMirror>,
+    queue: WorkQueue,
+) {
+    let local: Api<DynamicObject> = Api::all_with(ctx.service.clone(), &config.local);
+    let selector = format!("{AGENT_LABEL}={}", ctx.agent_name);
+    let mut events = std::pin::pin!(
+        watcher(local, watcher::Config::default().labels(&selector)).default_backoff()
+    );
+    while let Some(event) = events.next().await {
+        let event = match event {
+            Ok(event) => event,
+            Err(error) => {
+                warn!(%error, "Watching local copies failed; retrying");
+                continue;
+            }
+        };
+        copies.observe(&event);
+        if let Some(object) = touched(&event)
+            && let Some(key) = RemoteKey::from_local(object.labels(), object.annotations())
+        {
+            queue.observed_local(key, object);
+        }
     }
 }
 
@@ -338,8 +233,7 @@ async fn watch_endpoint(
     config: &WorkerConfig,
     endpoint: &str,
     mirror: &Mirror<RemoteKey>,
-    queue: &mpsc::UnboundedSender<RemoteKey>,
-    shared: &Shared,
+    queue: &WorkQueue,
 ) {
     let api: Api<DynamicObject> = Api::all_with(client, &config.remote);
     let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
@@ -347,41 +241,38 @@ async fn watch_endpoint(
         match event {
             Ok(event) => {
                 mirror.observe(&event);
-                let Some(object) = touched(&event) else {
-                    continue;
-                };
-                let Some(key) = RemoteKey::of_kcp_object(object) else {
-                    continue;
-                };
-                if config.echoes.is_echo(&key, Side::Kcp, object) {
-                    continue;
-                }
+                if let Some(object) = touched(&event)
+                    && let Some(key) = RemoteKey::of_kcp_object(object)
                 {
-                    let mut guard = lock(shared);
-                    if let (true, Some(version)) =
-                        (guard.in_flight.contains(&key), object.resource_version())
-                    {
-                        // Possibly the echo of the running reconcile's write,
-                        // recorded once that write returns.
-                        guard
-                            .pending
-                            .entry(key.clone())
-                            .or_default()
-                            .push((Side::Kcp, version));
-                        continue;
-                    }
-                    guard.route(&key.cluster, endpoint);
-                    // The change is seen now; its latency runs until the local write.
-                    guard
-                        .observed
-                        .entry(key.clone())
-                        .or_insert_with(Instant::now);
+                    queue.observed_kcp(key, endpoint, object);
                 }
-                let _ = queue.send(key);
             }
             Err(error) => warn!(%error, %endpoint, "Watching kcp objects failed; retrying"),
         }
     }
+}
+
+/// The changed objects of a related kind, watched through `client`;
+/// `None` (logged) when the kind cannot be resolved.
+async fn related_changes(
+    config: &WorkerConfig,
+    client: Client,
+    spec: &RelatedResourceSpec,
+) -> Option<impl Stream<Item = DynamicObject> + use<>> {
+    let kind = match related::origin_kind(&config.kinds, &client, spec).await {
+        Ok(kind) => kind,
+        Err(error) => {
+            warn!(identifier = %spec.identifier, %error, "Cannot watch related objects");
+            return None;
+        }
+    };
+    let api: Api<DynamicObject> = Api::all_with(client, &kind);
+    Some(
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .touched_objects()
+            .filter_map(|change| futures::future::ready(change.ok())),
+    )
 }
 
 /// Watches a service-origin related kind and wakes up the primaries its
@@ -391,23 +282,13 @@ async fn watch_service_related(
     ctx: &Context,
     config: &WorkerConfig,
     spec: &RelatedResourceSpec,
-    queue: &mpsc::UnboundedSender<RemoteKey>,
+    queue: &WorkQueue,
 ) {
-    let kind = match related::origin_kind(&config.kinds, &ctx.service, spec).await {
-        Ok(kind) => kind,
-        Err(error) => {
-            warn!(identifier = %spec.identifier, %error, "Cannot watch related objects");
-            return;
-        }
+    let Some(changes) = related_changes(config, ctx.service.clone(), spec).await else {
+        return;
     };
-    let api: Api<DynamicObject> = Api::all_with(ctx.service.clone(), &kind);
-    let mut events = std::pin::pin!(
-        watcher(api, watcher::Config::default())
-            .default_backoff()
-            .touched_objects()
-    );
-    while let Some(event) = events.next().await {
-        let Ok(object) = event else { continue };
+    let mut changes = std::pin::pin!(changes);
+    while let Some(object) = changes.next().await {
         let Some(namespace) = object.namespace() else {
             continue;
         };
@@ -440,7 +321,7 @@ async fn watch_service_related(
         }
         for primary in found {
             if let Some(key) = RemoteKey::from_local(primary.labels(), primary.annotations()) {
-                let _ = queue.send(key);
+                queue.add(key);
             }
         }
     }
@@ -454,39 +335,24 @@ async fn watch_kcp_related(
     config: &WorkerConfig,
     spec: &RelatedResourceSpec,
     endpoint: &str,
-    queue: &mpsc::UnboundedSender<RemoteKey>,
-    shared: &Shared,
+    queue: &WorkQueue,
 ) {
-    let client_at = |url: String| {
-        retarget_url(&ctx.kcp.slice_config, &url)
-            .ok()
-            .and_then(|c| Client::try_from(c).ok())
-    };
-    let Some(wildcard) = client_at(format!("{endpoint}/clusters/*")) else {
+    let client_of = |cluster: &str| ctx.kcp.endpoints.cluster(endpoint, cluster).ok();
+    let Some(wildcard) = client_of("*") else {
         return;
     };
-    let kind = match related::origin_kind(&config.kinds, &wildcard, spec).await {
-        Ok(kind) => kind,
-        Err(error) => {
-            warn!(identifier = %spec.identifier, %error, "Cannot watch related objects");
-            return;
-        }
+    let Some(changes) = related_changes(config, wildcard, spec).await else {
+        return;
     };
-    let api: Api<DynamicObject> = Api::all_with(wildcard, &kind);
-    let mut events = std::pin::pin!(
-        watcher(api, watcher::Config::default())
-            .default_backoff()
-            .touched_objects()
-    );
-    while let Some(event) = events.next().await {
-        let Ok(object) = event else { continue };
+    let mut changes = std::pin::pin!(changes);
+    while let Some(object) = changes.next().await {
         let (Some(cluster), Some(namespace)) = (
             object.annotations().get(CLUSTER_ANNOTATION).cloned(),
             object.namespace(),
         ) else {
             continue;
         };
-        lock(shared).route(&cluster, endpoint);
+        queue.route(&cluster, endpoint);
         let mut names: Vec<String> = Vec::new();
         if let Some(watch) = &spec.watch {
             if watch.by_owner.is_some() {
@@ -502,7 +368,7 @@ async fn watch_kcp_related(
                 .by_selector
                 .clone()
                 .and_then(|s| kube::core::Selector::try_from(s).ok())
-                && let Some(client) = client_at(format!("{endpoint}/clusters/{cluster}"))
+                && let Some(client) = client_of(&cluster)
             {
                 let primaries: Api<DynamicObject> =
                     Api::namespaced_with(client, &namespace, &config.remote);
@@ -515,31 +381,13 @@ async fn watch_kcp_related(
             }
         }
         for name in names {
-            let _ = queue.send(RemoteKey {
+            queue.add(RemoteKey {
                 cluster: cluster.clone(),
                 namespace: namespace.clone(),
                 name,
             });
         }
     }
-}
-
-/// Queues `key` again after `after`, unless a timer for it is already pending.
-fn schedule(
-    shared: &Shared,
-    queue: &mpsc::UnboundedSender<RemoteKey>,
-    key: RemoteKey,
-    after: Duration,
-) {
-    if !lock(shared).scheduled.insert(key.clone()) {
-        return;
-    }
-    let (shared, queue) = (shared.clone(), queue.clone());
-    tokio::spawn(async move {
-        tokio::time::sleep(after).await;
-        lock(&shared).scheduled.remove(&key);
-        let _ = queue.send(key);
-    });
 }
 
 /// Waits until the projected kind is served at `<endpoint>/clusters/*`, so
@@ -550,9 +398,7 @@ async fn wait_until_served(
     endpoint: &str,
     mut stop: watch::Receiver<bool>,
 ) -> Option<Client> {
-    let client = match retarget_url(&ctx.kcp.slice_config, &format!("{endpoint}/clusters/*"))
-        .and_then(|c| Client::try_from(c).map_err(|e| crate::kcp::KcpError::Url(e.to_string())))
-    {
+    let client = match ctx.kcp.endpoints.cluster(endpoint, "*") {
         Ok(client) => client,
         Err(error) => {
             warn!(%error, %endpoint, "Cannot build a client for the virtual workspace");
