@@ -55,28 +55,24 @@ pub struct Metrics {
     pub tokens_issued: IntCounter,
 }
 
+/// Every metric, registered.
 impl Default for Metrics {
     fn default() -> Self {
-        Self::new()
+        let metrics = Self {
+            controllers: ControllerMetrics::new(),
+            tokens_issued: IntCounter::new(
+                "offering_operator_agent_tokens_issued_total",
+                "kcp tokens minted for sync agents, first ones and rotations",
+            )
+            .expect("valid metric"),
+        };
+        let tokens_issued = Box::new(metrics.tokens_issued.clone());
+        metrics.controllers.register(vec![tokens_issued]);
+        metrics
     }
 }
 
 impl Metrics {
-    /// Creates and registers every metric.
-    pub fn new() -> Self {
-        let controllers = ControllerMetrics::new();
-        let tokens_issued = IntCounter::new(
-            "offering_operator_agent_tokens_issued_total",
-            "kcp tokens minted for sync agents, first ones and rotations",
-        )
-        .expect("valid metric");
-        controllers.register(vec![Box::new(tokens_issued.clone())]);
-        Self {
-            controllers,
-            tokens_issued,
-        }
-    }
-
     /// 1 while this replica holds the Lease `lease`, else 0.
     pub fn leader_status(&self, lease: &str) -> IntGauge {
         self.controllers.leader_status(lease)

@@ -168,7 +168,7 @@ async fn main() -> anyhow::Result<ExitCode> {
 async fn run(options: RunOptions) -> anyhow::Result<()> {
     let settings = options.settings()?;
     let stopped = process::shutdown_flag();
-    let metrics = Metrics::new();
+    let metrics = Metrics::default();
     let health = Arc::new(Health::default());
     if let Some(address) = address("--health-address", &options.health_address)? {
         tokio::spawn(http::serve_health(
