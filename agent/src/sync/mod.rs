@@ -1,4 +1,11 @@
 //! Object sync between consumer workspaces and the service cluster.
+//!
+//! `worker` runs one PublishedResource's sync: watches feed the `queue`,
+//! each key goes through `reconcile`, which writes only through the one
+//! engine in `copy` (pure halves in `object`, names from `naming`); related
+//! objects are located by `related` and kept by `related_copies` through the
+//! same engine. `mirror` and `echo` hold what the watches saw and what the
+//! agent itself wrote, so its own writes do not wake it again.
 
 pub mod config;
 pub mod copy;
