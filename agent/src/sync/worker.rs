@@ -120,18 +120,24 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
     }
 
     let permits = Arc::new(Semaphore::new(CONCURRENCY));
+    let mut clients: HashMap<(String, String), Client> = HashMap::new();
     loop {
         let claim = tokio::select! {
             claim = queue.next() => claim,
             _ = stop.wait_for(|s| *s) => break,
         };
-        let client = match reconcile::workspace_client(&ctx, claim.endpoint(), &claim.key().cluster)
-        {
-            Ok(client) => client,
-            Err(error) => {
-                warn!(%error, "Cannot reach a consumer workspace");
-                continue;
-            }
+        // One client per workspace for the worker's life: building one per
+        // reconcile churns the allocator enough to double the agent's memory.
+        let route = (claim.endpoint().to_string(), claim.key().cluster.clone());
+        let client = match clients.get(&route) {
+            Some(client) => Client::clone(client),
+            None => match reconcile::workspace_client(&ctx, &route.0, &route.1) {
+                Ok(client) => clients.entry(route).or_insert(client).clone(),
+                Err(error) => {
+                    warn!(%error, "Cannot reach a consumer workspace");
+                    continue;
+                }
+            },
         };
         let objects = kcp_objects[claim.endpoint()].clone();
         let (ctx, config, permits, copies, events) = (
