@@ -122,8 +122,18 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
     let permits = Arc::new(Semaphore::new(CONCURRENCY));
     let mut clients: HashMap<(String, String), Client> = HashMap::new();
     loop {
-        let claim = tokio::select! {
-            claim = queue.next() => claim,
+        // A key is taken only when a reconcile can start: keys that wait stay
+        // in the queue, where their changes coalesce, and at most
+        // `CONCURRENCY` reconciles (each a large future) exist at a time.
+        let next = async {
+            let permit = permits.clone().acquire_owned().await.ok()?;
+            Some((permit, queue.next().await))
+        };
+        let (permit, claim) = tokio::select! {
+            next = next => match next {
+                Some(next) => next,
+                None => break,
+            },
             _ = stop.wait_for(|s| *s) => break,
         };
         // One client per workspace for the worker's life: building one per
@@ -140,17 +150,10 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
             },
         };
         let objects = kcp_objects[claim.endpoint()].clone();
-        let (ctx, config, permits, copies, events) = (
-            ctx.clone(),
-            config.clone(),
-            permits.clone(),
-            copies.clone(),
-            events.clone(),
-        );
+        let (ctx, config, copies, events) =
+            (ctx.clone(), config.clone(), copies.clone(), events.clone());
         tasks.spawn(async move {
-            let Ok(_permit) = permits.acquire().await else {
-                return;
-            };
+            let _permit = permit;
             let target = Target {
                 client: &client,
                 key: claim.key(),
