@@ -5,24 +5,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{ArgAction, Parser, ValueEnum};
+use clap::{ArgAction, Parser};
+
+use crate::api::controllers::ControllerName;
 
 use crate::runtime::flags;
 use crate::runtime::logging::LogFormat;
-
-/// Controllers that `--disabled-controllers` can switch off.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum)]
-pub enum ControllerName {
-    /// Publishes APIResourceSchemas from PublishedResources and CRDs.
-    #[value(name = "apiresourceschema")]
-    ApiResourceSchema,
-    /// Merges schemas and permission claims into the APIExport.
-    #[value(name = "apiexport")]
-    ApiExport,
-    /// Syncs objects between kcp and the service cluster.
-    #[value(name = "sync")]
-    Sync,
-}
 
 /// Syncs objects between kcp workspaces and this service cluster, publishing
 /// the service cluster's APIs through an APIExport.

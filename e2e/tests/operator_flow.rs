@@ -7,7 +7,9 @@ use e2e::poll::poll_until;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, Config, ResourceExt};
 use offering_operator::names::OWNER_ANNOTATION;
@@ -482,4 +484,125 @@ async fn what_an_offering_drops_is_no_longer_granted() {
         .get("syncagent:trim")
         .await
         .expect("the agent's own binding stays");
+}
+
+/// The agent's options of an offering reach the Deployment and the running
+/// agent; with a standby the agent pods keep a PodDisruptionBudget, which
+/// goes with the standby.
+#[tokio::test]
+async fn the_agent_options_of_an_offering_reach_the_agent_and_a_standby_keeps_a_budget() {
+    let scene = OfferingScene::new("op-agent", &[]).await.expect("scene");
+    let service = scene.provider.service.clone();
+    let ns = scene.provider.namespace.clone();
+    Api::<Secret>::namespaced(service.clone(), &ns)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "extra-ca"},
+                "stringData": {"ca.crt": "extra"},
+            }))
+            .unwrap(),
+        )
+        .await
+        .expect("extra Secret");
+    let agent = json!({
+        "waitForForeignFinalizers": true,
+        "perAgentRelatedFinalizer": true,
+        "disabledControllers": ["apiresourceschema"],
+        "env": [{"name": "RUST_LOG", "value": "debug"}],
+        "volumes": [{"name": "extra-ca", "secret": {"secretName": "extra-ca"}}],
+        "volumeMounts": [{"name": "extra-ca", "mountPath": "/etc/extra-ca", "readOnly": true}],
+    });
+    scene
+        .apply("opts", scene.spec(json!({"agent": agent})))
+        .await
+        .expect("offering");
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(service.clone(), &ns);
+    let budget = poll_until("the agent's PodDisruptionBudget", TIMEOUT, async || {
+        budgets
+            .get("opts-sync-agent")
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .expect("budget");
+    assert_eq!(
+        budget.spec.unwrap().max_unavailable,
+        Some(IntOrString::Int(1))
+    );
+    let deployment = Api::<Deployment>::namespaced(service.clone(), &ns)
+        .get("opts-sync-agent")
+        .await
+        .expect("Deployment");
+    let container = deployment.spec.unwrap().template.spec.unwrap().containers[0].clone();
+    let args = container.args.unwrap_or_default();
+    for flag in [
+        "--wait-for-foreign-finalizers",
+        "--per-agent-related-finalizer",
+        "--disabled-controllers=apiresourceschema",
+    ] {
+        assert!(args.contains(&flag.to_string()), "{flag} in {args:?}");
+    }
+
+    // The agent accepts the flags, gets the env (its log turns to debug)
+    // and the extra volume.
+    let pod = scene.run_agent("opts").await.expect("agent runs");
+    let mounted = pod.mounts.get("/etc/extra-ca").expect("the extra mount");
+    assert_eq!(
+        std::fs::read_to_string(mounted.join("ca.crt")).unwrap(),
+        "extra"
+    );
+    poll_until("debug lines in the agent's log", TIMEOUT, async || {
+        if pod.process.log_tail().contains(r#""level":"debug""#) {
+            Ok(())
+        } else {
+            Err(pod.process.log_tail())
+        }
+    })
+    .await
+    .expect("RUST_LOG reached the agent");
+    // The APIExport controller reconciles after the schema controller
+    // would have (it waits for changes to settle): once it has, the
+    // disabled one would show.
+    let metrics = poll_until(
+        "the APIExport controller to reconcile",
+        TIMEOUT,
+        async || {
+            let metrics = pod.process.metrics().await?;
+            if metrics.contains(r#"controller_runtime_reconcile_total{controller="apiexport""#) {
+                Ok(metrics)
+            } else {
+                Err("no apiexport reconcile yet".to_string())
+            }
+        },
+    )
+    .await
+    .expect("apiexport reconciled");
+    assert!(
+        !metrics.contains(r#"controller="apiresourceschema""#),
+        "a disabled controller reconciled: {metrics}"
+    );
+
+    // One replica: no standby, no budget; two again: the budget is back.
+    for (replicas, wanted) in [(1, false), (2, true)] {
+        scene
+            .apply("opts", scene.spec(json!({"agent": {"replicas": replicas}})))
+            .await
+            .expect("offering");
+        poll_until(
+            &format!("the budget with {replicas} replicas"),
+            TIMEOUT,
+            async || match budgets
+                .get_opt("opts-sync-agent")
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Some(_) if wanted => Ok(()),
+                None if !wanted => Ok(()),
+                found => Err(format!("budget present: {}", found.is_some())),
+            },
+        )
+        .await
+        .expect("budget follows the replicas");
+    }
 }

@@ -267,6 +267,11 @@ async fn bad_offerings_say_why_while_a_good_one_beside_them_stays_ready() {
             json!({"kcp": {"workspace": scene.provider.workspace.path, "kubeconfigSecretRef": {"name": "clash-kcp-kubeconfig"}}}),
             "InvalidSpec",
         ),
+        (
+            "pod-name",
+            json!({"agent": {"env": [{"name": "POD_NAME", "value": "fixed"}]}}),
+            "InvalidSpec",
+        ),
         ("squat", json!({}), "ObjectConflict"),
         (
             "no-crd",

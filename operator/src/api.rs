@@ -6,12 +6,14 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, LocalObjectReference, ResourceRequirements, Toleration,
+    Affinity, EnvVar, LocalObjectReference, ResourceRequirements, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use sync_agent::api::controllers::ControllerName;
 use sync_agent::api::published_resource::PublishedResourceSpec;
 
 /// A service offered to kcp consumers: the APIs to publish from this cluster,
@@ -202,6 +204,50 @@ pub struct AgentSettings {
     /// Extra annotations on the agent pods.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pod_annotations: BTreeMap<String, String>,
+    /// Delete a local copy only once the kcp object carries no finalizer
+    /// but the agent's own, so other controllers in the consumer's
+    /// workspace finish first (the agent's `--wait-for-foreign-finalizers`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wait_for_foreign_finalizers: bool,
+    /// Put a finalizer of the agent's own on kcp-origin related objects
+    /// instead of the shared `syncagent.kcp.io/cleanup`, so that agents
+    /// sharing an object never block its deletion (the agent's
+    /// `--per-agent-related-finalizer`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub per_agent_related_finalizer: bool,
+    /// Controllers of the agent to switch off (the agent's
+    /// `--disabled-controllers`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disabled_controllers: Vec<ControllerName>,
+    /// Extra environment variables of the agent container (`POD_NAME` is
+    /// the operator's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// Extra volumes of the agent pods (`kcp-kubeconfig` is the
+    /// operator's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
+    /// Extra mounts of the agent container, of `volumes`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_mounts: Vec<VolumeMount>,
+    /// The PodDisruptionBudget of the agent pods, made while there is more
+    /// than one replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_disruption_budget: Option<DisruptionBudget>,
+}
+
+/// A PodDisruptionBudget the operator keeps for the agent pods.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DisruptionBudget {
+    /// Whether to keep one (with more than one replica); default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Pods that a voluntary disruption may take down at once, a number
+    /// or a percentage; default 1, so the standby takes over while the
+    /// leader's node drains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrString>,
 }
 
 /// Log format of a process.

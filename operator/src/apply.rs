@@ -5,6 +5,7 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
@@ -85,12 +86,14 @@ pub async fn apply(
         published_resources,
         deployment,
         metrics_service,
+        disruption_budget,
         orphans:
             Orphans {
                 kcp_roles: stale_roles,
                 kcp_bindings: stale_bindings,
                 kcp_accounts: stale_accounts,
                 published_resources: stale_published,
+                disruption_budget: stale_budget,
             },
     } = desired;
     let provider = &fetched.provider;
@@ -210,6 +213,15 @@ pub async fn apply(
     )
     .await
     .map_err(service("applying the agent's metrics Service"))?;
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
+    if let Some(budget) = &disruption_budget {
+        put(&budgets, budget)
+            .await
+            .map_err(service("applying the agent's PodDisruptionBudget"))?;
+    }
+    delete_all(&budgets, stale_budget.as_slice())
+        .await
+        .map_err(service("deleting a PodDisruptionBudget no longer wanted"))?;
 
     let consumers = consumers::reconcile(&fetched.kcp, offering, names, &export).await;
     Ok(Applied {

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
@@ -64,6 +65,8 @@ pub struct Desired {
     pub deployment: Deployment,
     /// The agent's metrics Service.
     pub metrics_service: Service,
+    /// The agent pods' PodDisruptionBudget, when it keeps one.
+    pub disruption_budget: Option<PodDisruptionBudget>,
     /// What the operator owns and no longer wants.
     pub orphans: Orphans,
 }
@@ -85,6 +88,9 @@ pub struct Orphans {
     pub kcp_accounts: Vec<String>,
     /// PublishedResources.
     pub published_resources: Vec<String>,
+    /// The agent pods' PodDisruptionBudget, once the offering has one
+    /// replica or switches it off.
+    pub disruption_budget: Option<String>,
 }
 
 /// What the build needs besides the offering and the facts.
@@ -142,6 +148,7 @@ pub fn build(
         published_resources: cluster::published_resources(offering, names),
         deployment: cluster::deployment(offering, names, &image, &agent_kubeconfig),
         metrics_service: cluster::metrics_service(offering, names),
+        disruption_budget: cluster::disruption_budget(offering, names),
         agent_kubeconfig,
         orphans: Orphans::default(),
     };
@@ -221,6 +228,12 @@ fn orphans(facts: &Facts, desired: &Desired) -> Orphans {
             .filter(|name| !published.contains(*name))
             .cloned()
             .collect(),
+        disruption_budget: facts
+            .service_objects
+            .iter()
+            .find(|found| found.kind == PodDisruptionBudget::kind(&()))
+            .filter(|_| desired.disruption_budget.is_none())
+            .map(|found| found.name().to_string()),
     }
 }
 

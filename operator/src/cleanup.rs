@@ -8,6 +8,7 @@ use std::fmt::Debug;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{Api, ListParams};
 use kube::{Client, Resource, ResourceExt};
@@ -285,6 +286,10 @@ async fn cleanup_cluster(client: &Client, names: &Names) -> Result<(), Error> {
     delete_labelled(&services, &names.metrics_service, names)
         .await
         .map_err(err("deleting the metrics Service"))?;
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
+    delete_labelled(&budgets, &names.agent_workload, names)
+        .await
+        .map_err(err("deleting the agent's PodDisruptionBudget"))?;
     let cluster_bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
     delete_labelled(&cluster_bindings, &names.cluster_role, names)
         .await

@@ -8,6 +8,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, ObjectMeta};
 use kube::core::PartialObjectMeta;
@@ -165,6 +166,7 @@ pub fn targets(offering: &PublishedOffering, names: &Names) -> Vec<Target> {
     );
     targets.push(target::<Deployment>(ns, &names.agent_workload));
     targets.push(target::<Service>(ns, &names.metrics_service));
+    targets.push(target::<PodDisruptionBudget>(ns, &names.agent_workload));
     targets
 }
 

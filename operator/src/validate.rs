@@ -8,12 +8,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use kube::ResourceExt;
 
-use crate::api::PublishedOffering;
+use crate::api::{AgentSettings, PublishedOffering};
 use crate::credentials::SecretLocation;
+use crate::desired::cluster::{KCP_VOLUME, POD_NAME_ENV};
 use crate::error::Error;
 use crate::fetch::Facts;
 use crate::names::{
-    KUBECONFIG_KEY, Names, OFFERING_NAME_LABEL, OFFERING_NAMESPACE_LABEL, OWNER_ANNOTATION,
+    KCP_MOUNT_PATH, KUBECONFIG_KEY, Names, OFFERING_NAME_LABEL, OFFERING_NAMESPACE_LABEL,
+    OWNER_ANNOTATION,
 };
 
 /// What a valid offering gives the later stages.
@@ -49,6 +51,9 @@ pub fn validate(
             )));
         }
     }
+    if let Some(agent) = &offering.spec.agent {
+        agent_extras(agent)?;
+    }
     let kcp_secret = kcp_secret_location(offering, default_kcp_secret)?;
     if kcp_secret.namespace == names.namespace && kcp_secret.name == names.kcp_secret {
         return Err(Error::InvalidSpec(format!(
@@ -57,6 +62,38 @@ pub fn validate(
         )));
     }
     Ok(Validated { names, kcp_secret })
+}
+
+/// The extra env, volumes and mounts of the agent leave the operator's own
+/// alone, and every mount names a volume.
+fn agent_extras(agent: &AgentSettings) -> Result<(), Error> {
+    if let Some(env) = agent.env.iter().find(|e| e.name == POD_NAME_ENV) {
+        return Err(Error::InvalidSpec(format!(
+            "spec.agent.env sets {}, which the operator sets to the pod's name (the agent's leader election identity); remove it",
+            env.name
+        )));
+    }
+    if agent.volumes.iter().any(|v| v.name == KCP_VOLUME) {
+        return Err(Error::InvalidSpec(format!(
+            "spec.agent.volumes has a volume named {KCP_VOLUME}, the operator's volume of the agent's kcp kubeconfig; give it another name"
+        )));
+    }
+    let volumes: BTreeSet<&str> = agent.volumes.iter().map(|v| v.name.as_str()).collect();
+    for mount in &agent.volume_mounts {
+        if !volumes.contains(mount.name.as_str()) {
+            return Err(Error::InvalidSpec(format!(
+                "spec.agent.volumeMounts mounts {:?}, which is not in spec.agent.volumes; add the volume or remove the mount",
+                mount.name
+            )));
+        }
+        if mount.mount_path.trim_end_matches('/') == KCP_MOUNT_PATH {
+            return Err(Error::InvalidSpec(format!(
+                "spec.agent.volumeMounts mounts {:?} at {KCP_MOUNT_PATH}, where the operator mounts the agent's kcp kubeconfig; mount it elsewhere",
+                mount.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Where the offering's kcp kubeconfig is: its own reference, else

@@ -2,6 +2,7 @@
 //! rules their names follow and the status conditions they carry.
 
 pub mod condition;
+pub mod controllers;
 pub mod dns;
 pub mod hash;
 pub mod kcp;

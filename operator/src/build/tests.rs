@@ -1,5 +1,6 @@
 use std::collections::BTreeSet;
 
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Config;
 use kube::api::ApiResource;
 use kube::config::Kubeconfig;
@@ -51,6 +52,7 @@ fn identity_objects_of_an_old_export_name_and_dropped_resources_are_orphans() {
             kcp_bindings: strings(&["syncagent:databases-old", "syncagent:databases-old:access"]),
             kcp_accounts: strings(&["sync-agent-databases-old"]),
             published_resources: strings(&["team-a.databases.backups"]),
+            disruption_budget: None,
         }
     );
     assert!(desired.kcp_namespace.is_none(), "the namespace exists");
@@ -178,6 +180,7 @@ fn every_service_object_built_is_one_the_fetch_checks_for_a_foreign_owner() {
         key(&desired.metrics_service),
     ];
     built.extend(desired.published_resources.iter().map(key));
+    built.extend(desired.disruption_budget.iter().map(key));
     let checked: Vec<(String, Option<String>, String)> = targets(&offering, &names)
         .into_iter()
         .map(|t| (t.resource.kind, t.namespace, t.name))
@@ -191,5 +194,40 @@ fn every_service_object_built_is_one_the_fetch_checks_for_a_foreign_owner() {
         targets(&offering, &names)
             .iter()
             .any(|t| t.resource == published && t.name == "team-a.databases.dbs")
+    );
+}
+
+#[test]
+fn the_agent_pods_keep_a_disruption_budget_while_there_is_a_standby() {
+    let two = offering(include_str!("fixtures/offering.yaml"));
+    let facts_with_budget = facts(
+        "logicalCluster: 2x8ba0e7\nkinds: {}\nserviceObjects:\n  - kind: PodDisruptionBudget\n    metadata: {name: databases-sync-agent, namespace: team-a}\n",
+    );
+    let desired_two = desired(&two, &facts_with_budget);
+    let budget = desired_two
+        .disruption_budget
+        .expect("two replicas by default");
+    assert_eq!(
+        budget.spec.unwrap().max_unavailable,
+        Some(IntOrString::Int(1))
+    );
+    assert_eq!(desired_two.orphans.disruption_budget, None);
+
+    let mut one = two.clone();
+    one.spec.agent = Some(serde_json::from_value(serde_json::json!({"replicas": 1})).unwrap());
+    let desired_one = desired(&one, &facts_with_budget);
+    assert!(desired_one.disruption_budget.is_none());
+    assert_eq!(
+        desired_one.orphans.disruption_budget.as_deref(),
+        Some("databases-sync-agent"),
+        "the budget of two replicas goes"
+    );
+    let off = serde_json::json!({"podDisruptionBudget": {"enabled": false}});
+    let mut switched_off = two.clone();
+    switched_off.spec.agent = Some(serde_json::from_value(off).unwrap());
+    assert!(
+        desired(&switched_off, &facts("logicalCluster: x\nkinds: {}\n"))
+            .disruption_budget
+            .is_none()
     );
 }

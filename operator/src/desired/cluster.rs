@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{
     SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
     VolumeMount,
 };
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
 };
@@ -34,6 +35,10 @@ pub const AGENT_COMMAND: &str = "/usr/local/bin/sync-agent";
 const AGENT_UID: i64 = 65532;
 /// Agent replicas when the offering does not say: one leads, one stands by.
 const DEFAULT_REPLICAS: i32 = 2;
+/// The pod volume of the agent's kcp kubeconfig Secret.
+pub const KCP_VOLUME: &str = "kcp-kubeconfig";
+/// The variable that gives the agent its pod's name.
+pub const POD_NAME_ENV: &str = "POD_NAME";
 
 /// A kind the agent syncs on the service cluster, as RBAC names it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize)]
@@ -246,6 +251,20 @@ fn agent_args(names: &Names, settings: &AgentSettings) -> Vec<String> {
     if settings.log_level.as_deref() == Some("debug") {
         args.push("--log-debug".into());
     }
+    if settings.wait_for_foreign_finalizers {
+        args.push("--wait-for-foreign-finalizers".into());
+    }
+    if settings.per_agent_related_finalizer {
+        args.push("--per-agent-related-finalizer".into());
+    }
+    if !settings.disabled_controllers.is_empty() {
+        let names: Vec<&str> = settings
+            .disabled_controllers
+            .iter()
+            .map(|c| c.as_str())
+            .collect();
+        args.push(format!("--disabled-controllers={}", names.join(",")));
+    }
     args
 }
 
@@ -268,7 +287,7 @@ pub fn deployment(
     let mut pod_labels = settings.pod_labels.clone();
     pod_labels.extend(names.labels());
     let mut env = vec![EnvVar {
-        name: "POD_NAME".into(),
+        name: POD_NAME_ENV.into(),
         value_from: Some(EnvVarSource {
             field_ref: Some(ObjectFieldSelector {
                 field_path: "metadata.name".into(),
@@ -289,6 +308,23 @@ pub fn deployment(
             ..Default::default()
         });
     }
+    env.extend(settings.env.iter().cloned());
+    let mut volume_mounts = vec![VolumeMount {
+        name: KCP_VOLUME.into(),
+        mount_path: KCP_MOUNT_PATH.into(),
+        read_only: Some(true),
+        ..Default::default()
+    }];
+    volume_mounts.extend(settings.volume_mounts.iter().cloned());
+    let mut volumes = vec![Volume {
+        name: KCP_VOLUME.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(names.kcp_secret.clone()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    volumes.extend(settings.volumes.iter().cloned());
     let container = Container {
         name: "sync-agent".into(),
         image: Some(image.into()),
@@ -328,18 +364,13 @@ pub fn deployment(
             }),
             ..Default::default()
         }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "kcp-kubeconfig".into(),
-            mount_path: KCP_MOUNT_PATH.into(),
-            read_only: Some(true),
-            ..Default::default()
-        }]),
+        volume_mounts: Some(volume_mounts),
         ..Default::default()
     };
     Deployment {
         metadata: owned(offering, names, &names.agent_workload),
         spec: Some(DeploymentSpec {
-            replicas: Some(settings.replicas.unwrap_or(DEFAULT_REPLICAS)),
+            replicas: Some(replicas(&settings)),
             selector: LabelSelector {
                 match_labels: Some(names.selector_labels()),
                 ..Default::default()
@@ -363,14 +394,7 @@ pub fn deployment(
                         ..Default::default()
                     }),
                     containers: vec![container],
-                    volumes: Some(vec![Volume {
-                        name: "kcp-kubeconfig".into(),
-                        secret: Some(SecretVolumeSource {
-                            secret_name: Some(names.kcp_secret.clone()),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }]),
+                    volumes: Some(volumes),
                     node_selector: (!settings.node_selector.is_empty())
                         .then(|| settings.node_selector.clone()),
                     tolerations: (!settings.tolerations.is_empty())
@@ -383,6 +407,36 @@ pub fn deployment(
         }),
         ..Default::default()
     }
+}
+
+fn replicas(settings: &AgentSettings) -> i32 {
+    settings.replicas.unwrap_or(DEFAULT_REPLICAS)
+}
+
+/// The agent pods' PodDisruptionBudget: while there is more than one
+/// replica, unless the offering switches it off. A drain then takes one
+/// pod at a time (by default), and the standby takes over the lead.
+pub fn disruption_budget(
+    offering: &PublishedOffering,
+    names: &Names,
+) -> Option<PodDisruptionBudget> {
+    let settings = offering.spec.agent.clone().unwrap_or_default();
+    let budget = settings.pod_disruption_budget.clone().unwrap_or_default();
+    if replicas(&settings) < 2 || budget.enabled == Some(false) {
+        return None;
+    }
+    Some(PodDisruptionBudget {
+        metadata: owned(offering, names, &names.agent_workload),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(budget.max_unavailable.unwrap_or(IntOrString::Int(1))),
+            selector: Some(LabelSelector {
+                match_labels: Some(names.selector_labels()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
 }
 
 /// The Service a Prometheus scrapes the agent through.
@@ -466,6 +520,72 @@ mod tests {
         assert_eq!(
             deployment.metadata.owner_references.unwrap()[0].uid,
             "0000-1111"
+        );
+    }
+
+    #[test]
+    fn the_agent_options_of_the_spec_reach_its_flags_env_and_volumes() {
+        let (with_options, names) = offering(json!({
+            "waitForForeignFinalizers": true,
+            "perAgentRelatedFinalizer": true,
+            "disabledControllers": ["apiresourceschema", "apiexport"],
+            "env": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
+            "volumes": [{"name": "ca", "configMap": {"name": "ca"}}],
+            "volumeMounts": [{"name": "ca", "mountPath": "/etc/ssl/extra"}],
+        }));
+        let pod = deployment(&with_options, &names, "img", "kubeconfig")
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        let container = &pod.containers[0];
+        let args = container.args.clone().unwrap();
+        for flag in [
+            "--wait-for-foreign-finalizers",
+            "--per-agent-related-finalizer",
+            "--disabled-controllers=apiresourceschema,apiexport",
+        ] {
+            assert!(args.contains(&flag.to_string()), "{flag} in {args:?}");
+        }
+        let env: Vec<&str> = container
+            .env
+            .iter()
+            .flatten()
+            .map(|e| e.name.as_str())
+            .collect();
+        assert_eq!(env, [POD_NAME_ENV, "HTTPS_PROXY"]);
+        let mounts: Vec<&str> = container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.mount_path.as_str())
+            .collect();
+        assert_eq!(mounts, [KCP_MOUNT_PATH, "/etc/ssl/extra"]);
+        let volumes: Vec<&str> = pod
+            .volumes
+            .iter()
+            .flatten()
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(volumes, [KCP_VOLUME, "ca"]);
+
+        let (plain, names) = offering(json!(null));
+        let args = deployment(&plain, &names, "img", "kubeconfig")
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+            .containers[0]
+            .args
+            .clone()
+            .unwrap();
+        assert!(
+            !args.iter().any(|a| a.starts_with("--wait-for-foreign")
+                || a.starts_with("--per-agent")
+                || a.starts_with("--disabled-controllers")),
+            "{args:?}"
         );
     }
 

@@ -152,3 +152,43 @@ fn an_agent_name_taken_by_another_offering_is_reported_first() {
         other => panic!("expected AgentNameConflict, got {other:?}"),
     }
 }
+
+#[test]
+fn the_agent_extras_leave_the_operators_env_and_volume_alone() {
+    let with_agent = |agent: serde_json::Value| {
+        let mut offering = fixture(include_str!("fixtures/valid.yaml"));
+        offering.spec.agent = Some(serde_json::from_value(agent).unwrap());
+        validate(&offering, None)
+    };
+    let fine = serde_json::json!({
+        "env": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
+        "volumes": [{"name": "ca", "configMap": {"name": "ca"}}],
+        "volumeMounts": [{"name": "ca", "mountPath": "/etc/ssl/extra"}],
+    });
+    assert!(with_agent(fine).is_ok());
+    let cases = [
+        (
+            serde_json::json!({"env": [{"name": "POD_NAME", "value": "x"}]}),
+            "POD_NAME",
+        ),
+        (
+            serde_json::json!({"volumes": [{"name": "kcp-kubeconfig", "emptyDir": {}}]}),
+            "kcp-kubeconfig",
+        ),
+        (
+            serde_json::json!({"volumeMounts": [{"name": "ca", "mountPath": "/etc/ca"}]}),
+            "not in spec.agent.volumes",
+        ),
+        (
+            serde_json::json!({
+                "volumes": [{"name": "ca", "emptyDir": {}}],
+                "volumeMounts": [{"name": "ca", "mountPath": "/etc/sync-agent/kcp/"}],
+            }),
+            "/etc/sync-agent/kcp",
+        ),
+    ];
+    for (agent, expected) in cases {
+        let message = invalid_spec(with_agent(agent));
+        assert!(message.contains(expected), "{message}");
+    }
+}
