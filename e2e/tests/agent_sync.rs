@@ -65,6 +65,25 @@ async fn a_consumer_object_round_trips_with_exact_identity_and_is_deleted_throug
             .finalizers()
             .contains(&"syncagent.kcp.io/cleanup".to_string())
     );
+    // Who syncs it and where its copy is, visible in kcp (upstream #117),
+    // and not copied down.
+    let marks = remote.annotations();
+    assert_eq!(
+        marks.get("syncagent.kcp.io/agent-name"),
+        Some(&scene.provider.agent_name)
+    );
+    assert_eq!(
+        marks
+            .get("syncagent.kcp.io/local-object")
+            .map(String::as_str),
+        Some(format!("{}/{expected_name}", consumer.cluster).as_str())
+    );
+    assert!(
+        !local
+            .annotations()
+            .contains_key("syncagent.kcp.io/local-object"),
+        "the marks stay in kcp"
+    );
 
     // The consumer sees what happened as events on the object.
     let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "apps");
@@ -398,13 +417,18 @@ async fn filters_select_objects_and_an_object_that_stops_matching_is_cleaned_up(
                 .await
                 .map_err(|e| e.to_string())?;
             let object = widgets.get("chosen").await.map_err(|e| e.to_string())?;
-            if copy.is_none() && object.finalizers().is_empty() {
+            let marked = object
+                .annotations()
+                .keys()
+                .any(|k| k.starts_with("syncagent.kcp.io/"));
+            if copy.is_none() && object.finalizers().is_empty() && !marked {
                 Ok(())
             } else {
                 Err(format!(
-                    "copy {}, finalizers {:?}",
+                    "copy {}, finalizers {:?}, annotations {:?}",
                     copy.is_some(),
-                    object.finalizers()
+                    object.finalizers(),
+                    object.annotations()
                 ))
             }
         },

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use super::error::SyncError;
 use super::identity::{REMOTE_CLUSTER_LABEL, Side};
-use super::object::{Stamp, finalizer_patch, update_patch};
+use super::object::{Stamp, finalizer_patch, hold_patch, update_patch};
 use crate::context::{patch_params, post_params};
 
 /// How the engine tells its user about a write it made.
@@ -79,40 +79,48 @@ impl Engine<'_> {
         }
     }
 
-    /// Puts the finalizer on the source; returns the source as it is now
-    /// and whether it was written.
+    /// Puts the finalizer on the source, and `marks` among its annotations,
+    /// in one write; returns the source as it is now and whether the
+    /// finalizer is new (the source was just accepted).
     pub async fn hold(
         &self,
         api: &Api<DynamicObject>,
         source: DynamicObject,
+        marks: &BTreeMap<String, String>,
     ) -> Result<(DynamicObject, bool), SyncError> {
-        let Some(patch) = self
-            .finalizer
-            .and_then(|finalizer| finalizer_patch(&source, finalizer, true))
-        else {
+        let Some(patch) = hold_patch(&source, self.finalizer, marks) else {
             return Ok((source, false));
         };
+        let accepted = self
+            .finalizer
+            .is_some_and(|finalizer| !source.finalizers().iter().any(|f| f == finalizer));
         let patched = api
             .patch(&source.name_any(), &patch_params(), &Patch::Merge(&patch))
             .await
             .map_err(SyncError::on(self.source))?;
         (self.record)(self.source, &patched);
-        Ok((patched, true))
+        Ok((patched, accepted))
     }
 
-    /// Takes the finalizer off the source once its copy is gone; returns
-    /// the released source, or `None` when it was not held.
+    /// Takes the finalizer off the source once its copy is gone, and the
+    /// annotations `marks` with it; returns the released source, or `None`
+    /// when it was not held.
     pub async fn release(
         &self,
         api: &Api<DynamicObject>,
         source: &DynamicObject,
+        marks: &[&str],
     ) -> Result<Option<DynamicObject>, SyncError> {
-        let Some(patch) = self
+        let Some(mut patch) = self
             .finalizer
             .and_then(|finalizer| finalizer_patch(source, finalizer, false))
         else {
             return Ok(None);
         };
+        let annotations = source.annotations();
+        for mark in marks.iter().filter(|m| annotations.contains_key(**m)) {
+            patch["metadata"]["annotations"][*mark] = Value::Null;
+        }
         api.patch(&source.name_any(), &patch_params(), &Patch::Merge(&patch))
             .await
             .map(Some)

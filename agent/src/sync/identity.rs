@@ -24,6 +24,14 @@ pub const REMOTE_NAMESPACE_ANNOTATION: &str = "syncagent.kcp.io/remote-object-na
 pub const REMOTE_PATH_ANNOTATION: &str = "syncagent.kcp.io/remote-object-workspace-path";
 /// Finalizer on kcp objects while a local copy may exist.
 pub const FINALIZER: &str = "syncagent.kcp.io/cleanup";
+/// Annotation on a synced kcp object: the agent that syncs it (upstream
+/// #117: who manages this object is visible where the consumer looks).
+pub const SYNCED_BY_ANNOTATION: &str = crate::schema::AGENT_NAME_KEY;
+/// Annotation on a synced kcp object: its copy on the service cluster,
+/// `<namespace>/<name>`, or `<name>` for a cluster-scoped copy.
+pub const LOCAL_OBJECT_ANNOTATION: &str = "syncagent.kcp.io/local-object";
+/// The annotations a synced kcp object carries while it is held.
+pub const MARKS: [&str; 2] = [SYNCED_BY_ANNOTATION, LOCAL_OBJECT_ANNOTATION];
 
 /// Which side an object lives on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

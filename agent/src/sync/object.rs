@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
-use super::identity::{AGENT_LABEL, REMOTE_PATH_ANNOTATION, RemoteKey};
+use super::identity::{
+    AGENT_LABEL, LOCAL_OBJECT_ANNOTATION, REMOTE_PATH_ANNOTATION, RemoteKey, SYNCED_BY_ANNOTATION,
+};
+use super::naming::Placement;
 
 /// Annotation on a copy holding the last state synced from its source (the
 /// top-level fields other than metadata and status), so the next sync can
@@ -103,6 +106,21 @@ impl Owner<'_> {
             labels,
             annotations,
         }
+    }
+}
+
+impl Owner<'_> {
+    /// The annotations the kcp object carries while it is synced: which
+    /// agent syncs it and where its copy is.
+    pub fn marks(&self, placement: &Placement) -> BTreeMap<String, String> {
+        let copy = match &placement.namespace {
+            Some(namespace) => format!("{namespace}/{}", placement.name),
+            None => placement.name.clone(),
+        };
+        BTreeMap::from([
+            (SYNCED_BY_ANNOTATION.to_string(), self.agent.to_string()),
+            (LOCAL_OBJECT_ANNOTATION.to_string(), copy),
+        ])
     }
 }
 
@@ -279,6 +297,30 @@ fn repair(current: &Value, wanted: &Value) -> Option<Value> {
         (Value::Null, Value::Null) => None,
         (current, wanted) => (current != wanted).then(|| wanted.clone()),
     }
+}
+
+/// Merge patch that holds `object`: puts `finalizer` on it (guarded by
+/// its resourceVersion) and the `marks` among its annotations; `None` when
+/// it carries both already.
+pub fn hold_patch(
+    object: &kube::api::DynamicObject,
+    finalizer: Option<&str>,
+    marks: &BTreeMap<String, String>,
+) -> Option<Value> {
+    use kube::ResourceExt;
+    let mut patch = finalizer
+        .and_then(|finalizer| finalizer_patch(object, finalizer, true))
+        .unwrap_or_else(|| json!({"metadata": {}}));
+    let current = object.annotations();
+    let missing: Map<String, Value> = marks
+        .iter()
+        .filter(|(k, v)| current.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), v.clone().into()))
+        .collect();
+    if !missing.is_empty() {
+        patch["metadata"]["annotations"] = Value::Object(missing);
+    }
+    (patch["metadata"] != json!({})).then_some(patch)
 }
 
 /// The merge patch that adds (`present`) or removes `finalizer`, guarded by

@@ -18,7 +18,7 @@ use super::config::{CopyMirror, WorkerConfig};
 use super::copy::{Deleted, Engine, Placed, as_value};
 use super::error::SyncError;
 use super::events::EventSink;
-use super::identity::{FINALIZER, RemoteKey, Side};
+use super::identity::{FINALIZER, MARKS, RemoteKey, Side};
 use super::mirror::Mirror;
 use super::naming::{NamingContext, Placement};
 use super::object::{Owner, new_copy};
@@ -210,18 +210,6 @@ async fn sync_object(
         // Deleted in kcp, or no longer selected: the copy goes, then the finalizer.
         return delete(ctx, config, target, &engine, remote_api, &remote, local).await;
     }
-    let (remote, held) = engine.hold(remote_api, remote).await?;
-    let events = KcpEvents {
-        sink: target.events,
-        client: kcp_client,
-        object: &remote,
-    };
-    if held {
-        events.normal(
-            "ObjectAccepted",
-            "the object will be synced to the service cluster",
-        );
-    }
     let workspace_path = if config.workspace_paths {
         Some(workspace_path(kcp_client).await?)
     } else {
@@ -232,16 +220,54 @@ async fn sync_object(
         agent: &ctx.agent_name,
         workspace_path: workspace_path.as_deref(),
     };
-    let original = as_value(&remote);
     let local_before = local.as_ref().and_then(|l| serde_json::to_value(l).ok());
-    let mut remote_value = original.clone();
+    // The mutated object decides the copy; holding it changes only its
+    // finalizers and annotations, which are not copied.
+    let mut remote_value = as_value(&remote);
     config
         .spec_mutator
         .apply(&mut remote_value, local_before.as_ref())?;
+    let placement = match &local {
+        Some(local) => Placement {
+            name: local.name_any(),
+            namespace: local.namespace(),
+        },
+        None => config.naming.resolve(&NamingContext {
+            object: &remote_value,
+            cluster_name: &key.cluster,
+            cluster_path: owner.workspace_path.unwrap_or_default(),
+        })?,
+    };
+    let (remote, accepted) = engine
+        .hold(remote_api, remote, &owner.marks(&placement))
+        .await?;
+    let events = KcpEvents {
+        sink: target.events,
+        client: kcp_client,
+        object: &remote,
+    };
+    if accepted {
+        events.normal(
+            "ObjectAccepted",
+            "the object will be synced to the service cluster",
+        );
+    }
+    let original = as_value(&remote);
 
     let local = match local {
         Some(local) => local,
-        None => return create(ctx, config, &engine, owner, &remote_value, &events).await,
+        None => {
+            return create(
+                ctx,
+                config,
+                &engine,
+                owner,
+                &remote_value,
+                placement,
+                &events,
+            )
+            .await;
+        }
     };
     if local.metadata.deletion_timestamp.is_some() {
         // Someone deleted the copy; it is recreated once it is gone.
@@ -362,15 +388,10 @@ async fn create(
     engine: &Engine<'_>,
     owner: Owner<'_>,
     remote: &Value,
+    Placement { name, namespace }: Placement,
     events: &KcpEvents<'_>,
 ) -> Result<Outcome, SyncError> {
     let key = owner.key;
-    let context = NamingContext {
-        object: remote,
-        cluster_name: &key.cluster,
-        cluster_path: owner.workspace_path.unwrap_or_default(),
-    };
-    let Placement { name, namespace } = config.naming.resolve(&context)?;
     if let Some(namespace) = &namespace {
         ctx.ensure_service_namespace(namespace)
             .await
@@ -507,7 +528,7 @@ async fn delete(
             return Ok(Outcome::wait(Duration::from_secs(2)));
         }
     }
-    if let Some(released) = engine.release(remote_api, remote).await? {
+    if let Some(released) = engine.release(remote_api, remote, &MARKS).await? {
         target.objects.apply(&released);
         info!(object = %remote.name_any(), "The local copy is gone; released the kcp object");
         events.normal("ObjectDeleted", "the copy on the service cluster is gone");

@@ -107,7 +107,7 @@ pub async fn sync(
                 synced.missing.push(spec.identifier.clone());
                 continue;
             };
-            let (source, _) = engine.hold(&origin_api, source).await?;
+            let (source, _) = engine.hold(&origin_api, source, &BTreeMap::new()).await?;
             let source = as_value(&source);
             synced.wrote |=
                 copy(spec, &engine, primaries, &destination_kind, &pair, &source).await?;
@@ -246,7 +246,7 @@ pub async fn cleanup(
                 )
                 .await?
             {
-                engine.release(&origin_api, &source).await?;
+                engine.release(&origin_api, &source, &[]).await?;
             }
         }
     }

@@ -209,3 +209,45 @@ fn a_secret_copy_keeps_no_state_so_its_values_never_show_in_an_annotation() {
     let patch = update_patch(&source, &copy, &stamp).expect("a patch");
     assert_eq!(patch, json!({"data": {"user": "YWRtaW4="}}));
 }
+
+#[test]
+fn holding_puts_on_the_finalizer_and_the_marks_once() {
+    let key = key();
+    let placement = Placement {
+        name: "copy".into(),
+        namespace: Some("c1".into()),
+    };
+    let marks = owner(&key).marks(&placement);
+    assert_eq!(marks[SYNCED_BY_ANNOTATION], "a");
+    assert_eq!(marks[LOCAL_OBJECT_ANNOTATION], "c1/copy");
+    let cluster_scoped = owner(&key).marks(&Placement {
+        name: "copy".into(),
+        namespace: None,
+    });
+    assert_eq!(cluster_scoped[LOCAL_OBJECT_ANNOTATION], "copy");
+
+    let mut object: kube::api::DynamicObject = serde_json::from_value(remote(json!({}))).unwrap();
+    object.metadata.finalizers = None;
+    let patch = hold_patch(&object, Some("f"), &marks).expect("a patch");
+    assert_eq!(patch["metadata"]["finalizers"], json!(["f"]));
+    assert_eq!(patch["metadata"]["resourceVersion"], "7");
+    assert_eq!(
+        patch["metadata"]["annotations"][LOCAL_OBJECT_ANNOTATION],
+        "c1/copy"
+    );
+
+    // Held already, marks missing (synced before marks existed): only them.
+    object.metadata.finalizers = Some(vec!["f".into()]);
+    let patch = hold_patch(&object, Some("f"), &marks).expect("a patch");
+    assert!(patch["metadata"].get("finalizers").is_none(), "{patch}");
+    assert_eq!(patch["metadata"]["annotations"][SYNCED_BY_ANNOTATION], "a");
+
+    // Both there: nothing to write.
+    object
+        .metadata
+        .annotations
+        .get_or_insert_default()
+        .extend(marks.clone());
+    assert_eq!(hold_patch(&object, Some("f"), &marks), None);
+    assert_eq!(hold_patch(&object, None, &BTreeMap::new()), None);
+}
