@@ -5,14 +5,16 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use kube::Client;
-use kube::api::{Api, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube_runtime::events::Recorder;
 use serde_json::json;
+use tracing::warn;
 
 use crate::kcp::KcpTarget;
 use crate::metrics::Metrics;
 use crate::options::Options;
 use crate::runtime::events::recorder;
+use crate::sync::namespaces::ManagedMetadata;
 
 /// Field manager and event reporter of everything the agent writes.
 pub const FIELD_MANAGER: &str = "sync-agent";
@@ -41,6 +43,9 @@ pub struct Context {
     pub related_finalizer: String,
     /// Namespaces on the service cluster the agent knows to exist.
     service_namespaces: Arc<Mutex<HashSet<String>>>,
+    /// Namespace metadata applied (or found in conflict) since the start,
+    /// as [`ManagedMetadata::applied_to`] names it.
+    namespace_metadata: Arc<Mutex<HashSet<String>>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -73,6 +78,7 @@ impl Context {
             wait_for_foreign_finalizers: options.wait_for_foreign_finalizers,
             related_finalizer: options.related_finalizer(),
             service_namespaces: Arc::default(),
+            namespace_metadata: Arc::default(),
         })
     }
 
@@ -97,6 +103,51 @@ impl Context {
     /// Forgets that a namespace exists, after a create in it found it gone.
     pub fn forget_service_namespace(&self, name: &str) {
         self.known_namespaces().remove(name);
+        self.namespace_metadata
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|applied| applied.split('\n').next() != Some(name));
+    }
+
+    /// Makes sure a namespace exists on the service cluster and carries
+    /// `metadata`, applying it once per agent start (the namespace is
+    /// created by the apply if missing). Its failure (a conflict with
+    /// another manager's value, no `patch` permission) is logged and does
+    /// not stop the copy: the namespace is then only made sure of.
+    pub async fn ensure_managed_namespace(
+        &self,
+        name: &str,
+        metadata: &ManagedMetadata,
+    ) -> Result<(), kube::Error> {
+        let applied = metadata.applied_to(name);
+        let seen = |applied: &String| {
+            self.namespace_metadata
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(applied)
+        };
+        if seen(&applied) {
+            return self.ensure_service_namespace(name).await;
+        }
+        let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.service.clone());
+        let params = PatchParams::apply(&metadata.manager);
+        match api
+            .patch(name, &params, &Patch::Apply(metadata.body(name)))
+            .await
+        {
+            Ok(_) => {
+                self.known_namespaces().insert(name.to_string());
+            }
+            Err(error) => {
+                warn!(namespace = name, manager = %metadata.manager, %error, "Cannot apply the namespace metadata of the PublishedResource; keeping the namespace as it is");
+                self.ensure_service_namespace(name).await?;
+            }
+        }
+        self.namespace_metadata
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(applied);
+        Ok(())
     }
 }
 

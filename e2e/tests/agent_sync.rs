@@ -981,3 +981,76 @@ async fn several_published_resources_sync_side_by_side_including_a_cluster_scope
     consumer.delete(&provider.kcp).await.expect("cleanup");
     provider.cleanup().await.expect("cleanup");
 }
+
+#[tokio::test]
+async fn the_namespaces_of_copies_carry_the_metadata_of_the_published_resource() {
+    let metadata = json!({"labels": {"team": "blue", "owner": "agent"},
+                          "annotations": {"example.com/contact": "db-team"}});
+    let scene = Scene::new("nsmeta", json!({"naming": {"namespaceMetadata": metadata}})).await;
+    let namespaces: Api<Namespace> = Api::all(scene.provider.service.clone());
+    let (fresh, fresh_client) = scene.consumer("fresh").await;
+    // The second consumer's namespace exists already, and another manager
+    // holds "owner" with another value: nothing is applied there, and the
+    // copy is made all the same.
+    let (taken, taken_client) = scene.consumer("taken").await;
+    namespaces
+        .patch(
+            &taken.cluster,
+            &PatchParams::apply("provider-tooling"),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Namespace",
+                                 "metadata": {"name": taken.cluster, "labels": {"owner": "provider"}}})),
+        )
+        .await
+        .expect("the provider's namespace");
+    scene.create_widget(&fresh_client, "w", "blue").await;
+    scene.create_widget(&taken_client, "w", "blue").await;
+    scene.local_copy(&fresh.cluster, "w").await;
+    scene.local_copy(&taken.cluster, "w").await;
+
+    let labels_of = async |name: &str| {
+        let namespace = namespaces.get(name).await.expect("namespace");
+        (namespace.labels().clone(), namespace.annotations().clone())
+    };
+    let (labels, annotations) = labels_of(&fresh.cluster).await;
+    assert_eq!(labels.get("team").map(String::as_str), Some("blue"));
+    assert_eq!(labels.get("owner").map(String::as_str), Some("agent"));
+    assert_eq!(
+        annotations.get("example.com/contact").map(String::as_str),
+        Some("db-team")
+    );
+    let (labels, _) = labels_of(&taken.cluster).await;
+    assert_eq!(labels.get("owner").map(String::as_str), Some("provider"));
+    assert!(!labels.contains_key("team"), "{labels:?}");
+
+    // `{}` takes back what the PublishedResource set, and nothing else.
+    let prs = scene.provider.prs();
+    let pr = format!("{}-widgets", scene.provider.agent_name);
+    prs.patch(
+        &pr,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"naming": {"namespaceMetadata": {"labels": null, "annotations": null}}}})),
+    )
+    .await
+    .expect("PR edited");
+    poll_until("the labels to go", TIMEOUT, async || {
+        let (labels, annotations) = labels_of(&fresh.cluster).await;
+        if labels.contains_key("team") || annotations.contains_key("example.com/contact") {
+            Err(format!("{labels:?} {annotations:?}"))
+        } else {
+            Ok(())
+        }
+    })
+    .await
+    .expect("taken back");
+    let (labels, _) = labels_of(&taken.cluster).await;
+    assert_eq!(labels.get("owner").map(String::as_str), Some("provider"));
+    assert!(
+        labels.contains_key("kubernetes.io/metadata.name"),
+        "the server's own label stays: {labels:?}"
+    );
+
+    for consumer in [fresh, taken] {
+        consumer.delete(&scene.provider.kcp).await.expect("cleanup");
+    }
+    scene.provider.cleanup().await.expect("cleanup");
+}

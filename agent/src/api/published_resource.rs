@@ -138,6 +138,27 @@ pub struct ResourceNaming {
     /// `{{ .ClusterName }}`. A fixed value puts every copy into one namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// Labels and annotations the agent keeps on the namespaces it puts
+    /// local copies into (an addition to upstream's API, upstream #186).
+    /// Applied server-side under a field manager of this PublishedResource
+    /// (`sync-agent:<name>`): several PublishedResources keep their own
+    /// keys, and `{}` takes back what an earlier value set. Where another
+    /// manager holds one of the keys with another value, nothing is applied
+    /// to that namespace (the agent logs the conflict) and copies are made
+    /// all the same. Unset: namespaces are only created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_metadata: Option<NamespaceMetadata>,
+}
+
+/// Labels and annotations of a namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct NamespaceMetadata {
+    /// Labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// Scope of a resource.

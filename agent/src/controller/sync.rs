@@ -24,12 +24,14 @@ use crate::api::condition::{condition, set_condition};
 use crate::api::kcp::apis_v1alpha1::APIExportEndpointSlice;
 use crate::api::published_resource::{PublishedResource, ResourceFilter, SYNCING_CONDITION};
 use crate::context::Context;
+use crate::context::FIELD_MANAGER;
 use crate::controller::ready::Synced;
 use crate::controller::watched::{self, Watched};
 use crate::mutation::Mutator;
 use crate::schema;
 use crate::source;
 use crate::sync::config::WorkerConfig;
+use crate::sync::namespaces::ManagedMetadata;
 use crate::sync::naming::Naming;
 use crate::sync::related;
 use crate::sync::worker;
@@ -282,6 +284,13 @@ async fn worker_config(
             .as_ref()
             .is_some_and(|s| s.status.is_some()),
         naming,
+        namespace_metadata: pr
+            .spec
+            .naming
+            .as_ref()
+            .and_then(|n| n.namespace_metadata.as_ref())
+            .filter(|_| local_namespaced)
+            .map(|metadata| ManagedMetadata::new(FIELD_MANAGER, &pr.name_any(), metadata)),
         templates: Arc::new(related::templates(&related)),
         related,
         kinds: Arc::default(),

@@ -8,6 +8,7 @@ use kube::api::ApiResource;
 
 use super::echo::Echoes;
 use super::mirror::Mirror;
+use super::namespaces::ManagedMetadata;
 use super::naming::{Naming, Templates};
 use super::related::KindCache;
 use crate::api::published_resource::RelatedResourceSpec;
@@ -30,6 +31,8 @@ pub struct WorkerConfig {
     pub local_status: bool,
     /// Naming rules, compiled.
     pub naming: Naming,
+    /// Metadata kept on the namespaces of local copies, if any.
+    pub namespace_metadata: Option<ManagedMetadata>,
     /// Label selector on kcp objects, if any.
     pub resource_filter: Option<kube::core::Selector>,
     /// Label selector on the namespaces of kcp objects, if any.

@@ -5,7 +5,8 @@
 //! engine in `copy` (pure halves in `object`, names from `naming`); related
 //! objects are located by `related` and kept by `related_copies` through the
 //! same engine. `mirror` and `echo` hold what the watches saw and what the
-//! agent itself wrote, so its own writes do not wake it again.
+//! agent itself wrote, so its own writes do not wake it again; `namespaces`
+//! is the metadata a PublishedResource keeps on its copies' namespaces.
 
 pub mod config;
 pub mod copy;
@@ -14,6 +15,7 @@ pub mod error;
 pub mod events;
 pub mod identity;
 pub mod mirror;
+pub mod namespaces;
 pub mod naming;
 pub mod object;
 pub mod queue;

@@ -273,6 +273,10 @@ async fn sync_object(
         // Someone deleted the copy; it is recreated once it is gone.
         return Ok(Outcome::wait(AFTER_WRITE));
     }
+    if let (Some(_), Some(namespace)) = (&config.namespace_metadata, local.namespace()) {
+        // Kept up to date for copies made before (asks the server once).
+        ensure_namespace(ctx, config, &namespace).await?;
+    }
     let local_value = as_value(&local);
     let local_api = service_api(ctx, config, local.namespace().as_deref());
     let stamp = owner.stamp(&remote_value);
@@ -382,6 +386,20 @@ fn remote_cluster(remote: &DynamicObject) -> String {
         .unwrap_or_default()
 }
 
+/// Makes sure the namespace of a copy exists, with the metadata the
+/// PublishedResource keeps on it.
+async fn ensure_namespace(
+    ctx: &Context,
+    config: &WorkerConfig,
+    namespace: &str,
+) -> Result<(), SyncError> {
+    match &config.namespace_metadata {
+        Some(metadata) => ctx.ensure_managed_namespace(namespace, metadata).await,
+        None => ctx.ensure_service_namespace(namespace).await,
+    }
+    .map_err(SyncError::Service)
+}
+
 async fn create(
     ctx: &Context,
     config: &WorkerConfig,
@@ -393,9 +411,7 @@ async fn create(
 ) -> Result<Outcome, SyncError> {
     let key = owner.key;
     if let Some(namespace) = &namespace {
-        ctx.ensure_service_namespace(namespace)
-            .await
-            .map_err(SyncError::Service)?;
+        ensure_namespace(ctx, config, namespace).await?;
     }
     let object = new_copy(
         remote,

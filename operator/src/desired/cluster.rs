@@ -119,7 +119,11 @@ pub fn cluster_role(
             &["publishedresources/status"],
             &["get", "update", "patch"],
         ),
-        rule("", &["namespaces"], &["get", "list", "watch", "create"]),
+        rule(
+            "",
+            &["namespaces"],
+            &["get", "list", "watch", "create", "patch"],
+        ),
         rule("", &["events"], &["create", "patch"]),
         rule("events.k8s.io", &["events"], &["create", "patch"]),
     ];

@@ -202,6 +202,7 @@ fn configured_patterns_replace_the_defaults_and_empty_ones_do_not() {
     let naming = ResourceNaming {
         name: Some("$remoteName".into()),
         namespace: Some("{{ .ClusterName }}-x".into()),
+        ..Default::default()
     };
     assert_eq!(
         placement(&naming, false, &object),
@@ -220,6 +221,7 @@ fn configured_patterns_replace_the_defaults_and_empty_ones_do_not() {
     let empty = ResourceNaming {
         name: Some(String::new()),
         namespace: Some(String::new()),
+        ..Default::default()
     };
     assert_eq!(
         placement(&empty, true, &object),
@@ -238,14 +240,16 @@ fn invalid_names_and_namespaces_are_errors() {
     assert!(matches!(
         resolve(ResourceNaming {
             name: Some("Not_Valid".into()),
-            namespace: None
+            namespace: None,
+            ..Default::default()
         }),
         Err(NamingError::Invalid(_, "object name"))
     ));
     assert!(matches!(
         resolve(ResourceNaming {
             name: None,
-            namespace: Some("a.b".into())
+            namespace: Some("a.b".into()),
+            ..Default::default()
         }),
         Err(NamingError::Invalid(_, "namespace name"))
     ));
