@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use e2e::poll::poll_until;
+use e2e::publishing::Provider;
 use e2e::scene::{Scene, TIMEOUT};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
@@ -1053,4 +1054,141 @@ async fn the_namespaces_of_copies_carry_the_metadata_of_the_published_resource()
         consumer.delete(&scene.provider.kcp).await.expect("cleanup");
     }
     scene.provider.cleanup().await.expect("cleanup");
+}
+
+/// A built-in kind, Deployment, published from the service cluster's
+/// OpenAPI: the consumer's Deployment gets a copy, and the status the
+/// provider's side writes reaches kcp (upstream #130 and #85, where this
+/// fails with "not found").
+#[tokio::test]
+async fn a_deployment_round_trips_with_its_status() {
+    let provider = Provider::new("deploy").await.expect("provider");
+    let agent = provider.start_agent().await.expect("agent starts");
+    let pr = provider
+        .create_pr(
+            "deployments",
+            json!({
+                "resource": {"apiGroup": "apps", "kind": "Deployment", "versions": ["v1"]},
+                "projection": {"group": provider.group},
+            }),
+        )
+        .await
+        .expect("PR");
+    let schema = provider
+        .wait_for_schema_name(&pr, None)
+        .await
+        .expect("schema");
+    provider
+        .wait_for_export("the Deployment schema in the export", |e| {
+            if e.spec.resources.iter().any(|r| r.schema == schema) {
+                Ok(())
+            } else {
+                Err("missing".into())
+            }
+        })
+        .await
+        .expect("export");
+    let consumer = provider.bind_consumer("consumer").await.expect("consumer");
+    let client = provider.kcp.client(&consumer.path).expect("client");
+    let namespace = Namespace {
+        metadata: ObjectMeta {
+            name: Some("apps".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .expect("namespace");
+    let remote = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(&provider.group, "v1", "Deployment"),
+        "deployments",
+    );
+    let deployments: Api<DynamicObject> = Api::namespaced_with(client.clone(), "apps", &remote);
+    let mut deployment = DynamicObject::new("web", &remote).within("apps");
+    deployment.data = json!({"spec": {
+        "replicas": 1,
+        "selector": {"matchLabels": {"app": "web"}},
+        "template": {
+            "metadata": {"labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "web", "image": "example.invalid/web:1"}]},
+        },
+    }});
+    poll_until("the consumer to create a Deployment", TIMEOUT, async || {
+        deployments
+            .create(&PostParams::default(), &deployment)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .expect("created");
+
+    let local_kind = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("apps", "v1", "Deployment"),
+        "deployments",
+    );
+    let key = identity::RemoteKey {
+        cluster: consumer.cluster.clone(),
+        namespace: "apps".into(),
+        name: "web".into(),
+    };
+    let selector = key.selector(&provider.agent_name);
+    let all: Api<DynamicObject> = Api::all_with(provider.service.clone(), &local_kind);
+    let copy = poll_until("the copy of the Deployment", TIMEOUT, async || {
+        let list = all
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| e.to_string())?;
+        match list.items.as_slice() {
+            [one] => Ok(one.clone()),
+            other => Err(format!(
+                "{} copies; agent log:\n{}",
+                other.len(),
+                agent.log_tail()
+            )),
+        }
+    })
+    .await
+    .expect("copy");
+    assert_eq!(
+        copy.data["spec"]["template"]["spec"]["containers"][0]["image"],
+        "example.invalid/web:1"
+    );
+
+    // What the Deployment controller would write, written by hand: the
+    // test's API server runs no controllers.
+    let local: Api<DynamicObject> = Api::namespaced_with(
+        provider.service.clone(),
+        &copy.namespace().unwrap(),
+        &local_kind,
+    );
+    local
+        .patch_status(
+            &copy.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+                "observedGeneration": copy.metadata.generation,
+                "replicas": 1, "readyReplicas": 1, "availableReplicas": 1, "updatedReplicas": 1,
+                "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable",
+                                "message": "Deployment has minimum availability."}],
+            }})),
+        )
+        .await
+        .expect("status on the copy");
+    poll_until("the Deployment's status in kcp", TIMEOUT, async || {
+        let object = deployments.get("web").await.map_err(|e| e.to_string())?;
+        let status = &object.data["status"];
+        if status["availableReplicas"] == 1 && status["conditions"][0]["type"] == "Available" {
+            Ok(())
+        } else {
+            Err(format!("status {status}; agent log:\n{}", agent.log_tail()))
+        }
+    })
+    .await
+    .expect("status synced back");
+
+    consumer.delete(&provider.kcp).await.expect("cleanup");
+    provider.cleanup().await.expect("cleanup");
 }
