@@ -105,6 +105,16 @@ impl Metrics {
         self.controllers.failed(controller, category);
     }
 
+    /// Records a failed reconcile of `controller` that only a change fixes.
+    pub fn terminal(&self, controller: &str) {
+        self.controllers.terminal(controller);
+    }
+
+    /// Announces `controller` with at most `max_concurrent` reconciles.
+    pub fn declare(&self, controller: &str, max_concurrent: usize) {
+        self.controllers.declare(controller, max_concurrent);
+    }
+
     /// 1 while this replica holds the Lease `lease`, else 0.
     pub fn leader_status(&self, lease: &str) -> IntGauge {
         self.controllers.leader_status(lease)

@@ -10,7 +10,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::DeserializeGuard;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::ObjectRef;
@@ -34,6 +34,11 @@ use crate::status;
 
 /// The controller's name in metrics and logs.
 pub const NAME: &str = "publishedoffering";
+/// Offerings reconciled at the same time.
+const CONCURRENCY: u16 = 4;
+/// Error categories only a person can fix (the spec, credentials, an
+/// object someone else owns): counted as terminal.
+const TERMINAL_CATEGORIES: &[&str] = &["spec", "credentials", "conflict"];
 /// How often a Ready offering is looked at again (new child workspaces,
 /// export claims the agent added, drift in kcp).
 const RESYNC: Duration = Duration::from_secs(60);
@@ -176,7 +181,11 @@ pub async fn run(
     let managed =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
     let published: Api<PublishedResource> = Api::all(client);
-    let controller = Controller::new(offerings, watcher::Config::default());
+    let controller = Controller::new(offerings, watcher::Config::default())
+        .with_config(controller::Config::default().concurrency(CONCURRENCY));
+    ctx.metrics
+        .controllers
+        .declare(NAME, usize::from(CONCURRENCY));
     let store = controller.store();
     let synced = async move {
         // An error means the controller stopped before its first listing.
@@ -244,6 +253,9 @@ fn error_policy(
         _ => "finalizer",
     };
     ctx.metrics.controllers.failed(NAME, category);
+    if TERMINAL_CATEGORIES.contains(&category) {
+        ctx.metrics.controllers.terminal(NAME);
+    }
     let delay = ctx.backoff(offering.as_ref());
     warn!(offering = %offering.name_any(), error = %error, retry_in = ?delay, "Reconcile failed");
     Action::requeue(delay)

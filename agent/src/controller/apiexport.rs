@@ -227,6 +227,8 @@ pub async fn run(
     let name = format!("metadata.name={}", ctx.kcp.export_name);
     let controller = Controller::new(exports, watcher::Config::default().fields(&name))
         .with_config(controller::Config::default().debounce(DEBOUNCE));
+    // One export, so one reconcile at a time.
+    ctx.metrics.declare(NAME, 1);
     let export_store = controller.store();
     let reconciler = Arc::new(State {
         reconciler: Reconciler::new(ctx, RETRY),

@@ -14,7 +14,7 @@ use futures::StreamExt;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch};
 use kube::{Resource, ResourceExt};
-use kube_runtime::controller::{Action, Controller};
+use kube_runtime::controller::{self, Action, Controller};
 use kube_runtime::events::{Event, EventType};
 use kube_runtime::reflector::ObjectRef;
 use kube_runtime::watcher;
@@ -34,6 +34,8 @@ use crate::source::{self, SourceError};
 
 /// Name of the controller in metrics and `--disabled-controllers`.
 pub const NAME: &str = "apiresourceschema";
+/// PublishedResources published at the same time.
+const CONCURRENCY: u16 = 4;
 /// Retries of a failing PublishedResource: 1 s, doubling up to 5 min.
 const RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
 
@@ -88,7 +90,9 @@ pub async fn run(
 ) {
     let prs: Api<Watched> = Api::all(ctx.service.clone());
     let crds: Api<CustomResourceDefinition> = Api::all(ctx.service.clone());
-    let controller = Controller::new(prs, watcher::Config::default().labels(&ctx.selector));
+    let controller = Controller::new(prs, watcher::Config::default().labels(&ctx.selector))
+        .with_config(controller::Config::default().concurrency(CONCURRENCY));
+    ctx.metrics.declare(NAME, usize::from(CONCURRENCY));
     let store = controller.store();
     let synced = synced.when_ready(store.clone());
     let controller = controller

@@ -23,8 +23,7 @@ use tracing::{info, instrument, warn};
 use crate::api::condition::{condition, set_condition};
 use crate::api::kcp::apis_v1alpha1::APIExportEndpointSlice;
 use crate::api::published_resource::{PublishedResource, ResourceFilter, SYNCING_CONDITION};
-use crate::context::Context;
-use crate::context::FIELD_MANAGER;
+use crate::context::{Context, FIELD_MANAGER};
 use crate::controller::ready::Synced;
 use crate::controller::watched::{self, Watched};
 use crate::mutation::Mutator;
@@ -173,6 +172,9 @@ async fn converge(
     ctx.metrics
         .sync_workers
         .set(i64::try_from(running.len()).unwrap_or(i64::MAX));
+    // Each worker reconciles up to `CONCURRENCY` objects at a time.
+    ctx.metrics
+        .declare(NAME, running.len().saturating_mul(worker::CONCURRENCY));
 }
 
 /// How long a stopping worker may take before it is aborted.

@@ -1,12 +1,15 @@
 //! Prometheus plumbing both binaries share: controller-runtime's reconcile
-//! metrics and the `process_*` ones under their usual names, registration
-//! and the text exposition.
+//! metrics (totals, errors, time, active workers, concurrency, panics,
+//! terminal errors) and the `process_*` ones under their usual names,
+//! registration and the text exposition.
 //! Each binary keeps its own metrics beside its code (`sync_agent::metrics`,
 //! the operator's `controller::Metrics`).
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt as _;
 use prometheus::core::Collector;
 use prometheus::{
     Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -21,7 +24,28 @@ pub struct ControllerMetrics {
     reconcile_total: IntCounterVec,
     reconcile_errors: IntCounterVec,
     reconcile_time: HistogramVec,
+    active_workers: IntGaugeVec,
+    max_concurrent: IntGaugeVec,
+    panics: IntCounterVec,
+    terminal_errors: IntCounterVec,
     leader_status: IntGaugeVec,
+}
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+/// Counts a reconcile as active until it ends, also by a panic.
+struct Active(IntGauge);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Default for ControllerMetrics {
@@ -33,22 +57,16 @@ impl Default for ControllerMetrics {
 impl ControllerMetrics {
     /// A new registry holding the reconcile metrics.
     pub fn new() -> Self {
-        let reconcile_total = IntCounterVec::new(
-            Opts::new(
-                "controller_runtime_reconcile_total",
-                "Total number of reconciliations per controller",
-            ),
+        let reconcile_total = counter(
+            "controller_runtime_reconcile_total",
+            "Total number of reconciliations per controller",
             &["controller", "result"],
-        )
-        .expect("valid metric");
-        let reconcile_errors = IntCounterVec::new(
-            Opts::new(
-                "controller_runtime_reconcile_errors_total",
-                "Total number of reconciliation errors per controller",
-            ),
+        );
+        let reconcile_errors = counter(
+            "controller_runtime_reconcile_errors_total",
+            "Total number of reconciliation errors per controller",
             &["controller", "category"],
-        )
-        .expect("valid metric");
+        );
         let reconcile_time = HistogramVec::new(
             HistogramOpts::new(
                 "controller_runtime_reconcile_time_seconds",
@@ -60,25 +78,46 @@ impl ControllerMetrics {
             &["controller"],
         )
         .expect("valid metric");
-        let leader_status = IntGaugeVec::new(
-            Opts::new(
-                "leader_election_master_status",
-                "Gauge of if the reporting system is master of the relevant lease, 0 indicates backup, 1 indicates master",
-            ),
+        let leader_status = gauge(
+            "leader_election_master_status",
+            "Gauge of if the reporting system is master of the relevant lease, 0 indicates backup, 1 indicates master",
             &["name"],
-        )
-        .expect("valid metric");
+        );
         let metrics = Self {
             registry: Registry::new(),
             reconcile_total,
             reconcile_errors,
             reconcile_time,
+            active_workers: gauge(
+                "controller_runtime_active_workers",
+                "Number of currently used workers per controller",
+                &["controller"],
+            ),
+            max_concurrent: gauge(
+                "controller_runtime_max_concurrent_reconciles",
+                "Maximum number of concurrent reconciles per controller",
+                &["controller"],
+            ),
+            panics: counter(
+                "controller_runtime_reconcile_panics_total",
+                "Total number of reconciliation panics per controller",
+                &["controller"],
+            ),
+            terminal_errors: counter(
+                "controller_runtime_terminal_reconcile_errors_total",
+                "Total number of terminal reconciliation errors per controller",
+                &["controller"],
+            ),
             leader_status,
         };
         metrics.register(vec![
             Box::new(metrics.reconcile_total.clone()),
             Box::new(metrics.reconcile_errors.clone()),
             Box::new(metrics.reconcile_time.clone()),
+            Box::new(metrics.active_workers.clone()),
+            Box::new(metrics.max_concurrent.clone()),
+            Box::new(metrics.panics.clone()),
+            Box::new(metrics.terminal_errors.clone()),
             Box::new(metrics.leader_status.clone()),
         ]);
         // `process_*`: CPU, memory, open files, start time, as client_golang
@@ -117,17 +156,45 @@ impl ControllerMetrics {
         self.leader_status.with_label_values(&[lease])
     }
 
+    /// Announces `controller`, which runs at most `max_concurrent`
+    /// reconciles at once: its series start at zero, as controller-runtime's
+    /// do, so rates and alerts see it before its first reconcile.
+    pub fn declare(&self, controller: &str, max_concurrent: usize) {
+        self.max_concurrent
+            .with_label_values(&[controller])
+            .set(i64::try_from(max_concurrent).unwrap_or(i64::MAX));
+        for result in ["success", "error"] {
+            self.reconcile_total
+                .with_label_values(&[controller, result]);
+        }
+        self.active_workers.with_label_values(&[controller]);
+        self.panics.with_label_values(&[controller]);
+        self.terminal_errors.with_label_values(&[controller]);
+    }
+
     /// Runs one reconcile of `controller`, counting it by result
-    /// (controller-runtime's `success`/`error`) and timing it.
+    /// (controller-runtime's `success`/`error`), timing it and counting it
+    /// active meanwhile. A panic is counted, as an error too, and goes on.
     pub async fn timed<T, E>(
         &self,
         controller: &str,
         reconcile: impl Future<Output = Result<T, E>>,
     ) -> Result<T, E> {
+        let active = self.active_workers.with_label_values(&[controller]);
+        active.inc();
+        let _active = Active(active);
         let started = Instant::now();
-        let result = reconcile.await;
-        self.reconciled(controller, result.is_ok(), started.elapsed());
-        result
+        match AssertUnwindSafe(reconcile).catch_unwind().await {
+            Ok(result) => {
+                self.reconciled(controller, result.is_ok(), started.elapsed());
+                result
+            }
+            Err(panic) => {
+                self.panics.with_label_values(&[controller]).inc();
+                self.reconciled(controller, false, started.elapsed());
+                std::panic::resume_unwind(panic)
+            }
+        }
     }
 
     fn reconciled(&self, controller: &str, ok: bool, took: Duration) {
@@ -145,6 +212,12 @@ impl ControllerMetrics {
         self.reconcile_errors
             .with_label_values(&[controller, category])
             .inc();
+    }
+
+    /// Records a failed reconcile of `controller` that retrying cannot fix:
+    /// it waits for someone to change the object or its surroundings.
+    pub fn terminal(&self, controller: &str) {
+        self.terminal_errors.with_label_values(&[controller]).inc();
     }
 }
 
@@ -171,6 +244,59 @@ mod tests {
             "process_start_time_seconds ",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_declared_controller_counts_workers_panics_and_terminal_errors() {
+        let metrics = ControllerMetrics::new();
+        metrics.declare("sync", 4);
+        let zero = metrics.render();
+        for line in [
+            r#"controller_runtime_max_concurrent_reconciles{controller="sync"} 4"#,
+            r#"controller_runtime_reconcile_total{controller="sync",result="error"} 0"#,
+            r#"controller_runtime_reconcile_panics_total{controller="sync"} 0"#,
+            r#"controller_runtime_terminal_reconcile_errors_total{controller="sync"} 0"#,
+        ] {
+            assert!(zero.contains(line), "{line} missing from\n{zero}");
+        }
+
+        let (started, release) = (tokio::sync::Notify::new(), tokio::sync::Notify::new());
+        let running = metrics.timed("sync", async {
+            started.notify_one();
+            release.notified().await;
+            Ok::<(), ()>(())
+        });
+        let watch = async {
+            started.notified().await;
+            let text = metrics.render();
+            release.notify_one();
+            text
+        };
+        let (_, during) = tokio::join!(running, watch);
+        assert!(
+            during.contains(r#"controller_runtime_active_workers{controller="sync"} 1"#),
+            "{during}"
+        );
+
+        let panicked = AssertUnwindSafe(metrics.timed("sync", async {
+            if true {
+                panic!("a bug");
+            }
+            Ok::<(), ()>(())
+        }))
+        .catch_unwind()
+        .await;
+        assert!(panicked.is_err(), "the panic goes on");
+        metrics.terminal("sync");
+        let after = metrics.render();
+        for line in [
+            r#"controller_runtime_active_workers{controller="sync"} 0"#,
+            r#"controller_runtime_reconcile_panics_total{controller="sync"} 1"#,
+            r#"controller_runtime_reconcile_total{controller="sync",result="error"} 1"#,
+            r#"controller_runtime_terminal_reconcile_errors_total{controller="sync"} 1"#,
+        ] {
+            assert!(after.contains(line), "{line} missing from\n{after}");
         }
     }
 }

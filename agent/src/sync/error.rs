@@ -53,6 +53,19 @@ impl SyncError {
             | SyncError::Service(kube::Error::Api(status)) if status.code == 409)
     }
 
+    /// Whether only a change (to the rules, the object or its copy) can
+    /// fix it; it is still retried, slowly.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            SyncError::Naming(_)
+                | SyncError::Mutation(_)
+                | SyncError::NameTaken(_)
+                | SyncError::Ambiguous(_)
+                | SyncError::Malformed(_)
+        )
+    }
+
     /// Metric label.
     pub fn reason(&self) -> &'static str {
         if self.is_conflict() {

@@ -202,6 +202,9 @@ fn finish(ctx: &Context, config: &WorkerConfig, claim: Claim, result: Result<Out
                 .with_label_values(&[label, error.reason()])
                 .inc();
             ctx.metrics.failed(CONTROLLER, error.reason());
+            if error.is_terminal() {
+                ctx.metrics.terminal(CONTROLLER);
+            }
             claim.failed();
         }
     }
