@@ -235,6 +235,7 @@ fn convert(node: &Value, schemas: &Map<String, Value>, stack: &mut BTreeSet<Stri
     if let Some(items) = object.get("items") {
         out.insert("items".into(), convert(items, schemas, stack));
         out.entry("type").or_insert_with(|| "array".into());
+        keep_map_keys_defaulted(&mut out, items, schemas);
     }
     match object.get("additionalProperties") {
         Some(extra @ Value::Object(_)) if !out.contains_key("properties") => {
@@ -259,6 +260,74 @@ fn convert(node: &Value, schemas: &Map<String, Value>, stack: &mut BTreeSet<Stri
         out.insert("x-kubernetes-preserve-unknown-fields".into(), true.into());
     }
     Value::Object(out)
+}
+
+/// A list of `x-kubernetes-list-type: map` needs every key of its items
+/// required or defaulted. Defaults are dropped in general, so a key's
+/// default is taken back from the OpenAPI items (`source`); a key without
+/// one makes the list atomic instead, as a CRD could not declare it.
+fn keep_map_keys_defaulted(
+    list: &mut Map<String, Value>,
+    source: &Value,
+    schemas: &Map<String, Value>,
+) {
+    let Some(keys) = list
+        .get("x-kubernetes-list-map-keys")
+        .and_then(Value::as_array)
+        .cloned()
+    else {
+        return;
+    };
+    let source = referenced(source, schemas);
+    let items = list.get_mut("items").and_then(Value::as_object_mut);
+    let Some(items) = items else {
+        return;
+    };
+    let required: BTreeSet<String> = items
+        .get("required")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|k| k.as_str().map(String::from))
+        .collect();
+    let mut atomic = false;
+    for key in keys.iter().filter_map(Value::as_str) {
+        if required.contains(key) {
+            continue;
+        }
+        let default = source["properties"][key].get("default").cloned();
+        match (
+            default,
+            items.get_mut("properties").and_then(|p| p.get_mut(key)),
+        ) {
+            (Some(default), Some(property)) => property["default"] = default,
+            _ => atomic = true,
+        }
+    }
+    if atomic {
+        list.remove("x-kubernetes-list-map-keys");
+        list.insert("x-kubernetes-list-type".into(), "atomic".into());
+    }
+}
+
+/// The schema `node` stands for, through `$ref` and one-part `allOf`.
+fn referenced<'a>(mut node: &'a Value, schemas: &'a Map<String, Value>) -> &'a Value {
+    for _ in 0..8 {
+        if let Some(reference) = node.get("$ref").and_then(Value::as_str) {
+            node = schemas
+                .get(reference.strip_prefix(REF_PREFIX).unwrap_or(reference))
+                .unwrap_or(&Value::Null);
+        } else if let Some([single]) = node
+            .get("allOf")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+        {
+            node = single;
+        } else {
+            break;
+        }
+    }
+    node
 }
 
 fn resolve(
@@ -346,6 +415,43 @@ mod tests {
         assert_eq!(props["raw"]["x-kubernetes-preserve-unknown-fields"], true);
         assert_eq!(props["tags"]["x-kubernetes-list-type"], "set");
         assert!(props["tags"].get("x-kubernetes-patch-strategy").is_none());
+    }
+
+    #[test]
+    fn keys_of_map_lists_keep_their_defaults_or_the_list_turns_atomic() {
+        let document = json!({"components": {"schemas": {
+            "io.example.v1.Pod": {
+                "type": "object",
+                "x-kubernetes-group-version-kind": [{"group": "example.io", "version": "v1", "kind": "Pod"}],
+                "properties": {
+                    "ports": {"type": "array",
+                              "items": {"allOf": [{"$ref": "#/components/schemas/io.example.v1.Port"}], "default": {}},
+                              "x-kubernetes-list-type": "map",
+                              "x-kubernetes-list-map-keys": ["containerPort", "protocol"]},
+                    "volumes": {"type": "array",
+                                "items": {"$ref": "#/components/schemas/io.example.v1.Volume"},
+                                "x-kubernetes-list-type": "map",
+                                "x-kubernetes-list-map-keys": ["name"]},
+                }
+            },
+            "io.example.v1.Port": {"type": "object", "required": ["containerPort"], "properties": {
+                "containerPort": {"type": "integer"},
+                "protocol": {"type": "string", "default": "TCP"},
+            }},
+            "io.example.v1.Volume": {"type": "object", "properties": {"name": {"type": "string"}}},
+        }}});
+        let schema = schema_for_kind(&document, "example.io", "v1", "Pod").expect("found");
+        let ports = &schema["properties"]["ports"];
+        assert_eq!(ports["x-kubernetes-list-type"], "map");
+        assert_eq!(ports["items"]["properties"]["protocol"]["default"], "TCP");
+        assert!(
+            ports["items"]["properties"]["containerPort"]
+                .get("default")
+                .is_none()
+        );
+        let volumes = &schema["properties"]["volumes"];
+        assert_eq!(volumes["x-kubernetes-list-type"], "atomic");
+        assert!(volumes.get("x-kubernetes-list-map-keys").is_none());
     }
 
     #[test]
