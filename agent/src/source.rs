@@ -105,17 +105,21 @@ pub async fn find(
     let preferred = api_group.preferred_version_or_latest().to_string();
     let mut versions = Vec::new();
     for (version, _, capabilities) in &found {
+        // Discovery names a subresource by its own part (`status`), older
+        // servers by its path (`deployments/status`).
         let has = |name: &str| {
-            capabilities
-                .subresources
-                .iter()
-                .any(|(r, _)| r.plural.ends_with(name))
+            capabilities.subresources.iter().any(|(r, _)| {
+                r.plural == name
+                    || r.plural
+                        .strip_suffix(name)
+                        .is_some_and(|p| p.ends_with('/'))
+            })
         };
         versions.push(BuiltinVersion {
             name: version.clone(),
             document: openapi_document(client, group, version).await?,
-            status: has("/status"),
-            scale: has("/scale"),
+            status: has("status"),
+            scale: has("scale"),
         });
     }
     let resource = BuiltinResource {
