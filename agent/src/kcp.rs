@@ -19,6 +19,7 @@ use crate::api::kcp::PATH_ANNOTATION;
 use crate::api::kcp::apis_v1alpha1::APIExportEndpointSlice;
 use crate::api::kcp::apis_v1alpha2::APIExport;
 use crate::api::kcp::core_v1alpha1::{LOGICAL_CLUSTER_NAME, LogicalCluster};
+use crate::runtime::rest;
 
 /// Why the agent cannot find its export.
 #[derive(Debug, thiserror::Error)]
@@ -124,7 +125,7 @@ impl KcpTarget {
         let slice_workspace =
             workspace_of(&slice_config).ok_or_else(|| KcpError::NotAWorkspace(url.clone()))?;
         let slice_client =
-            Client::try_from(slice_config.clone()).map_err(request("building the kcp client"))?;
+            rest::client(slice_config.clone()).map_err(request("building the kcp client"))?;
         let slice = Api::<APIExportEndpointSlice>::all(slice_client.clone())
             .get(slice_name)
             .await
@@ -146,7 +147,7 @@ impl KcpTarget {
         let export_name = slice.spec.export.name.clone();
         let export_config = retarget(&slice_config, &export_path)?;
         let export_client =
-            Client::try_from(export_config.clone()).map_err(request("building the kcp client"))?;
+            rest::client(export_config.clone()).map_err(request("building the kcp client"))?;
         Api::<APIExport>::all(export_client.clone())
             .get(&export_name)
             .await
@@ -225,7 +226,7 @@ impl EndpointClients {
         if let Some(client) = pools.get(endpoint) {
             return Ok(client.clone());
         }
-        let client = Client::try_from(retarget_url(&self.config, endpoint)?)
+        let client = rest::client(retarget_url(&self.config, endpoint)?)
             .map_err(request(format!("building a client for {endpoint}")))?;
         pools.insert(endpoint.to_string(), client.clone());
         Ok(client)

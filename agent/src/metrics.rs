@@ -4,9 +4,12 @@
 
 use std::future::Future;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+};
 
 use crate::runtime::metrics::ControllerMetrics;
+use crate::sync::queue::QueueMetrics;
 
 /// The agent's metrics, registered in their own registry.
 #[derive(Clone, Debug)]
@@ -24,6 +27,72 @@ pub struct Metrics {
     pub sync_latency: HistogramVec,
     /// Events on kcp objects dropped because too many were queued.
     pub events_dropped: IntCounter,
+    /// The sync workers' queues, by `name` (the PublishedResource).
+    workqueue: WorkQueueMetrics,
+}
+
+/// controller-runtime's `workqueue_*` metrics, one series per queue.
+#[derive(Clone, Debug)]
+struct WorkQueueMetrics {
+    depth: IntGaugeVec,
+    adds: IntCounterVec,
+    retries: IntCounterVec,
+    queue_duration: HistogramVec,
+    work_duration: HistogramVec,
+}
+
+impl WorkQueueMetrics {
+    fn new() -> Self {
+        let buckets = vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0];
+        let histogram = |name: &str, help: &str| {
+            HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets.clone()),
+                &["name"],
+            )
+            .expect("valid metric")
+        };
+        Self {
+            depth: IntGaugeVec::new(
+                Opts::new("workqueue_depth", "Current depth of workqueue"),
+                &["name"],
+            )
+            .expect("valid metric"),
+            adds: IntCounterVec::new(
+                Opts::new(
+                    "workqueue_adds_total",
+                    "Total number of adds handled by workqueue",
+                ),
+                &["name"],
+            )
+            .expect("valid metric"),
+            retries: IntCounterVec::new(
+                Opts::new(
+                    "workqueue_retries_total",
+                    "Total number of retries handled by workqueue",
+                ),
+                &["name"],
+            )
+            .expect("valid metric"),
+            queue_duration: histogram(
+                "workqueue_queue_duration_seconds",
+                "How long in seconds an item stays in workqueue before being requested",
+            ),
+            work_duration: histogram(
+                "workqueue_work_duration_seconds",
+                "How long in seconds processing an item from workqueue takes",
+            ),
+        }
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.depth.clone()),
+            Box::new(self.adds.clone()),
+            Box::new(self.retries.clone()),
+            Box::new(self.queue_duration.clone()),
+            Box::new(self.work_duration.clone()),
+        ]
+    }
 }
 
 impl Default for Metrics {
@@ -72,6 +141,8 @@ impl Metrics {
             "Events on kcp objects dropped because too many were waiting to be written",
         )
         .expect("valid metric");
+        let workqueue = WorkQueueMetrics::new();
+        controllers.register(workqueue.collectors());
         controllers.register(vec![
             Box::new(published_resources.clone()),
             Box::new(events_dropped.clone()),
@@ -88,6 +159,19 @@ impl Metrics {
             sync_errors,
             sync_latency,
             events_dropped,
+            workqueue,
+        }
+    }
+
+    /// The series of the queue `name` (a sync worker's PublishedResource).
+    pub fn queue(&self, name: &str) -> QueueMetrics {
+        let queue = &self.workqueue;
+        QueueMetrics {
+            depth: queue.depth.with_label_values(&[name]),
+            adds: queue.adds.with_label_values(&[name]),
+            retries: queue.retries.with_label_values(&[name]),
+            queue_duration: queue.queue_duration.with_label_values(&[name]),
+            work_duration: queue.work_duration.with_label_values(&[name]),
         }
     }
 

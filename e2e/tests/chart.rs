@@ -6,6 +6,7 @@
 //! the chart's ServiceAccount enough to reconcile an offering to Ready,
 //! report a bad one with a Warning event, and clean up.
 
+use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,6 +25,8 @@ use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParam
 use kube::discovery::{Discovery, Scope};
 use kube::{Client, ResourceExt};
 use offering_operator::api::PublishedOffering;
+use promql_parser::parser::Expr;
+use promql_parser::util::{ExprVisitor, walk_expr};
 use serde_json::{Value, json};
 
 fn repo() -> PathBuf {
@@ -941,4 +944,132 @@ async fn an_offering_deleted_after_uninstall_waits_for_a_reinstalled_operator() 
         &helm(),
         &["uninstall", &release, "--namespace", &namespace],
     );
+}
+
+/// Metric names a PromQL expression reads; Grafana's `$__rate_interval` is
+/// taken as 5m. An expression that does not parse is an error.
+fn metrics_read(expression: &str) -> Result<BTreeSet<String>, String> {
+    struct Names(BTreeSet<String>);
+    impl ExprVisitor for Names {
+        type Error = String;
+        fn pre_visit(&mut self, expr: &Expr) -> Result<bool, String> {
+            let selector = match expr {
+                Expr::VectorSelector(selector) => Some(selector),
+                Expr::MatrixSelector(matrix) => Some(&matrix.vs),
+                _ => None,
+            };
+            if let Some(name) = selector.and_then(|s| s.name.clone()) {
+                self.0.insert(name);
+            }
+            Ok(true)
+        }
+    }
+    let parsed = promql_parser::parser::parse(&expression.replace("$__rate_interval", "5m"))
+        .map_err(|e| format!("{expression}: {e}"))?;
+    let mut names = Names(BTreeSet::new());
+    walk_expr(&mut names, &parsed)?;
+    Ok(names.0)
+}
+
+/// The metric names in a Prometheus text exposition (histograms by their
+/// `_bucket`, `_sum` and `_count` series).
+fn exposed(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| line.split(['{', ' ']).next())
+        .map(String::from)
+        .collect()
+}
+
+/// The chart's alerts and dashboard parse, the dashboard under `docs/` is
+/// the chart's, and every query reads only metrics that the running
+/// operator and agent expose (or Prometheus' own `up`), once an offering
+/// has synced an object and failed on another.
+#[tokio::test]
+async fn the_alerts_and_the_dashboard_read_only_metrics_the_binaries_expose() {
+    let objects = rendered(&[
+        "--set",
+        "prometheusRule.enabled=true",
+        "--set",
+        "grafanaDashboard.enabled=true",
+        "--api-versions",
+        "monitoring.coreos.com/v1/PrometheusRule",
+    ]);
+    let mut queries: Vec<String> = one(&objects, "PrometheusRule")["spec"]["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .flat_map(|group| group["rules"].as_array().cloned().unwrap_or_default())
+        .map(|rule| rule["expr"].as_str().expect("expr").to_string())
+        .collect();
+    assert!(queries.len() >= 5, "{queries:?}");
+    let dashboard: Value = serde_json::from_str(
+        one(&objects, "ConfigMap")["data"]["sync-agent.json"]
+            .as_str()
+            .expect("dashboard"),
+    )
+    .expect("the dashboard is JSON");
+    let documented: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("docs/grafana-dashboard.json")).expect("docs"),
+    )
+    .expect("JSON");
+    assert_eq!(dashboard, documented, "docs/ holds the chart's dashboard");
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            queries.push(target["expr"].as_str().expect("expr").to_string());
+        }
+    }
+    let mut read = BTreeSet::new();
+    for query in &queries {
+        read.extend(metrics_read(query).unwrap_or_else(|e| panic!("does not parse: {e}")));
+    }
+
+    // An offering whose agent syncs one object and cannot name another.
+    let scene = OfferingScene::new("chart-dash", &[]).await.expect("scene");
+    let kcp = &scene.provider.kcp;
+    let consumer = kcp
+        .create_workspace("root", "dash-consumer")
+        .await
+        .expect("consumer");
+    let group = scene.provider.group.clone();
+    let agent = scene
+        .publish(
+            "dash",
+            json!({
+                "agent": {"replicas": 1},
+                "resources": [{"name": "widgets", "resource": {"apiGroup": group, "kind": "Widget"},
+                               "naming": {"name": "{{ .Object.spec.color }}-w"}}],
+                "consumers": {"workspaces": [consumer.path]},
+            }),
+        )
+        .await
+        .expect("published");
+    let widgets = scene
+        .consumer_widget(&consumer.path, "good")
+        .await
+        .expect("widget");
+    let mut bad = DynamicObject::new("bad", &scene.widgets()).within("apps");
+    bad.data = json!({"spec": {"color": "Not_A_Name"}});
+    widgets
+        .create(&Default::default(), &bad)
+        .await
+        .expect("a widget its naming cannot name");
+    let names = poll_until(
+        "every metric the queries read",
+        KCP_SLOW_TIMEOUT,
+        async || {
+            let mut names = exposed(&agent.process.metrics().await?);
+            names.extend(exposed(&scene.operator.process.metrics().await?));
+            names.insert("up".into());
+            let missing: Vec<&String> = read.iter().filter(|n| !names.contains(*n)).collect();
+            if missing.is_empty() {
+                Ok(names)
+            } else {
+                Err(format!("not exposed (yet): {missing:?}"))
+            }
+        },
+    )
+    .await
+    .expect("the queries read exposed metrics");
+    assert!(names.contains("sync_agent_sync_errors_total"));
 }

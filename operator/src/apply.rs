@@ -49,6 +49,8 @@ pub struct Applied {
 pub struct Token {
     /// When it must be renewed.
     pub renew_at: Timestamp,
+    /// When it expires.
+    pub expires: Timestamp,
     /// Whether this apply minted it.
     pub rotated: bool,
 }
@@ -266,7 +268,7 @@ async fn token(
     rotation: Rotation,
 ) -> Result<Token, Error> {
     let now = Timestamp::now();
-    if let Some(renew_at) = credentials::renewal_time(
+    if let Some(schedule) = credentials::renewal_time(
         fetched.facts.agent_secret.as_ref(),
         kubeconfig,
         account_uid,
@@ -274,7 +276,8 @@ async fn token(
         now,
     ) {
         return Ok(Token {
-            renew_at,
+            renew_at: schedule.renew_at,
+            expires: schedule.expires,
             rotated: false,
         });
     }
@@ -287,6 +290,7 @@ async fn token(
         .map_err(|error| Error::service("writing the agent's kcp Secret", error))?;
     Ok(Token {
         renew_at: credentials::renew_at(now, minted.expires, rotation),
+        expires: minted.expires,
         rotated: true,
     })
 }

@@ -16,7 +16,7 @@ use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use prometheus::{IntCounter, IntGauge};
+use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts};
 use serde_json::json;
 use sync_agent::api::published_resource::PublishedResource;
 use sync_agent::runtime::backoff::{Backoff, Failures};
@@ -58,11 +58,20 @@ pub struct Metrics {
     pub controllers: ControllerMetrics,
     /// Agent tokens minted, first ones included.
     pub tokens_issued: IntCounter,
+    /// 1 while an offering is Ready, else 0; by its namespace and name
+    /// (`offering_namespace`: the scrape sets `namespace` to the operator's).
+    ready: IntGaugeVec,
+    /// When each offering's agent token expires (Unix seconds).
+    token_expiry: IntGaugeVec,
 }
 
 /// Every metric, registered.
 impl Default for Metrics {
     fn default() -> Self {
+        let per_offering = |name: &str, help: &str| {
+            IntGaugeVec::new(Opts::new(name, help), &["offering_namespace", "offering"])
+                .expect("valid metric")
+        };
         let metrics = Self {
             controllers: ControllerMetrics::new(),
             tokens_issued: IntCounter::new(
@@ -70,14 +79,53 @@ impl Default for Metrics {
                 "kcp tokens minted for sync agents, first ones and rotations",
             )
             .expect("valid metric"),
+            ready: per_offering(
+                "offering_operator_offering_ready",
+                "1 while the offering's Ready condition is True, else 0",
+            ),
+            token_expiry: per_offering(
+                "offering_operator_agent_token_expiry_timestamp_seconds",
+                "When the kcp token of the offering's agent expires, in Unix seconds",
+            ),
         };
-        let tokens_issued = Box::new(metrics.tokens_issued.clone());
-        metrics.controllers.register(vec![tokens_issued]);
+        metrics.controllers.register(vec![
+            Box::new(metrics.tokens_issued.clone()),
+            Box::new(metrics.ready.clone()),
+            Box::new(metrics.token_expiry.clone()),
+        ]);
         metrics
     }
 }
 
 impl Metrics {
+    /// Records whether `offering` is Ready.
+    pub fn offering_ready(&self, offering: &PublishedOffering, ready: bool) {
+        self.ready
+            .with_label_values(&Self::labels(offering))
+            .set(i64::from(ready));
+    }
+
+    /// Records when the token of `offering`'s agent expires.
+    pub fn token_expires(&self, offering: &PublishedOffering, expires: Timestamp) {
+        self.token_expiry
+            .with_label_values(&Self::labels(offering))
+            .set(expires.as_second());
+    }
+
+    /// Drops the series of a deleted offering.
+    pub fn forget(&self, offering: &PublishedOffering) {
+        let labels = Self::labels(offering);
+        let _ = self.ready.remove_label_values(&labels);
+        let _ = self.token_expiry.remove_label_values(&labels);
+    }
+
+    fn labels(offering: &PublishedOffering) -> [String; 2] {
+        [
+            offering.namespace().unwrap_or_default(),
+            offering.name_any(),
+        ]
+    }
+
     /// 1 while this replica holds the Lease `lease`, else 0.
     pub fn leader_status(&self, lease: &str) -> IntGauge {
         self.controllers.leader_status(lease)
@@ -318,6 +366,10 @@ async fn write_provisioned(
     announce(offering, ctx, &next).await;
     write_status(offering, ctx, &next).await?;
     let ready = next.conditions.first();
+    ctx.metrics
+        .offering_ready(offering, ready.is_some_and(|r| r.status == "True"));
+    ctx.metrics
+        .token_expires(offering, provisioned.token_expires);
     let wait = match ready {
         Some(ready) if ready.status == "True" => {
             ctx.succeeded(offering);
@@ -371,6 +423,7 @@ async fn report_error(offering: &PublishedOffering, ctx: &Context, error: &Error
     let mut next = offering.status.clone().unwrap_or_default();
     status::set_error(&mut next.conditions, error, generation);
     next.observed_generation = generation;
+    ctx.metrics.offering_ready(offering, false);
     announce(offering, ctx, &next).await;
     if let Err(write_error) = write_status(offering, ctx, &next).await {
         warn!(error = %write_error, "Cannot write the status");
@@ -411,6 +464,7 @@ async fn remove(offering: &PublishedOffering, ctx: &Context) -> Result<Action, E
                     .await;
             }
             info!("Removed the offering's objects");
+            ctx.metrics.forget(offering);
             ctx.succeeded(offering);
             Ok(Action::await_change())
         }

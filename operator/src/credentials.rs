@@ -224,6 +224,15 @@ pub struct Rotation {
     pub renew_before: Duration,
 }
 
+/// When a token is replaced, and when it expires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    /// When the operator replaces it.
+    pub renew_at: Timestamp,
+    /// When kcp stops taking it.
+    pub expires: Timestamp,
+}
+
 /// When the token in `secret` must be replaced, or `None` when the Secret
 /// must get a new token now: it is missing, holds another kubeconfig or a
 /// token of another ServiceAccount, or its token is due.
@@ -233,7 +242,7 @@ pub fn renewal_time(
     account_uid: &str,
     rotation: Rotation,
     now: Timestamp,
-) -> Option<Timestamp> {
+) -> Option<Schedule> {
     let secret = secret?;
     let data = secret.data.as_ref()?;
     if data.get(KUBECONFIG_KEY).map(|v| v.0.as_slice()) != Some(kubeconfig.as_bytes()) {
@@ -247,7 +256,7 @@ pub fn renewal_time(
     let issued: Timestamp = annotations.get(ISSUED_ANNOTATION)?.parse().ok()?;
     let expires: Timestamp = annotations.get(EXPIRES_ANNOTATION)?.parse().ok()?;
     let renew_at = renew_at(issued, expires, rotation);
-    (renew_at > now).then_some(renew_at)
+    (renew_at > now).then_some(Schedule { renew_at, expires })
 }
 
 /// When a token minted at `issued` that expires at `expires` is replaced:
@@ -486,7 +495,7 @@ users:
         let now: Timestamp = "2026-01-01T10:00:00Z".parse().unwrap();
         let fresh = secret("cfg", "uid-1", "2026-01-01T11:00:00Z");
         assert_eq!(
-            renewal_time(Some(&fresh), "cfg", "uid-1", rotation, now),
+            renewal_time(Some(&fresh), "cfg", "uid-1", rotation, now).map(|s| s.renew_at),
             Some("2026-01-01T10:40:00Z".parse().unwrap())
         );
         let due = secret("cfg", "uid-1", "2026-01-01T10:15:00Z");

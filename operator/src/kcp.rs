@@ -11,6 +11,7 @@ use sync_agent::api::kcp::core_v1alpha1::LogicalCluster;
 
 use crate::credentials::{self, KcpCredentials};
 use crate::error::Error;
+use sync_agent::runtime::rest;
 
 /// The operator's access to kcp, by workspace path. Clones share the
 /// client cache.
@@ -59,7 +60,7 @@ impl Kcp {
         config.cluster_url = url
             .parse()
             .map_err(|_| Error::InvalidSpec(format!("{url} is not a valid URL")))?;
-        let client = Client::try_from(config).map_err(|error| {
+        let client = rest::client(config).map_err(|error| {
             Error::InvalidKcpKubeconfig(format!("building a kcp client: {error}"))
         })?;
         clients.insert(url, client.clone());

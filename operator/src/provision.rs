@@ -43,6 +43,8 @@ pub struct Provisioned {
     pub consumers: ConsumerReport,
     /// When the agent's token must be renewed.
     pub renew_at: Timestamp,
+    /// When the agent's token expires.
+    pub token_expires: Timestamp,
     /// Whether this apply minted a new token.
     pub rotated: bool,
 }
@@ -82,6 +84,7 @@ pub async fn provision(
         parts,
         consumers,
         renew_at: token.renew_at,
+        token_expires: token.expires,
         rotated: token.rotated,
     })
 }

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::runtime::rest;
 use kube::config::{InferConfigError, KubeConfigOptions, Kubeconfig, KubeconfigError};
 use kube::{Client, Config};
 
@@ -59,5 +60,5 @@ pub async fn service_config(path: Option<&Path>) -> Result<Config, LoadError> {
 
 /// A client for `config`.
 pub fn client(config: Config) -> Result<Client, LoadError> {
-    Client::try_from(config).map_err(LoadError::Client)
+    rest::client(config).map_err(LoadError::Client)
 }

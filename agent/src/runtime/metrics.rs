@@ -119,6 +119,7 @@ impl ControllerMetrics {
             Box::new(metrics.panics.clone()),
             Box::new(metrics.terminal_errors.clone()),
             Box::new(metrics.leader_status.clone()),
+            Box::new(super::rest::REQUESTS.clone()),
         ]);
         // `process_*`: CPU, memory, open files, start time, as client_golang
         // reports them.

@@ -1,6 +1,7 @@
 //! What both binaries run on, independent of what they reconcile: retry
-//! policy, HTTP endpoints and client, cluster configuration loading, leader
-//! election, metrics, and the process's logging, start-up and shutdown.
+//! policy, HTTP endpoints and client, cluster configuration loading, API
+//! clients that count their requests, leader election, metrics, and the
+//! process's logging, start-up and shutdown.
 
 pub mod backoff;
 pub mod events;
@@ -11,3 +12,4 @@ pub mod leader;
 pub mod logging;
 pub mod metrics;
 pub mod process;
+pub mod rest;

@@ -2,7 +2,9 @@
 //! reconciled, or due again. A key waits at most once; a key that changes
 //! while it is being reconciled runs once more afterwards, unless the only
 //! changes were the echoes of that reconcile's own writes; failures are
-//! retried per key with [`Failures`]; requeues wait on a timer.
+//! retried per key with [`Failures`]; requeues wait on a timer. Depth,
+//! adds, retries and the time keys wait and take are counted as
+//! controller-runtime's `workqueue_*` metrics.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -10,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use kube::ResourceExt;
 use kube::api::DynamicObject;
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge};
 use tokio::sync::Notify;
 
 use super::echo::Echoes;
@@ -29,12 +32,51 @@ struct Inner {
     added: Notify,
     failures: Failures<RemoteKey>,
     echoes: Arc<Echoes>,
+    metrics: QueueMetrics,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.metrics.depth.set(0);
+    }
+}
+
+/// A queue's series of controller-runtime's `workqueue_*` metrics.
+#[derive(Clone, Debug)]
+pub struct QueueMetrics {
+    /// Keys waiting (`workqueue_depth`).
+    pub depth: IntGauge,
+    /// Keys queued (`workqueue_adds_total`).
+    pub adds: IntCounter,
+    /// Keys queued again after a failure (`workqueue_retries_total`).
+    pub retries: IntCounter,
+    /// Seconds a key waited (`workqueue_queue_duration_seconds`).
+    pub queue_duration: Histogram,
+    /// Seconds a key was worked on (`workqueue_work_duration_seconds`).
+    pub work_duration: Histogram,
+}
+
+impl QueueMetrics {
+    /// Series registered nowhere, for a queue nobody scrapes.
+    pub fn unregistered() -> Self {
+        let histogram = |name: &str| {
+            Histogram::with_opts(HistogramOpts::new(name, name)).expect("valid metric")
+        };
+        Self {
+            depth: IntGauge::new("depth", "depth").expect("valid metric"),
+            adds: IntCounter::new("adds", "adds").expect("valid metric"),
+            retries: IntCounter::new("retries", "retries").expect("valid metric"),
+            queue_duration: histogram("queue"),
+            work_duration: histogram("work"),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct State {
-    /// Keys waiting, oldest first, and the same keys as a set.
-    waiting: VecDeque<RemoteKey>,
+    /// Keys waiting, oldest first with when they were queued, and the same
+    /// keys as a set.
+    waiting: VecDeque<(RemoteKey, Instant)>,
     queued: HashSet<RemoteKey>,
     /// Which endpoint serves each logical cluster.
     routes: HashMap<String, String>,
@@ -57,7 +99,7 @@ impl State {
             self.dirty.insert(key);
             false
         } else if self.queued.insert(key.clone()) {
-            self.waiting.push_back(key);
+            self.waiting.push_back((key, Instant::now()));
             true
         } else {
             false
@@ -82,14 +124,15 @@ impl State {
 
 impl WorkQueue {
     /// An empty queue; `echoes` are the worker's own writes, `retry` the
-    /// backoff of failing keys.
-    pub fn new(echoes: Arc<Echoes>, retry: Backoff) -> Self {
+    /// backoff of failing keys, `metrics` where it is counted.
+    pub fn new(echoes: Arc<Echoes>, retry: Backoff, metrics: QueueMetrics) -> Self {
         Self {
             inner: Arc::new(Inner {
                 state: Mutex::default(),
                 added: Notify::new(),
                 failures: Failures::new(retry),
                 echoes,
+                metrics,
             }),
         }
     }
@@ -100,7 +143,14 @@ impl WorkQueue {
 
     /// Queues `key` (once, however often it is added before it runs).
     pub fn add(&self, key: RemoteKey) {
-        if self.state().add(key) {
+        let queued = {
+            let mut state = self.state();
+            let queued = state.add(key);
+            self.inner.metrics.depth.set(depth(&state));
+            queued
+        };
+        if queued {
+            self.inner.metrics.adds.inc();
             self.inner.added.notify_one();
         }
     }
@@ -163,16 +213,22 @@ impl WorkQueue {
 
     fn pop(&self) -> Option<Claim> {
         let mut state = self.state();
-        while let Some(key) = state.waiting.pop_front() {
+        while let Some((key, queued_at)) = state.waiting.pop_front() {
             state.queued.remove(&key);
+            self.inner.metrics.depth.set(depth(&state));
             let Some(endpoint) = state.routes.get(&key.cluster).cloned() else {
                 continue;
             };
+            self.inner
+                .metrics
+                .queue_duration
+                .observe(queued_at.elapsed().as_secs_f64());
             state.in_flight.insert(key.clone());
             return Some(Claim {
                 queue: self.clone(),
                 key,
                 endpoint,
+                started: Instant::now(),
             });
         }
         None
@@ -218,6 +274,7 @@ pub struct Claim {
     queue: WorkQueue,
     key: RemoteKey,
     endpoint: String,
+    started: Instant,
 }
 
 impl Claim {
@@ -253,6 +310,7 @@ impl Claim {
         let after = queue.inner.failures.failed(self.key.clone());
         let key = self.key.clone();
         drop(self);
+        queue.inner.metrics.retries.inc();
         queue.schedule(key, after);
         after
     }
@@ -260,8 +318,17 @@ impl Claim {
 
 impl Drop for Claim {
     fn drop(&mut self) {
+        self.queue
+            .inner
+            .metrics
+            .work_duration
+            .observe(self.started.elapsed().as_secs_f64());
         self.queue.release(&self.key);
     }
+}
+
+fn depth(state: &State) -> i64 {
+    i64::try_from(state.waiting.len()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

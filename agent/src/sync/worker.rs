@@ -54,7 +54,11 @@ type KcpMirrors = HashMap<String, Arc<Mirror<RemoteKey>>>;
 /// Runs a worker until `stop` flips to true.
 pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Receiver<bool>) {
     info!(published_resource = %config.published_resource, endpoints = ?config.endpoints, "Starting sync worker");
-    let queue = WorkQueue::new(config.echoes.clone(), RETRY);
+    let queue = WorkQueue::new(
+        config.echoes.clone(),
+        RETRY,
+        ctx.metrics.queue(&config.published_resource),
+    );
     let mut tasks = tokio::task::JoinSet::new();
     let kcp_objects: Arc<KcpMirrors> = Arc::new(
         config

@@ -187,6 +187,7 @@ mod stage {
             endpoint_urls: fixture.endpoint_urls,
             token: Token {
                 renew_at: "2026-01-01T10:40:00Z".parse::<Timestamp>().unwrap(),
+                expires: "2026-01-01T11:00:00Z".parse::<Timestamp>().unwrap(),
                 rotated: false,
             },
             published: fixture.published,

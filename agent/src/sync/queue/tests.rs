@@ -21,7 +21,7 @@ fn object(version: &str) -> DynamicObject {
 
 fn queue() -> (WorkQueue, Arc<Echoes>) {
     let echoes = Arc::new(Echoes::default());
-    let queue = WorkQueue::new(echoes.clone(), RETRY);
+    let queue = WorkQueue::new(echoes.clone(), RETRY, QueueMetrics::unregistered());
     queue.route("c", ENDPOINT);
     (queue, echoes)
 }
@@ -108,7 +108,7 @@ fn events_seen_in_flight_rerun_unless_the_reconcile_wrote_them() {
 #[test]
 fn a_kcp_event_routes_its_cluster_and_starts_the_latency_clock() {
     let echoes = Arc::new(Echoes::default());
-    let queue = WorkQueue::new(echoes, RETRY);
+    let queue = WorkQueue::new(echoes, RETRY, QueueMetrics::unregistered());
     queue.observed_kcp(key("a"), ENDPOINT, &object("10"));
     let claim = queue.pop().expect("the event routed cluster c");
     assert!(claim.succeeded(None).is_some(), "the change was seen");
@@ -161,4 +161,27 @@ async fn a_requeue_comes_after_its_delay_and_timers_do_not_pile_up() {
     assert_eq!(waited, Duration::from_secs(30));
     drop(claim);
     assert!(drain(&queue).is_empty(), "one timer, one run");
+}
+
+#[test]
+fn depth_adds_retries_and_durations_are_counted() {
+    let metrics = QueueMetrics::unregistered();
+    let queue = WorkQueue::new(Arc::default(), RETRY, metrics.clone());
+    queue.route("c", ENDPOINT);
+    for name in ["a", "b", "a"] {
+        queue.add(key(name));
+    }
+    assert_eq!((metrics.depth.get(), metrics.adds.get()), (2, 2));
+    let claim = queue.pop().expect("a");
+    assert_eq!(metrics.depth.get(), 1);
+    assert_eq!(metrics.queue_duration.get_sample_count(), 1);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async { claim.failed() });
+    assert_eq!(metrics.retries.get(), 1);
+    assert_eq!(metrics.work_duration.get_sample_count(), 1);
+    drop(queue);
+    assert_eq!(metrics.depth.get(), 0, "a stopped queue waits for nothing");
 }
