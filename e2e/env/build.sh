@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the test environment's servers from Go modules: kcp (module ./kcp),
-# kube-apiserver and etcd (module ./kube-apiserver), helm (module ./helm)
+# kube-apiserver and etcd (module ./kube-apiserver), kubectl (module ./kubectl,
+# for the tests that run the docs' commands), helm (module ./helm)
 # for the chart's tests, and dockerfile-lint (module ./dockerfile-lint,
 # BuildKit's Dockerfile checks) for the Dockerfile. Binaries go to
 # <repo>/.e2e-bin and are rebuilt only when their module's go.mod/go.sum,
@@ -74,5 +75,6 @@ kube_apiserver_ldflags=$(kube_version_ldflags kube-apiserver)
 build kcp kcp github.com/kcp-dev/kcp/cmd/kcp "$kcp_ldflags"
 build kube-apiserver kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$kube_apiserver_ldflags"
 build kube-apiserver etcd go.etcd.io/etcd/server/v3
+build kubectl kubectl .
 build helm helm helm.sh/helm/v3/cmd/helm
 build dockerfile-lint dockerfile-lint .

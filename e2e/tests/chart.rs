@@ -544,9 +544,26 @@ fn a_service_monitor_needs_the_prometheus_operators_crd() {
         "--api-versions",
         "monitoring.coreos.com/v1/ServiceMonitor",
     ]);
-    let monitor = one(&objects, "ServiceMonitor");
-    assert_eq!(monitor["metadata"]["labels"]["release"], "prom");
-    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+    let monitors = of_kind(&objects, "ServiceMonitor");
+    assert_eq!(monitors.len(), 2, "the operator's and the agents'");
+    for monitor in &monitors {
+        assert_eq!(monitor["metadata"]["labels"]["release"], "prom");
+        assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+    }
+    let agents = monitors
+        .iter()
+        .find(|m| m["metadata"]["name"] == "rel-offering-operator-agents")
+        .expect("the agents' ServiceMonitor");
+    assert_eq!(agents["spec"]["namespaceSelector"]["any"], true);
+    assert_eq!(
+        agents["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"],
+        "sync-agent"
+    );
+    assert!(of_kind(&rendered(&[]), "PrometheusRule").is_empty());
+    refused(
+        &["--set", "prometheusRule.enabled=true"],
+        "prometheusRule.enabled=true needs the prometheus-operator's PrometheusRule CRD",
+    );
 }
 
 #[test]
