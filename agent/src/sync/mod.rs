@@ -1,7 +1,8 @@
 //! Object sync between consumer workspaces and the service cluster.
 //!
 //! `worker` runs one PublishedResource's sync: watches feed the `queue`,
-//! each key goes through `reconcile`, which writes only through the one
+//! each key goes through `reconcile` (filters and workspace path from
+//! `workspace`), which writes only through the one
 //! engine in `copy` (pure halves in `object`, names from `naming`); related
 //! objects are located by `related` and kept by `related_copies` through the
 //! same engine. `mirror` and `echo` hold what the watches saw and what the
@@ -23,3 +24,4 @@ pub mod reconcile;
 pub mod related;
 pub mod related_copies;
 pub mod worker;
+pub mod workspace;

@@ -9,7 +9,6 @@
 use std::time::Duration;
 
 use kube::api::{Api, ApiResource, DynamicObject, Patch};
-use kube::core::SelectorExt;
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tracing::{debug, info, instrument};
@@ -24,6 +23,7 @@ use super::naming::{NamingContext, Placement};
 use super::object::{Owner, new_copy};
 use super::related;
 use super::related_copies;
+use super::workspace::{filters_match, workspace_path};
 use crate::context::{Context, patch_params};
 
 /// How often objects with unwatched related resources are looked at again.
@@ -566,46 +566,6 @@ fn synced(
         .with_label_values(&[config.published_resource.as_str(), action])
         .inc();
     events.normal(reason, message);
-}
-
-/// Whether the kcp object passes the resource and namespace filters.
-async fn filters_match(
-    config: &WorkerConfig,
-    client: &Client,
-    remote: &DynamicObject,
-) -> Result<bool, SyncError> {
-    if let Some(selector) = &config.resource_filter
-        && !selector.matches(remote.labels())
-    {
-        return Ok(false);
-    }
-    if let (Some(selector), Some(namespace)) = (&config.namespace_filter, remote.namespace()) {
-        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-        let labels = namespaces
-            .get(&namespace)
-            .await
-            .map_err(SyncError::Kcp)?
-            .metadata
-            .labels
-            .unwrap_or_default();
-        if !selector.matches(&labels) {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
-/// The workspace path of the object's workspace (`kcp.io/path` of its LogicalCluster).
-async fn workspace_path(client: &Client) -> Result<String, SyncError> {
-    let cluster = Api::<crate::api::kcp::core_v1alpha1::LogicalCluster>::all(client.clone())
-        .get(crate::api::kcp::core_v1alpha1::LOGICAL_CLUSTER_NAME)
-        .await
-        .map_err(SyncError::Kcp)?;
-    Ok(cluster
-        .annotations()
-        .get(crate::api::kcp::PATH_ANNOTATION)
-        .cloned()
-        .unwrap_or_default())
 }
 
 /// The events of one reconcile, on the consumer's object.
