@@ -244,6 +244,22 @@ impl Provider {
         .await
     }
 
+    /// Creates the PublishedResource `name` with `spec` and waits until its
+    /// schema is published and in the export; returns its name.
+    pub async fn publish_pr(&self, name: &str, spec: Value) -> anyhow::Result<String> {
+        let pr = self.create_pr(name, spec).await?;
+        let schema = self.wait_for_schema_name(&pr, None).await?;
+        self.wait_for_export("the schema in the export", |e| {
+            if e.spec.resources.iter().any(|r| r.schema == schema) {
+                Ok(())
+            } else {
+                Err(format!("{schema} missing"))
+            }
+        })
+        .await?;
+        Ok(pr)
+    }
+
     /// Creates a consumer workspace bound to the export, accepting every
     /// claim the export makes now (verbs and identity hash copied), and waits
     /// until the binding is bound.

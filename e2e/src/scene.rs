@@ -61,21 +61,10 @@ impl Scene {
         if let (Some(spec), Some(extra)) = (spec.as_object_mut(), pr_extra.as_object()) {
             spec.extend(extra.clone());
         }
-        let pr = provider.create_pr("widgets", spec).await.expect("PR");
-        let schema = provider
-            .wait_for_schema_name(&pr, None)
-            .await
-            .expect("schema");
         provider
-            .wait_for_export("the schema in the export", |e| {
-                if e.spec.resources.iter().any(|r| r.schema == schema) {
-                    Ok(())
-                } else {
-                    Err("missing".into())
-                }
-            })
+            .publish_pr("widgets", spec)
             .await
-            .expect("export");
+            .expect("the PublishedResource in the export");
         let resource = ApiResource::from_gvk_with_plural(
             &GroupVersionKind::gvk(&provider.group, "v1", "Widget"),
             "widgets",

@@ -1064,8 +1064,8 @@ async fn the_namespaces_of_copies_carry_the_metadata_of_the_published_resource()
 async fn a_deployment_round_trips_with_its_status() {
     let provider = Provider::new("deploy").await.expect("provider");
     let agent = provider.start_agent().await.expect("agent starts");
-    let pr = provider
-        .create_pr(
+    provider
+        .publish_pr(
             "deployments",
             json!({
                 "resource": {"apiGroup": "apps", "kind": "Deployment", "versions": ["v1"]},
@@ -1073,21 +1073,7 @@ async fn a_deployment_round_trips_with_its_status() {
             }),
         )
         .await
-        .expect("PR");
-    let schema = provider
-        .wait_for_schema_name(&pr, None)
-        .await
-        .expect("schema");
-    provider
-        .wait_for_export("the Deployment schema in the export", |e| {
-            if e.spec.resources.iter().any(|r| r.schema == schema) {
-                Ok(())
-            } else {
-                Err("missing".into())
-            }
-        })
-        .await
-        .expect("export");
+        .expect("the Deployment schema in the export");
     let consumer = provider.bind_consumer("consumer").await.expect("consumer");
     let client = provider.kcp.client(&consumer.path).expect("client");
     let namespace = Namespace {
