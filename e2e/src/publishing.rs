@@ -269,6 +269,18 @@ impl Provider {
         Ok(consumer)
     }
 
+    /// [`Provider::bind_consumer`], plus a namespace `apps` in the consumer
+    /// workspace; returns the workspace and a client of it.
+    pub async fn bind_consumer_with_apps(
+        &self,
+        prefix: &str,
+    ) -> anyhow::Result<(TestWorkspace, Client)> {
+        let consumer = self.bind_consumer(prefix).await?;
+        let client = self.kcp.client(&consumer.path)?;
+        create_apps_namespace(&client).await?;
+        Ok((consumer, client))
+    }
+
     /// Binds an existing workspace to the export, accepting every claim the
     /// export makes now, and waits until the binding is bound.
     pub async fn bind(&self, consumer: &TestWorkspace) -> anyhow::Result<()> {
@@ -318,4 +330,14 @@ impl Provider {
         service::delete_namespace(&self.service, &self.namespace).await?;
         self.workspace.delete(&self.kcp).await
     }
+}
+
+/// Creates the namespace `apps` the tests' consumer objects live in.
+pub async fn create_apps_namespace(client: &Client) -> anyhow::Result<()> {
+    let namespace = serde_json::from_value(json!({"metadata": {"name": "apps"}}))?;
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .context("creating namespace apps")?;
+    Ok(())
 }

@@ -3,9 +3,8 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
-use kube::api::{Api, ApiResource, DynamicObject, ListParams, ObjectMeta, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
 use kube::core::GroupVersionKind;
 use serde_json::json;
 use sync_agent::sync::identity;
@@ -78,20 +77,10 @@ impl Scene {
 
     /// A consumer workspace bound to the export, with a namespace `apps`.
     pub async fn consumer(&self, prefix: &str) -> (TestWorkspace, Client) {
-        let consumer = self.provider.bind_consumer(prefix).await.expect("consumer");
-        let client = self.provider.kcp.client(&consumer.path).expect("client");
-        let namespace = Namespace {
-            metadata: ObjectMeta {
-                name: Some("apps".into()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &namespace)
+        self.provider
+            .bind_consumer_with_apps(prefix)
             .await
-            .expect("namespace");
-        (consumer, client)
+            .expect("consumer with namespace apps")
     }
 
     /// The widgets in a consumer's namespace `apps`.

@@ -680,15 +680,7 @@ async fn a_related_kind_from_another_export_is_claimed_with_its_identity_hash_an
         .await
         .expect("bound to the offering, claims accepted");
     let client = provider.kcp.client(&consumer.path).expect("client");
-    let namespace = Namespace {
-        metadata: ObjectMeta {
-            name: Some("apps".into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
+    e2e::publishing::create_apps_namespace(&client)
         .await
         .expect("namespace");
     let thing_resource = ApiResource::from_gvk_with_plural(

@@ -824,22 +824,10 @@ async fn an_endpoint_slice_in_another_workspace_is_followed_to_the_export() {
         .await
         .expect("agent starts");
 
-    let (consumer, client) = {
-        let consumer = provider.bind_consumer("consumer").await.expect("consumer");
-        let client = provider.kcp.client(&consumer.path).expect("client");
-        let namespace = Namespace {
-            metadata: ObjectMeta {
-                name: Some("apps".into()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &namespace)
-            .await
-            .expect("namespace");
-        (consumer, client)
-    };
+    let (consumer, client) = provider
+        .bind_consumer_with_apps("consumer")
+        .await
+        .expect("consumer");
     let mut widget = DynamicObject::new("via-slice", &scene.resource).within("apps");
     widget.data = json!({"spec": {"color": "teal"}});
     let widgets: Api<DynamicObject> = Api::namespaced_with(client.clone(), "apps", &scene.resource);
@@ -1074,19 +1062,10 @@ async fn a_deployment_round_trips_with_its_status() {
         )
         .await
         .expect("the Deployment schema in the export");
-    let consumer = provider.bind_consumer("consumer").await.expect("consumer");
-    let client = provider.kcp.client(&consumer.path).expect("client");
-    let namespace = Namespace {
-        metadata: ObjectMeta {
-            name: Some("apps".into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
+    let (consumer, client) = provider
+        .bind_consumer_with_apps("consumer")
         .await
-        .expect("namespace");
+        .expect("consumer");
     let remote = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk(&provider.group, "v1", "Deployment"),
         "deployments",
