@@ -1,7 +1,7 @@
 //! What a sync worker knows about its PublishedResource, resolved once when
 //! the worker starts.
 
-use std::collections::BTreeMap;
+use super::identity::CopyKey;
 use std::sync::Arc;
 
 use kube::api::ApiResource;
@@ -56,4 +56,4 @@ pub struct WorkerConfig {
 }
 
 /// The local copies of a worker, found by their identification labels.
-pub type CopyMirror = Mirror<BTreeMap<String, String>>;
+pub type CopyMirror = Mirror<CopyKey>;

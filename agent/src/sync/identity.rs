@@ -139,9 +139,36 @@ impl RemoteKey {
     }
 }
 
-/// The identification labels of a local copy, by which its kcp object's
-/// [`RemoteKey::labels`] finds it; `None` for objects without them.
-pub fn copy_labels(object: &DynamicObject) -> Option<BTreeMap<String, String>> {
+/// What finds a local copy in a worker's mirror: the values of its
+/// identification labels in one string (a map of them would take several
+/// times the bytes, for each of thousands of copies).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CopyKey(Box<str>);
+
+impl CopyKey {
+    /// Label values cannot hold `/`; the number of parts tells a namespaced
+    /// key from a cluster-scoped one.
+    fn of<'a>(values: impl Iterator<Item = &'a String>) -> Self {
+        Self(
+            values
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join("/")
+                .into(),
+        )
+    }
+}
+
+impl RemoteKey {
+    /// The mirror key of its local copy.
+    pub fn copy_key(&self) -> CopyKey {
+        CopyKey::of(self.labels().values())
+    }
+}
+
+/// The mirror key of a local copy, from its identification labels (as
+/// [`RemoteKey::copy_key`] has it); `None` for objects without them.
+pub fn copy_key(object: &DynamicObject) -> Option<CopyKey> {
     let labels = object.labels();
     let mut found = BTreeMap::new();
     for (key, required) in [
@@ -151,13 +178,13 @@ pub fn copy_labels(object: &DynamicObject) -> Option<BTreeMap<String, String>> {
     ] {
         match labels.get(key) {
             Some(value) => {
-                found.insert(key.to_string(), value.clone());
+                found.insert(key, value);
             }
             None if required => return None,
             None => {}
         }
     }
-    Some(found)
+    Some(CopyKey::of(found.into_values()))
 }
 
 #[cfg(test)]
@@ -201,13 +228,13 @@ mod tests {
             "metadata": {"name": "x", "labels": labels},
         }))
         .unwrap();
-        assert_eq!(copy_labels(&copy), Some(key.labels()));
+        assert_eq!(copy_key(&copy), Some(key.copy_key()));
         let unrelated: DynamicObject = serde_json::from_value(serde_json::json!({
             "apiVersion": "g/v1", "kind": "W",
             "metadata": {"name": "y", "labels": {REMOTE_CLUSTER_LABEL: "c"}},
         }))
         .unwrap();
-        assert_eq!(copy_labels(&unrelated), None);
+        assert_eq!(copy_key(&unrelated), None);
     }
 
     #[test]

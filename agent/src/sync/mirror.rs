@@ -3,6 +3,10 @@
 //! caches the same way). A worker keeps one mirror of the kcp objects per
 //! virtual workspace endpoint and one of its local copies.
 //!
+//! Objects are held as compact JSON without their managedFields: a parsed
+//! object takes several times its JSON's bytes, and thousands of them are
+//! held at once; a reconcile parses the one or two it reads.
+//!
 //! The agent's own writes are put into the mirror as soon as they return,
 //! so the next reconcile of the object does not act on the version before
 //! them. Versions only move forward: an event or write older than what the
@@ -12,7 +16,7 @@
 //! conflict, and the watch event that makes the mirror current wakes the
 //! object again.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -54,9 +58,25 @@ pub struct Mirror<K> {
     synced: watch::Sender<bool>,
 }
 
+/// One object as the mirror holds it.
+struct Held<K> {
+    version: Option<u64>,
+    key: K,
+    /// The object as JSON, without its managedFields.
+    json: Box<[u8]>,
+}
+
+impl<K> Held<K> {
+    fn object(&self) -> Option<DynamicObject> {
+        serde_json::from_slice(&self.json).ok()
+    }
+}
+
 struct State<K> {
-    objects: HashMap<Address, Arc<DynamicObject>>,
-    by_key: HashMap<K, BTreeSet<Address>>,
+    /// Objects by address, shared with `by_key`.
+    objects: HashMap<Arc<Address>, Held<K>>,
+    /// Addresses by key; almost always one, so a vector, not a set.
+    by_key: HashMap<K, Vec<Arc<Address>>>,
     tombstones: HashMap<Address, (u64, Instant)>,
     /// Addresses listed since the watch (re)started, until the list is done.
     relisted: Option<HashSet<Address>>,
@@ -108,14 +128,14 @@ impl<K: Clone + Eq + Hash> Mirror<K> {
             Event::InitDone => {
                 let mut state = self.state();
                 if let Some(listed) = state.relisted.take() {
-                    let gone: Vec<Address> = state
+                    let gone: Vec<Arc<Address>> = state
                         .objects
                         .keys()
                         .filter(|a| !listed.contains(*a))
                         .cloned()
                         .collect();
                     for address in gone {
-                        state.drop_object(&address, self.key_of);
+                        state.drop_object(&address);
                     }
                 }
                 state.tombstones.clear();
@@ -134,7 +154,7 @@ impl<K: Clone + Eq + Hash> Mirror<K> {
         let address = address(object);
         let incoming = version(object);
         let mut state = self.state();
-        let held = state.objects.get(&address).and_then(|o| version(o));
+        let held = state.objects.get(&address).and_then(|h| h.version);
         let deleted = state.tombstones.get(&address).map(|(v, _)| *v);
         if let Some(incoming) = incoming
             && (held.is_some_and(|h| h > incoming) || deleted.is_some_and(|d| d >= incoming))
@@ -142,17 +162,35 @@ impl<K: Clone + Eq + Hash> Mirror<K> {
             return;
         }
         state.tombstones.remove(&address);
-        if let Some(previous) = state.objects.get(&address).cloned()
-            && let Some(old_key) = (self.key_of)(&previous)
-            && old_key != key
-        {
-            state.unindex(&old_key, &address);
-        }
-        state.by_key.entry(key).or_default().insert(address.clone());
         // Nothing reads the field history; it is most of an object's size.
         let mut object = object.clone();
         object.metadata.managed_fields = None;
-        state.objects.insert(address, Arc::new(object));
+        let Ok(json) = serde_json::to_vec(&object) else {
+            return;
+        };
+        let (address, old_key) = match state.objects.get_key_value(&address) {
+            Some((shared, held)) => (shared.clone(), Some(held.key.clone())),
+            None => (Arc::new(address), None),
+        };
+        match old_key {
+            Some(old_key) if old_key == key => {}
+            old_key => {
+                if let Some(old_key) = old_key {
+                    state.unindex(&old_key, &address);
+                }
+                state
+                    .by_key
+                    .entry(key.clone())
+                    .or_default()
+                    .push(address.clone());
+            }
+        }
+        let held = Held {
+            version: incoming,
+            key,
+            json: json.into_boxed_slice(),
+        };
+        state.objects.insert(address, held);
     }
 
     /// Forgets an object that was deleted (as the delete returned or a watch
@@ -161,13 +199,13 @@ impl<K: Clone + Eq + Hash> Mirror<K> {
         let address = address(object);
         let mut state = self.state();
         if let Some(current) = state.objects.get(&address)
-            && let (Some(held), Some(deleted)) = (version(current), version(object))
+            && let (Some(held), Some(deleted)) = (current.version, version(object))
             && held > deleted
         {
             // A newer object of that name exists already.
             return;
         }
-        state.drop_object(&address, self.key_of);
+        state.drop_object(&address);
         if let Some(deleted) = version(object) {
             if state.tombstones.len() >= TOMBSTONE_PRUNE_AT {
                 state
@@ -179,14 +217,14 @@ impl<K: Clone + Eq + Hash> Mirror<K> {
     }
 
     /// The objects with this key (more than one means ambiguity).
-    pub fn get(&self, key: &K) -> Vec<Arc<DynamicObject>> {
+    pub fn get(&self, key: &K) -> Vec<DynamicObject> {
         let state = self.state();
         state
             .by_key
             .get(key)
             .into_iter()
             .flatten()
-            .filter_map(|a| state.objects.get(a).cloned())
+            .filter_map(|a| state.objects.get(a).and_then(Held::object))
             .collect()
     }
 
@@ -198,17 +236,15 @@ impl<K: Clone + Eq + Hash> Mirror<K> {
 }
 
 impl<K: Eq + Hash> State<K> {
-    fn drop_object(&mut self, address: &Address, key_of: fn(&DynamicObject) -> Option<K>) {
-        if let Some(object) = self.objects.remove(address)
-            && let Some(key) = key_of(&object)
-        {
-            self.unindex(&key, address);
+    fn drop_object(&mut self, address: &Address) {
+        if let Some(held) = self.objects.remove(address) {
+            self.unindex(&held.key, address);
         }
     }
 
     fn unindex(&mut self, key: &K, address: &Address) {
         if let Some(addresses) = self.by_key.get_mut(key) {
-            addresses.remove(address);
+            addresses.retain(|a| **a != *address);
             if addresses.is_empty() {
                 self.by_key.remove(key);
             }

@@ -152,12 +152,7 @@ pub async fn reconcile(
         config.remote_namespaced,
         &key.namespace,
     );
-    let Some(remote) = target
-        .objects
-        .get(key)
-        .first()
-        .map(|o| DynamicObject::clone(o))
-    else {
+    let Some(remote) = target.objects.get(key).into_iter().next() else {
         config.echoes.forget(key);
         return Ok(Outcome::DONE);
     };
@@ -196,11 +191,11 @@ async fn sync_object(
         finalizer: Some(FINALIZER),
         record: &record,
     };
-    let found = target.copies.get(&key.labels());
+    let found = target.copies.get(&key.copy_key());
     if found.len() > 1 {
         return Err(SyncError::Ambiguous(found.len()));
     }
-    let local = found.first().map(|o| DynamicObject::clone(o));
+    let local = found.into_iter().next();
 
     if remote.metadata.deletion_timestamp.is_some() || !matches {
         if !matches && local.is_none() && !remote.finalizers().iter().any(|f| f == FINALIZER) {

@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 use super::config::{CopyMirror, WorkerConfig};
 use super::error::SyncError;
 use super::events::EventSink;
-use super::identity::{AGENT_LABEL, RemoteKey, copy_labels};
+use super::identity::{AGENT_LABEL, RemoteKey, copy_key};
 use super::mirror::Mirror;
 use super::queue::{Claim, WorkQueue};
 use super::reconcile::{self, Outcome, Target};
@@ -67,7 +67,7 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
             .map(|e| (e.clone(), Arc::new(Mirror::new(RemoteKey::of_kcp_object))))
             .collect(),
     );
-    let copies: Arc<CopyMirror> = Arc::new(Mirror::new(copy_labels));
+    let copies: Arc<CopyMirror> = Arc::new(Mirror::new(copy_key));
     let (events, sender) = EventSink::new(ctx.metrics.events_dropped.clone());
     tasks.spawn(sender);
 
