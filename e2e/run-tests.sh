@@ -25,3 +25,6 @@ step "Dockerfile lint (BuildKit's checks, no engine needed)"
 step "end-to-end tests against the real servers"
 cargo build --locked --bin testenv --bin sync-agent --bin offering-operator
 target/debug/testenv run -- cargo test --locked -p e2e
+
+step "end-to-end tests against a sharded kcp (two shards, cache server, front proxy)"
+target/debug/testenv --sharded --dir .e2e-sharded run -- cargo test --locked -p e2e --test sharded -- --test-threads=1

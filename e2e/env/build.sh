@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the test environment's servers from Go modules: kcp (module ./kcp),
+# Builds the test environment's servers from Go modules: kcp, its cache server
+# and front proxy (module ./kcp),
 # kube-apiserver and etcd (module ./kube-apiserver), kubectl (module ./kubectl,
 # for the tests that run the docs' commands), helm (module ./helm)
 # for the chart's tests, and dockerfile-lint (module ./dockerfile-lint,
@@ -73,6 +74,9 @@ kcp_version=$(cd "$here/kcp" && go list -m -f '{{.Version}}' github.com/kcp-dev/
 kcp_ldflags=$(kube_version_ldflags kcp "+kcp-$kcp_version")
 kube_apiserver_ldflags=$(kube_version_ldflags kube-apiserver)
 build kcp kcp github.com/kcp-dev/kcp/cmd/kcp "$kcp_ldflags"
+# The sharded test servers (testenv --sharded): kcp's cache server and front proxy.
+build kcp cache-server github.com/kcp-dev/kcp/cmd/cache-server "$kcp_ldflags"
+build kcp kcp-front-proxy github.com/kcp-dev/kcp/cmd/kcp-front-proxy "$kcp_ldflags"
 build kube-apiserver kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$kube_apiserver_ldflags"
 build kube-apiserver etcd go.etcd.io/etcd/server/v3
 build kubectl kubectl .

@@ -13,7 +13,7 @@ pub const ENV_FILE_VARIABLE: &str = "E2E_ENV_FILE";
 /// Where the running test environment is.
 #[derive(Debug, Clone)]
 pub struct EnvFile {
-    /// kcp's admin kubeconfig (contexts `root`, `base`, `system:admin`).
+    /// kcp's admin kubeconfig (contexts `root` and `base`).
     pub kcp_kubeconfig: PathBuf,
     /// Admin kubeconfig of the service cluster's kube-apiserver.
     pub service_kubeconfig: PathBuf,
@@ -21,6 +21,11 @@ pub struct EnvFile {
     pub kcp_agent_token: String,
     /// Directory of the servers' logs.
     pub log_dir: PathBuf,
+    /// The kcp shards by name, root first: `root` alone, or (`testenv
+    /// --sharded`) `root shard-1`, behind a front proxy that the kcp
+    /// kubeconfig points at. A workspace is pinned to a shard by its
+    /// `spec.location.selector` matching the shard's label `name`.
+    pub kcp_shards: Vec<String>,
 }
 
 impl EnvFile {
@@ -34,6 +39,7 @@ impl EnvFile {
             ),
             ("KCP_AGENT_TOKEN", self.kcp_agent_token.clone()),
             ("E2E_LOG_DIR", self.log_dir.display().to_string()),
+            ("KCP_SHARDS", self.kcp_shards.join(" ")),
         ]
     }
 
@@ -75,6 +81,10 @@ impl EnvFile {
             service_kubeconfig: value("SERVICE_KUBECONFIG")?.into(),
             kcp_agent_token: value("KCP_AGENT_TOKEN")?,
             log_dir: value("E2E_LOG_DIR")?.into(),
+            kcp_shards: value("KCP_SHARDS")?
+                .split_whitespace()
+                .map(str::to_string)
+                .collect(),
         })
     }
 }
@@ -97,6 +107,7 @@ mod tests {
             service_kubeconfig: "/x/service.kubeconfig".into(),
             kcp_agent_token: "abc=def".into(),
             log_dir: "/x/logs".into(),
+            kcp_shards: vec!["root".into(), "shard-1".into()],
         };
         let content: String = env
             .variables()
@@ -109,6 +120,7 @@ mod tests {
             back.service_kubeconfig,
             PathBuf::from("/x/service.kubeconfig")
         );
+        assert_eq!(back.kcp_shards, ["root", "shard-1"]);
     }
 
     #[test]

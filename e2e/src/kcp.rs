@@ -2,11 +2,14 @@
 //! workspaces for tests.
 
 use anyhow::Context;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use sync_agent::api::kcp::core_v1alpha1::{LOGICAL_CLUSTER_NAME, LogicalCluster};
-use sync_agent::api::kcp::tenancy_v1alpha1::{PHASE_READY, Workspace, WorkspaceSpec};
+use sync_agent::api::kcp::tenancy_v1alpha1::{
+    PHASE_READY, Workspace, WorkspaceLocation, WorkspaceSpec,
+};
 
 use crate::env::{EnvFile, random_hex};
 use crate::poll::{KCP_SLOW_TIMEOUT, poll_until};
@@ -69,9 +72,33 @@ impl Kcp {
         parent: &str,
         prefix: &str,
     ) -> anyhow::Result<TestWorkspace> {
+        self.create_workspace_on(parent, prefix, None).await
+    }
+
+    /// [`Self::create_workspace`] on the kcp shard named `shard` (one of the
+    /// env file's `kcp_shards`), or where kcp places it when `None`.
+    pub async fn create_workspace_on(
+        &self,
+        parent: &str,
+        prefix: &str,
+        shard: Option<&str>,
+    ) -> anyhow::Result<TestWorkspace> {
         let name = format!("{prefix}-{}", random_hex(4)?);
         let workspaces: Api<Workspace> = Api::all(self.client(parent)?);
-        let workspace = Workspace::new(&name, WorkspaceSpec::default());
+        // Shards carry their name as the label `name`.
+        let location = shard.map(|shard| WorkspaceLocation {
+            selector: Some(LabelSelector {
+                match_labels: Some([("name".to_string(), shard.to_string())].into()),
+                ..Default::default()
+            }),
+        });
+        let workspace = Workspace::new(
+            &name,
+            WorkspaceSpec {
+                location,
+                ..Default::default()
+            },
+        );
         workspaces
             .create(&PostParams::default(), &workspace)
             .await

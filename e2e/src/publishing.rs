@@ -58,7 +58,11 @@ impl Provider {
     pub async fn new(prefix: &str) -> anyhow::Result<Self> {
         let env = EnvFile::load()?;
         let kcp = Kcp::connect(&env).await?;
-        let workspace = kcp.create_workspace("root", prefix).await?;
+        // On the root shard, so that where the export lives is the same in
+        // every run; consumers are placed by each test.
+        let workspace = kcp
+            .create_workspace_on("root", prefix, env.kcp_shards.first().map(String::as_str))
+            .await?;
         let kcp_client = kcp.client(&workspace.path)?;
         let suffix = random_hex(4)?;
         let group = format!("{prefix}-{suffix}.e2e.example");
@@ -264,18 +268,29 @@ impl Provider {
     /// claim the export makes now (verbs and identity hash copied), and waits
     /// until the binding is bound.
     pub async fn bind_consumer(&self, prefix: &str) -> anyhow::Result<TestWorkspace> {
-        let consumer = self.kcp.create_workspace("root", prefix).await?;
+        self.bind_consumer_on(prefix, None).await
+    }
+
+    /// [`Provider::bind_consumer`] with the workspace on the kcp shard
+    /// `shard` (where kcp places it when `None`).
+    pub async fn bind_consumer_on(
+        &self,
+        prefix: &str,
+        shard: Option<&str>,
+    ) -> anyhow::Result<TestWorkspace> {
+        let consumer = self.kcp.create_workspace_on("root", prefix, shard).await?;
         self.bind(&consumer).await?;
         Ok(consumer)
     }
 
-    /// [`Provider::bind_consumer`], plus a namespace `apps` in the consumer
-    /// workspace; returns the workspace and a client of it.
+    /// [`Provider::bind_consumer_on`], plus a namespace `apps` in the
+    /// consumer workspace; returns the workspace and a client of it.
     pub async fn bind_consumer_with_apps(
         &self,
         prefix: &str,
+        shard: Option<&str>,
     ) -> anyhow::Result<(TestWorkspace, Client)> {
-        let consumer = self.bind_consumer(prefix).await?;
+        let consumer = self.bind_consumer_on(prefix, shard).await?;
         let client = self.kcp.client(&consumer.path)?;
         create_apps_namespace(&client).await?;
         Ok((consumer, client))

@@ -77,8 +77,13 @@ impl Scene {
 
     /// A consumer workspace bound to the export, with a namespace `apps`.
     pub async fn consumer(&self, prefix: &str) -> (TestWorkspace, Client) {
+        self.consumer_on(prefix, None).await
+    }
+
+    /// [`Scene::consumer`] on the kcp shard `shard`.
+    pub async fn consumer_on(&self, prefix: &str, shard: Option<&str>) -> (TestWorkspace, Client) {
         self.provider
-            .bind_consumer_with_apps(prefix)
+            .bind_consumer_with_apps(prefix, shard)
             .await
             .expect("consumer with namespace apps")
     }

@@ -825,7 +825,7 @@ async fn an_endpoint_slice_in_another_workspace_is_followed_to_the_export() {
         .expect("agent starts");
 
     let (consumer, client) = provider
-        .bind_consumer_with_apps("consumer")
+        .bind_consumer_with_apps("consumer", None)
         .await
         .expect("consumer");
     let mut widget = DynamicObject::new("via-slice", &scene.resource).within("apps");
@@ -1063,7 +1063,7 @@ async fn a_deployment_round_trips_with_its_status() {
         .await
         .expect("the Deployment schema in the export");
     let (consumer, client) = provider
-        .bind_consumer_with_apps("consumer")
+        .bind_consumer_with_apps("consumer", None)
         .await
         .expect("consumer");
     let remote = ApiResource::from_gvk_with_plural(

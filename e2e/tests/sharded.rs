@@ -1,0 +1,301 @@
+//! Sync across a sharded kcp (`testenv --sharded`: a root shard, `shard-1`,
+//! the cache server and the front proxy). Consumers are pinned to each
+//! shard; the export's endpoint slice then lists one virtual workspace URL
+//! per shard, and one agent syncs both through them. Run by the test
+//! command in its own sharded test environment, one test at a time (one of
+//! them restarts a shard); they fail, rather than pass vacuously, against a
+//! single shard.
+
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use e2e::env::EnvFile;
+use e2e::poll::{KCP_SLOW_TIMEOUT, poll_until};
+use e2e::scene::{Scene, TIMEOUT};
+use kube::api::{Api, DeleteParams, Patch};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use sync_agent::api::kcp::apis_v1alpha1::APIExportEndpointSlice;
+
+/// The shards of the sharded test environment, root first.
+fn shards() -> Vec<String> {
+    let shards = EnvFile::load().expect("env file").kcp_shards;
+    assert!(
+        shards.len() >= 2,
+        "these tests need a sharded kcp (testenv --sharded); the env file lists {shards:?}"
+    );
+    shards
+}
+
+/// The endpoint slice's URLs once it lists `count` of them.
+async fn endpoint_urls(scene: &Scene, count: usize) -> Vec<String> {
+    let slices: Api<APIExportEndpointSlice> = Api::all(scene.provider.kcp_client.clone());
+    poll_until(
+        &format!("{count} endpoints in the endpoint slice"),
+        KCP_SLOW_TIMEOUT,
+        async || {
+            let slice = slices
+                .get(&scene.provider.export)
+                .await
+                .map_err(|e| e.to_string())?;
+            let urls: Vec<String> = slice
+                .status
+                .map(|s| s.endpoints.into_iter().map(|e| e.url).collect())
+                .unwrap_or_default();
+            if urls.len() == count {
+                Ok(urls)
+            } else {
+                Err(format!("{urls:?}"))
+            }
+        },
+    )
+    .await
+    .expect("one endpoint per shard")
+}
+
+/// Waits until the widget's kcp object shows `check` true.
+async fn wait_in_kcp(
+    scene: &Scene,
+    client: &Client,
+    name: &str,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) {
+    let widgets = scene.kcp_widgets(client);
+    poll_until(what, TIMEOUT, async || {
+        let object = widgets.get(name).await.map_err(|e| e.to_string())?;
+        if check(&object.data) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}; agent log:\n{}",
+                object.data,
+                scene.agent.log_tail()
+            ))
+        }
+    })
+    .await
+    .expect(what);
+}
+
+#[tokio::test]
+async fn one_agent_syncs_consumers_on_both_shards_both_ways_through_each_shards_endpoint() {
+    let shards = shards();
+    let scene = Scene::new("sharded", json!({})).await;
+    let mut consumers = Vec::new();
+    for shard in &shards {
+        consumers.push(scene.consumer_on("consumer", Some(shard)).await);
+    }
+
+    // A shard lists its virtual workspace once it holds a binding: one URL
+    // per shard, each on that shard's own address, not the front proxy's.
+    let urls = endpoint_urls(&scene, shards.len()).await;
+    let hosts: std::collections::BTreeSet<&str> =
+        urls.iter().filter_map(|u| u.split('/').nth(2)).collect();
+    assert_eq!(hosts.len(), shards.len(), "one host per shard: {urls:?}");
+    let proxy = scene.provider.kcp.url();
+    assert!(
+        urls.iter().all(|u| !u.starts_with(&proxy)),
+        "virtual workspaces are served by the shards: {urls:?}"
+    );
+
+    // Down: an object in each consumer gets its copy.
+    for (i, (_, client)) in consumers.iter().enumerate() {
+        scene
+            .create_widget(client, &format!("w{i}"), &format!("c{i}"))
+            .await;
+    }
+    let mut copies = Vec::new();
+    for (i, (consumer, _)) in consumers.iter().enumerate() {
+        let copy = scene.local_copy(&consumer.cluster, &format!("w{i}")).await;
+        assert_eq!(copy.data["spec"]["color"], format!("c{i}"));
+        copies.push(copy);
+    }
+
+    // Up: the provider's status reaches each consumer.
+    for (i, ((consumer, client), copy)) in consumers.iter().zip(&copies).enumerate() {
+        scene
+            .local_api(&consumer.cluster)
+            .patch_status(
+                &copy.name_any(),
+                &e2e::service::patch_params(),
+                &Patch::Merge(json!({"status": {"phase": format!("ready-{i}")}})),
+            )
+            .await
+            .expect("status set by the provider");
+        let phase = format!("ready-{i}");
+        wait_in_kcp(&scene, client, &format!("w{i}"), "the status in kcp", |o| {
+            o["status"]["phase"] == phase.as_str()
+        })
+        .await;
+    }
+
+    // A consumer's edit on the second shard reaches its copy.
+    let (second, second_client) = &consumers[1];
+    scene
+        .kcp_widgets(second_client)
+        .patch(
+            "w1",
+            &e2e::service::patch_params(),
+            &Patch::Merge(json!({"spec": {"color": "navy"}})),
+        )
+        .await
+        .expect("consumer edits");
+    let local = scene.local_api(&second.cluster);
+    let name = copies[1].name_any();
+    poll_until("the edit on the service cluster", TIMEOUT, async || {
+        let copy = local.get(&name).await.map_err(|e| e.to_string())?;
+        if copy.data["spec"]["color"] == "navy" {
+            Ok(())
+        } else {
+            Err(format!("{}", copy.data["spec"]))
+        }
+    })
+    .await
+    .expect("spec synced");
+
+    // Deletion on each shard: the copy goes, then the kcp object.
+    for (i, ((consumer, client), copy)) in consumers.iter().zip(&copies).enumerate() {
+        let widgets = scene.kcp_widgets(client);
+        let name = format!("w{i}");
+        widgets
+            .delete(&name, &DeleteParams::default())
+            .await
+            .expect("consumer deletes");
+        poll_until("the kcp object to be gone", TIMEOUT, async || match widgets
+            .get_opt(&name)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            None => Ok(()),
+            Some(o) => Err(format!("finalizers {:?}", o.finalizers())),
+        })
+        .await
+        .expect("kcp object deleted");
+        let left = scene
+            .local_api(&consumer.cluster)
+            .get_opt(&copy.name_any())
+            .await
+            .expect("get");
+        assert!(left.is_none(), "the copy went before the kcp object");
+    }
+
+    for (consumer, _) in &consumers {
+        consumer.delete(&scene.provider.kcp).await.expect("cleanup");
+    }
+    scene.provider.cleanup().await.expect("cleanup");
+}
+
+/// A server of the test environment as its `pids` file records it.
+struct Server {
+    pid: i32,
+    exe: PathBuf,
+    args: Vec<String>,
+}
+
+/// The `pids` file beside the servers' logs.
+fn pids_file(env: &EnvFile) -> PathBuf {
+    env.log_dir
+        .parent()
+        .expect("the log directory is inside the state directory")
+        .join("pids")
+}
+
+fn server(env: &EnvFile, name: &str) -> Server {
+    let pids = fs::read_to_string(pids_file(env)).expect("pids file");
+    let (pid, exe) = pids
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.splitn(3, ' ');
+            (fields.next()? == name).then_some(())?;
+            Some((fields.next()?.parse().ok()?, PathBuf::from(fields.next()?)))
+        })
+        .unwrap_or_else(|| panic!("{name} is not in the pids file"));
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).expect("the server runs");
+    let args = cmdline
+        .split(|b| *b == 0)
+        .skip(1)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    Server { pid, exe, args }
+}
+
+/// Kills the server `name` (as a crash would) and starts it again with the
+/// same arguments and data, appending to its log; the `pids` file gets the
+/// new PID so the test environment still stops it.
+fn crash_and_restart(env: &EnvFile, name: &str) {
+    let old = server(env, name);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old.pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    let log = fs::OpenOptions::new()
+        .append(true)
+        .open(env.log_dir.join(format!("{name}.log")))
+        .expect("log");
+    let child = Command::new(&old.exe)
+        .args(&old.args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .expect("the server starts again");
+    let pids = fs::read_to_string(pids_file(env)).expect("pids file");
+    let updated: String = pids
+        .lines()
+        .map(|line| match line.split(' ').next() {
+            Some(n) if n == name => format!("{name} {} {}\n", child.id(), old.exe.display()),
+            _ => format!("{line}\n"),
+        })
+        .collect();
+    fs::write(pids_file(env), updated).expect("pids file");
+}
+
+#[tokio::test]
+async fn a_crashed_shard_does_not_stop_the_other_shards_sync_and_its_own_resumes() {
+    let shards = shards();
+    let env = EnvFile::load().expect("env file");
+    let scene = Scene::new("shardcrash", json!({})).await;
+    let (root_consumer, root_client) = scene.consumer_on("consumer", Some(&shards[0])).await;
+    let (second, second_client) = scene.consumer_on("consumer", Some(&shards[1])).await;
+    endpoint_urls(&scene, 2).await;
+    scene.create_widget(&root_client, "before", "blue").await;
+    scene.create_widget(&second_client, "before", "blue").await;
+    scene.local_copy(&root_consumer.cluster, "before").await;
+    scene.local_copy(&second.cluster, "before").await;
+
+    crash_and_restart(&env, &format!("kcp-{}", shards[1]));
+    // While the second shard starts again, the root shard's consumers sync.
+    scene.create_widget(&root_client, "during", "green").await;
+    scene.local_copy(&root_consumer.cluster, "during").await;
+
+    // Once it serves again, the agent's watch of its endpoint resumes.
+    let mut widget = kube::api::DynamicObject::new("after", &scene.resource).within("apps");
+    widget.data = json!({"spec": {"color": "red"}});
+    let widgets = scene.kcp_widgets(&second_client);
+    poll_until(
+        "the restarted shard to take a widget",
+        KCP_SLOW_TIMEOUT,
+        async || {
+            widgets
+                .create(&e2e::service::post_params(), &widget)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await
+    .expect("widget created on the restarted shard");
+    let copy = scene.local_copy(&second.cluster, "after").await;
+    assert_eq!(copy.data["spec"]["color"], "red");
+
+    for consumer in [&root_consumer, &second] {
+        consumer.delete(&scene.provider.kcp).await.expect("cleanup");
+    }
+    scene.provider.cleanup().await.expect("cleanup");
+}
