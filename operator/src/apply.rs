@@ -19,6 +19,7 @@ use tracing::info;
 
 use crate::api::PublishedOffering;
 use crate::build::{Desired, Orphans};
+use crate::confirmed::ConfirmedBindings;
 use crate::consumers::{self, ConsumerReport};
 use crate::credentials::{self, Rotation};
 use crate::error::Error;
@@ -55,20 +56,35 @@ pub struct Token {
     pub rotated: bool,
 }
 
+/// What an apply keeps across reconciles: the token policy, the count of
+/// minted tokens and the bindings confirmed bound.
+#[derive(Debug, Clone, Copy)]
+pub struct Keep<'a> {
+    /// When tokens are renewed and how long they live.
+    pub rotation: Rotation,
+    /// Agent tokens minted, also in a run that fails afterwards.
+    pub tokens_issued: &'a prometheus::IntCounter,
+    /// Consumer bindings seen bound lately.
+    pub confirmed: &'a ConfirmedBindings,
+}
+
 /// Applies `desired` for `offering`: the kcp identity, then the token
 /// (before the export: an export that cannot be applied for a while must
 /// not let the running agent's token expire), the export, the service
-/// cluster and the consumers' bindings. `tokens_issued` counts minted
-/// tokens, also in a run that fails afterwards.
+/// cluster and the consumers' bindings.
 pub async fn apply(
     client: &Client,
     fetched: &Fetched,
     offering: &PublishedOffering,
     names: &Names,
     desired: Desired,
-    rotation: Rotation,
-    tokens_issued: &prometheus::IntCounter,
+    keep: Keep<'_>,
 ) -> Result<Applied, Error> {
+    let Keep {
+        rotation,
+        tokens_issued,
+        confirmed,
+    } = keep;
     let Desired {
         kcp_namespace,
         kcp_service_account,
@@ -225,7 +241,7 @@ pub async fn apply(
         .await
         .map_err(service("deleting a PodDisruptionBudget no longer wanted"))?;
 
-    let consumers = consumers::reconcile(&fetched.kcp, offering, names, &export).await;
+    let consumers = consumers::reconcile(&fetched.kcp, offering, names, &export, confirmed).await;
     Ok(Applied {
         export,
         endpoint_urls,

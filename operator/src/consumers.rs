@@ -2,18 +2,24 @@
 //! among a parent's children), their APIBindings, and their removal.
 
 use std::collections::BTreeSet;
+use std::time::Instant;
 
+use futures::StreamExt;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use sync_agent::api::kcp::apis_v1alpha2::{APIBinding, APIExport};
 use sync_agent::api::kcp::tenancy_v1alpha1::Workspace;
 
 use crate::api::{DeletionPolicy, PublishedOffering};
+use crate::confirmed::{ConfirmedBindings, digest};
 use crate::desired::consumer::binding;
 use crate::error::{Error, is_not_found};
 use crate::kcp::Kcp;
 use crate::names::Names;
 use crate::write::{apply, delete_if_present, is_ours};
+
+/// Consumer workspaces whose bindings are read and applied at the same time.
+const BIND_CONCURRENCY: usize = 8;
 
 /// What happened in the consumer workspaces.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -108,7 +114,8 @@ async fn children(
         .collect())
 }
 
-/// Binds every desired consumer workspace and reports how each stands.
+/// Binds every desired consumer workspace and reports how each stands; a
+/// binding `confirmed` bound lately is counted bound without asking kcp.
 /// Workspaces no longer desired lose their binding only under
 /// `deletionPolicy: Delete`; otherwise the binding stays, unmanaged. A
 /// workspace whose binding could not be applied this time stays managed if
@@ -118,6 +125,7 @@ pub async fn reconcile(
     offering: &PublishedOffering,
     names: &Names,
     export: &APIExport,
+    confirmed: &ConfirmedBindings,
 ) -> ConsumerReport {
     let wanted = desired(kcp, offering).await;
     let previously: Vec<String> = offering
@@ -142,8 +150,25 @@ pub async fn reconcile(
         &claims,
         accepted.as_deref(),
     );
-    for path in &wanted.paths {
-        match bind(kcp, path, names, &desired).await {
+    let (uid, digest) = (offering.uid().unwrap_or_default(), digest(&desired));
+    // Workspaces seen bound lately cost nothing; the others are asked a few
+    // at a time, in order.
+    let binding = Binding {
+        kcp,
+        names,
+        desired: &desired,
+        confirmed,
+        offering: &uid,
+        digest: &digest,
+    };
+    let results: Vec<(String, Result<Option<bool>, Error>)> =
+        futures::stream::iter(wanted.paths.iter().cloned())
+            .map(|path| binding.bind(path))
+            .buffered(BIND_CONCURRENCY)
+            .collect()
+            .await;
+    for (path, result) in results {
+        match result {
             Ok(Some(true)) => {
                 report.bound.push(path.clone());
                 report.managed.push(path.clone());
@@ -161,13 +186,14 @@ pub async fn reconcile(
             )),
             Err(error) => {
                 report.failed.push((path.clone(), error.to_string()));
-                if previously.contains(path) {
-                    report.managed.push(path.clone());
+                if previously.contains(&path) {
+                    report.managed.push(path);
                 }
             }
         }
     }
     for path in previously.iter().filter(|p| !wanted.paths.contains(*p)) {
+        confirmed.forget_path(&uid, path);
         if !wanted.dropped(path) {
             // Perhaps still wanted: not Ready, or its selector failed.
             report.managed.push(path.clone());
@@ -184,6 +210,37 @@ pub async fn reconcile(
         // Under Retain a dropped workspace keeps its binding, unmanaged.
     }
     report
+}
+
+/// What binding one workspace takes, for one reconcile.
+struct Binding<'a> {
+    kcp: &'a Kcp,
+    names: &'a Names,
+    desired: &'a serde_json::Value,
+    confirmed: &'a ConfirmedBindings,
+    offering: &'a str,
+    digest: &'a str,
+}
+
+impl Binding<'_> {
+    /// [`bind`], unless the binding in `path` was confirmed bound lately.
+    async fn bind(&self, path: String) -> (String, Result<Option<bool>, Error>) {
+        let now = Instant::now();
+        if self
+            .confirmed
+            .is_fresh(self.offering, self.digest, &path, now)
+        {
+            return (path, Ok(Some(true)));
+        }
+        let result = bind(self.kcp, &path, self.names, self.desired).await;
+        match result {
+            Ok(Some(true)) => self
+                .confirmed
+                .confirm(self.offering, self.digest, &path, now),
+            _ => self.confirmed.forget_path(self.offering, &path),
+        }
+        (path, result)
+    }
 }
 
 /// Applies the binding in `path`: `Some(bound)` when it is this offering's,

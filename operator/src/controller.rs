@@ -27,6 +27,7 @@ use tracing::{info, instrument, warn};
 
 use crate::api::{ConsumerCounts, PublishedOffering, PublishedOfferingStatus};
 use crate::cleanup::cleanup;
+use crate::confirmed::ConfirmedBindings;
 use crate::error::Error;
 use crate::names::{FIELD_MANAGER, FINALIZER, OFFERING_NAME_LABEL, OFFERING_NAMESPACE_LABEL};
 use crate::provision::{Provisioned, Settings, provision};
@@ -143,6 +144,7 @@ pub struct Context {
     settings: Settings,
     metrics: Metrics,
     failures: Failures<ObjectRef<PublishedOffering>>,
+    confirmed: ConfirmedBindings,
 }
 
 impl std::fmt::Debug for Context {
@@ -167,6 +169,7 @@ impl Context {
             settings,
             metrics,
             failures: Failures::new(RETRY),
+            confirmed: ConfirmedBindings::default(),
         })
     }
 
@@ -315,6 +318,7 @@ async fn apply(offering: &PublishedOffering, ctx: &Context) -> Result<Action, Er
         offering,
         &ctx.settings,
         &ctx.metrics.tokens_issued,
+        &ctx.confirmed,
     )
     .await
     {
@@ -465,6 +469,7 @@ async fn remove(offering: &PublishedOffering, ctx: &Context) -> Result<Action, E
             }
             info!("Removed the offering's objects");
             ctx.metrics.forget(offering);
+            ctx.confirmed.forget(&offering.uid().unwrap_or_default());
             ctx.succeeded(offering);
             Ok(Action::await_change())
         }

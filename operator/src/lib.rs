@@ -6,6 +6,7 @@ pub mod api;
 pub mod apply;
 pub mod build;
 pub mod cleanup;
+pub mod confirmed;
 pub mod consumers;
 pub mod controller;
 pub mod crdgen;

@@ -9,8 +9,9 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 
 use crate::api::{ExportStatus, PublishedOffering};
-use crate::apply::{Applied, apply};
+use crate::apply::{Applied, Keep, apply};
 use crate::build::{AgentDefaults, build};
+use crate::confirmed::ConfirmedBindings;
 use crate::consumers::ConsumerReport;
 use crate::credentials::{Rotation, SecretLocation};
 use crate::error::Error;
@@ -56,6 +57,7 @@ pub async fn provision(
     offering: &PublishedOffering,
     settings: &Settings,
     tokens_issued: &prometheus::IntCounter,
+    confirmed: &ConfirmedBindings,
 ) -> Result<Provisioned, Error> {
     let Validated { names, kcp_secret } = validate(offering, settings.default_kcp_secret.as_ref())?;
     let fetched = fetch(client, offering, &names, &kcp_secret).await?;
@@ -71,8 +73,11 @@ pub async fn provision(
         offering,
         &names,
         desired,
-        settings.rotation,
-        tokens_issued,
+        Keep {
+            rotation: settings.rotation,
+            tokens_issued,
+            confirmed,
+        },
     )
     .await?;
     let Report { parts, export } = status::report(offering, &names, &fetched.facts, &applied);
