@@ -12,6 +12,8 @@ cargo fmt --all -- --check
 
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# --all-targets leaves out test targets with `test = false`.
+cargo clippy --locked -p e2e --test sharded -- -D warnings
 
 step "unit tests (with the CRD drift check)"
 cargo test --workspace --exclude e2e --locked

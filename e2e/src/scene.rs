@@ -108,7 +108,6 @@ impl Scene {
         .expect("widget created");
     }
 
-    /// The local copy of a consumer's widget, found by its identity labels.
     /// The local copy of a consumer's widget in `apps`, found by its identity labels.
     pub async fn local_copy(&self, cluster: &str, name: &str) -> DynamicObject {
         let key = identity::RemoteKey {

@@ -1,7 +1,9 @@
 //! Sync across a sharded kcp (`testenv --sharded`: a root shard, `shard-1`,
 //! the cache server and the front proxy). Consumers are pinned to each
 //! shard; the export's endpoint slice then lists one virtual workspace URL
-//! per shard, and one agent syncs both through them. Run by the test
+//! per shard, and one agent syncs both through them, primaries and related
+//! objects alike; the operator binds consumers on both shards through the
+//! front proxy. Run by the test
 //! command in its own sharded test environment, one test at a time (one of
 //! them restarts a shard); they fail, rather than pass vacuously, against a
 //! single shard.
@@ -12,12 +14,16 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use e2e::env::EnvFile;
+use e2e::offering::OfferingScene;
 use e2e::poll::{KCP_SLOW_TIMEOUT, poll_until};
 use e2e::scene::{Scene, TIMEOUT};
-use kube::api::{Api, DeleteParams, Patch};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use sync_agent::api::kcp::apis_v1alpha1::APIExportEndpointSlice;
+use sync_agent::api::kcp::apis_v1alpha2::APIBinding;
+use sync_agent::api::kcp::tenancy_v1alpha1::Workspace;
 
 /// The shards of the sharded test environment, root first.
 fn shards() -> Vec<String> {
@@ -29,17 +35,20 @@ fn shards() -> Vec<String> {
     shards
 }
 
-/// The endpoint slice's URLs once it lists `count` of them.
+/// The scene's endpoint slice's URLs once it lists `count` of them.
 async fn endpoint_urls(scene: &Scene, count: usize) -> Vec<String> {
-    let slices: Api<APIExportEndpointSlice> = Api::all(scene.provider.kcp_client.clone());
+    urls_of(&scene.provider.kcp_client, &scene.provider.export, count).await
+}
+
+/// The URLs of the endpoint slice `name` (in the provider workspace of
+/// `client`) once it lists `count` of them.
+async fn urls_of(client: &Client, name: &str, count: usize) -> Vec<String> {
+    let slices: Api<APIExportEndpointSlice> = Api::all(client.clone());
     poll_until(
         &format!("{count} endpoints in the endpoint slice"),
         KCP_SLOW_TIMEOUT,
         async || {
-            let slice = slices
-                .get(&scene.provider.export)
-                .await
-                .map_err(|e| e.to_string())?;
+            let slice = slices.get(name).await.map_err(|e| e.to_string())?;
             let urls: Vec<String> = slice
                 .status
                 .map(|s| s.endpoints.into_iter().map(|e| e.url).collect())
@@ -237,7 +246,7 @@ fn crash_and_restart(env: &EnvFile, name: &str) {
         .append(true)
         .open(env.log_dir.join(format!("{name}.log")))
         .expect("log");
-    let child = Command::new(&old.exe)
+    let mut child = Command::new(&old.exe)
         .args(&old.args)
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log"))
@@ -245,11 +254,14 @@ fn crash_and_restart(env: &EnvFile, name: &str) {
         .process_group(0)
         .spawn()
         .expect("the server starts again");
+    let pid = child.id();
+    // The server outlives the test; testenv stops it. Reaped if it exits first.
+    std::thread::spawn(move || child.wait());
     let pids = fs::read_to_string(pids_file(env)).expect("pids file");
     let updated: String = pids
         .lines()
         .map(|line| match line.split(' ').next() {
-            Some(n) if n == name => format!("{name} {} {}\n", child.id(), old.exe.display()),
+            Some(n) if n == name => format!("{name} {pid} {}\n", old.exe.display()),
             _ => format!("{line}\n"),
         })
         .collect();
@@ -296,6 +308,268 @@ async fn a_crashed_shard_does_not_stop_the_other_shards_sync_and_its_own_resumes
 
     for consumer in [&root_consumer, &second] {
         consumer.delete(&scene.provider.kcp).await.expect("cleanup");
+    }
+    scene.provider.cleanup().await.expect("cleanup");
+}
+
+/// Waits until `api` holds `name` with data for which `check` is true.
+async fn wait_for_data<K>(api: &Api<K>, name: &str, what: &str, check: impl Fn(&K) -> bool)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    poll_until(what, TIMEOUT, async || {
+        match api.get_opt(name).await.map_err(|e| e.to_string())? {
+            Some(object) if check(&object) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .expect(what);
+}
+
+#[tokio::test]
+async fn related_objects_travel_both_ways_on_both_shards() {
+    let shards = shards();
+    let scene = Scene::new(
+        "shardrel",
+        json!({"related": [
+            {"identifier": "credentials", "origin": "service", "kind": "Secret",
+             "object": {"reference": {"path": "spec.secretName"}}},
+            {"identifier": "settings", "origin": "kcp", "version": "v1", "resource": "configmaps",
+             "object": {"reference": {"path": "spec.configName"}}}
+        ]}),
+    )
+    .await;
+    let mut consumers = Vec::new();
+    for shard in &shards {
+        consumers.push(scene.consumer_on("consumer", Some(shard)).await);
+    }
+    endpoint_urls(&scene, shards.len()).await;
+
+    for (i, (consumer, client)) in consumers.iter().enumerate() {
+        let mode = format!("mode-{i}");
+        let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "apps");
+        let settings: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": "settings"}, "data": {"mode": mode}
+        }))
+        .expect("config map");
+        config_maps
+            .create(&PostParams::default(), &settings)
+            .await
+            .expect("consumer's config map");
+        let mut widget = DynamicObject::new("db", &scene.resource).within("apps");
+        widget.data = json!({"spec": {"color": "c", "secretName": "db-credentials", "configName": "settings"}});
+        let widgets = scene.kcp_widgets(client);
+        poll_until("a widget", TIMEOUT, async || {
+            widgets
+                .create(&PostParams::default(), &widget)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .expect("created");
+        let local_namespace = scene
+            .local_copy(&consumer.cluster, "db")
+            .await
+            .namespace()
+            .expect("namespaced copy");
+
+        // kcp -> service: the consumer's ConfigMap.
+        let local_config_maps: Api<ConfigMap> =
+            Api::namespaced(scene.provider.service.clone(), &local_namespace);
+        wait_for_data(
+            &local_config_maps,
+            "settings",
+            "the consumer's config map on the service cluster",
+            |c| c.data.as_ref().and_then(|d| d.get("mode")) == Some(&mode),
+        )
+        .await;
+
+        // service -> kcp: the provider's Secret.
+        let password = format!("s3cret-{i}");
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "db-credentials"}, "stringData": {"password": password}
+        }))
+        .expect("secret");
+        Api::<Secret>::namespaced(scene.provider.service.clone(), &local_namespace)
+            .create(&PostParams::default(), &secret)
+            .await
+            .expect("provider's secret");
+        let kcp_secrets: Api<Secret> = Api::namespaced(client.clone(), "apps");
+        wait_for_data(
+            &kcp_secrets,
+            "db-credentials",
+            "the provider's secret in the workspace",
+            |s| {
+                s.data
+                    .as_ref()
+                    .and_then(|d| d.get("password"))
+                    .is_some_and(|p| p.0 == password.as_bytes())
+            },
+        )
+        .await;
+
+        // Deleting the primary removes the kcp-origin copy and releases the origin.
+        widgets
+            .delete("db", &DeleteParams::default())
+            .await
+            .expect("consumer deletes");
+        poll_until(
+            "the config map copy to go",
+            TIMEOUT,
+            async || match local_config_maps
+                .get_opt("settings")
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                None => Ok(()),
+                Some(_) => Err("still there".to_string()),
+            },
+        )
+        .await
+        .expect("copy removed");
+        wait_for_data(
+            &config_maps,
+            "settings",
+            "the consumer's config map to be released",
+            |c| c.finalizers().is_empty(),
+        )
+        .await;
+    }
+
+    for (consumer, _) in &consumers {
+        consumer.delete(&scene.provider.kcp).await.expect("cleanup");
+    }
+    scene.provider.cleanup().await.expect("cleanup");
+}
+
+#[tokio::test]
+async fn the_operator_binds_consumers_on_both_shards_through_the_front_proxy_and_its_agent_reports_a_refusing_shard()
+ {
+    let shards = shards();
+    let scene = OfferingScene::new("op-sharded", &[]).await.expect("scene");
+    let kcp = &scene.provider.kcp;
+    let parent = kcp
+        .create_workspace("root", "op-parent")
+        .await
+        .expect("parent");
+    let mut children = Vec::new();
+    for shard in &shards {
+        children.push(
+            kcp.create_workspace_on(&parent.path, "gold", Some(shard))
+                .await
+                .expect("child"),
+        );
+    }
+    let listed = kcp
+        .create_workspace_on("root", "op-listed", Some(&shards[1]))
+        .await
+        .expect("listed");
+    let workspaces: Api<Workspace> = Api::all(kcp.client(&parent.path).expect("client"));
+    for child in &children {
+        workspaces
+            .patch(
+                &child.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"tier": "gold"}}})),
+            )
+            .await
+            .expect("label");
+    }
+
+    scene
+        .apply(
+            "widgets",
+            scene.spec(json!({
+                "agent": {"replicas": 1},
+                "consumers": {
+                    "workspaces": [listed.path],
+                    "selector": {"parent": parent.path, "labelSelector": {"matchLabels": {"tier": "gold"}}},
+                },
+            })),
+        )
+        .await
+        .expect("offering");
+    let agent = scene.run_agent("widgets").await.expect("agent runs");
+    let offerings = scene.offerings();
+    let consumers = poll_until("three consumers bound", KCP_SLOW_TIMEOUT, async || {
+        let offering = offerings.get("widgets").await.map_err(|e| e.to_string())?;
+        let consumers = offering
+            .status
+            .and_then(|s| s.consumers)
+            .ok_or("no consumer status yet")?;
+        if consumers.bound == 3 {
+            Ok(consumers)
+        } else {
+            Err(format!("{consumers:?}"))
+        }
+    })
+    .await
+    .expect("bound");
+    assert_eq!(consumers.failed, 0);
+    let mut paths = consumers.workspaces.clone();
+    paths.sort();
+    let mut expected: Vec<String> = children
+        .iter()
+        .chain([&listed])
+        .map(|w| w.path.clone())
+        .collect();
+    expected.sort();
+    assert_eq!(paths, expected, "the status names every consumer");
+    for workspace in children.iter().chain([&listed]) {
+        let binding = Api::<APIBinding>::all(kcp.client(&workspace.path).expect("client"))
+            .get("widgets")
+            .await
+            .unwrap_or_else(|e| panic!("binding in {}: {e}", workspace.path));
+        assert_eq!(binding.status.expect("status").phase, "Bound");
+    }
+
+    // The agent from the operator's Deployment syncs the consumer on the
+    // provider's shard. Its token is a bound ServiceAccount token of the
+    // provider's workspace, which kcp v0.30 accepts on that shard only: the
+    // other shard's endpoint is reported as refusing it (README).
+    scene
+        .consumer_widget(&children[0].path, "w1")
+        .await
+        .expect("widget");
+    poll_until("the copy of w1", TIMEOUT, async || {
+        match scene
+            .copies_from(&children[0].cluster)
+            .await
+            .map_err(|e| e.to_string())?
+            .len()
+        {
+            1 => Ok(()),
+            n => Err(format!(
+                "{n} copies; agent log:\n{}",
+                agent.process.log_tail()
+            )),
+        }
+    })
+    .await
+    .expect("copy");
+    let urls = urls_of(&scene.provider.kcp_client, "widgets", shards.len()).await;
+    poll_until(
+        "the agent's warning about the other shard",
+        KCP_SLOW_TIMEOUT,
+        async || {
+            let log = agent.process.log_tail();
+            log.lines()
+                .find(|line| {
+                    line.contains("refuses the agent's credentials")
+                        && urls.iter().any(|url| line.contains(url.as_str()))
+                })
+                .map(drop)
+                .ok_or(log)
+        },
+    )
+    .await
+    .expect("warning");
+
+    scene.delete_and_wait("widgets").await.expect("deleted");
+    for workspace in children.iter().chain([&listed, &parent]) {
+        workspace.delete(kcp).await.expect("cleanup");
     }
     scene.provider.cleanup().await.expect("cleanup");
 }

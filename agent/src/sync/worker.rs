@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use kube::api::{Api, DynamicObject};
@@ -39,6 +39,8 @@ const RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(
 const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest time one discovery request may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often an endpoint that refuses the agent's credentials is warned about.
+const REFUSED_WARNING_EVERY: Duration = Duration::from_secs(60);
 
 /// The object a watch event is about, unless it only marks a (re)list.
 fn touched(event: &Event<DynamicObject>) -> Option<&DynamicObject> {
@@ -427,6 +429,7 @@ async fn wait_until_served(
     } else {
         format!("/apis/{group_version}")
     };
+    let mut refused_warned: Option<Instant> = None;
     loop {
         let request = http::Request::get(&path).body(Vec::new()).ok()?;
         let probe = client
@@ -444,6 +447,17 @@ async fn wait_until_served(
                 return Some(client);
             }
             Ok(_) => debug!(%endpoint, "The projected kind is not served yet"),
+            // Not a matter of time: this shard refuses the agent's
+            // credentials (on a sharded kcp, often a ServiceAccount token
+            // that only its own shard can look up).
+            Err(kube::Error::Api(status))
+                if matches!(status.code, 401 | 403)
+                    && refused_warned.is_none_or(|at| at.elapsed() >= REFUSED_WARNING_EVERY) =>
+            {
+                warn!(%endpoint, code = status.code, error = %status.message,
+                    "The virtual workspace refuses the agent's credentials; retrying");
+                refused_warned = Some(Instant::now());
+            }
             Err(error) => debug!(%endpoint, %error, "The projected kind is not served yet"),
         }
         tokio::select! {

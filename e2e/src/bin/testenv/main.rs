@@ -11,7 +11,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
@@ -19,8 +19,8 @@ use clap::{Parser, Subcommand};
 use e2e::env::{EnvFile, random_hex};
 
 use servers::{
-    Started, free_ports, ready, record, rss_mib, run_quietly, spawn, stop, wait_until_ready,
-    write_pids, write_service_kubeconfig,
+    Started, ec_key, free_ports, ready, record, rss_mib, spawn, stop, wait_until_ready, write_pids,
+    write_service_kubeconfig,
 };
 
 mod servers;
@@ -204,18 +204,7 @@ async fn start(dir: &Path, bin_dir: &Path, sharded: bool) -> anyhow::Result<EnvF
             format!("{admin_token},e2e-admin,e2e-admin,system:masters\n"),
         )?;
         let sa_key = kube_dir.join("service-account.key");
-        run_quietly(
-            Command::new("openssl")
-                .args([
-                    "ecparam",
-                    "-name",
-                    "prime256v1",
-                    "-genkey",
-                    "-noout",
-                    "-out",
-                ])
-                .arg(&sa_key),
-        )?;
+        ec_key(&sa_key)?;
         let cert_dir = kube_dir.join("certs");
         record(
             &dir,

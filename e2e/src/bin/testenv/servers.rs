@@ -74,6 +74,22 @@ pub fn run_quietly(command: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes a new P-256 private key to `path` with openssl.
+pub fn ec_key(path: &Path) -> anyhow::Result<()> {
+    run_quietly(
+        Command::new("openssl")
+            .args([
+                "ecparam",
+                "-name",
+                "prime256v1",
+                "-genkey",
+                "-noout",
+                "-out",
+            ])
+            .arg(path),
+    )
+}
+
 /// Adds a just-spawned server to `started` and to `<dir>/pids` at once, so
 /// an interrupted start can stop it.
 pub fn record(dir: &Path, started: &mut Vec<Started>, server: Started) -> anyhow::Result<()> {

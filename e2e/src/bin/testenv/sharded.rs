@@ -28,7 +28,7 @@ use anyhow::Context;
 use e2e::env::random_hex;
 
 use crate::servers::{
-    Started, free_ports, get, ready, record, run_quietly, spawn, wait_until_ready,
+    Started, ec_key, free_ports, get, ready, record, run_quietly, spawn, wait_until_ready,
 };
 
 /// The second shard's name; `root` is the first's.
@@ -285,18 +285,7 @@ fn make_pki(dir: &Path) -> anyhow::Result<Pki> {
     let path = |name: &str| dir.join(name);
     let key = |name: &str| -> anyhow::Result<PathBuf> {
         let key = path(name);
-        run_quietly(
-            Command::new("openssl")
-                .args([
-                    "ecparam",
-                    "-name",
-                    "prime256v1",
-                    "-genkey",
-                    "-noout",
-                    "-out",
-                ])
-                .arg(&key),
-        )?;
+        ec_key(&key)?;
         Ok(key)
     };
     let ca = |name: &str| -> anyhow::Result<(PathBuf, PathBuf)> {
