@@ -46,7 +46,7 @@ pub(crate) struct Cli {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "initial,ceiling,ceiling-events,latency,deletion"
+        default_value = "initial,ceiling,ceiling-events,latency,deletion,operator"
     )]
     pub(crate) scenarios: Vec<Scenario>,
     /// Sizes of the initial-sync, status and ceiling runs, as
@@ -62,6 +62,9 @@ pub(crate) struct Cli {
     /// Size of the deletion runs.
     #[arg(long, default_value = DEFAULT_DELETION)]
     pub(crate) deletion: Size,
+    /// Consumer workspaces of the operator run.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) operator_workspaces: usize,
     /// Requests the minimal client keeps in flight; the default is the
     /// agent's sync worker concurrency.
     #[arg(long, default_value_t = CONCURRENCY)]
@@ -90,6 +93,8 @@ pub(crate) enum Scenario {
     Latency,
     /// Deleting objects end to end.
     Deletion,
+    /// The operator binding many consumer workspaces.
+    Operator,
 }
 
 /// `<workspaces>x<objects per workspace>`.

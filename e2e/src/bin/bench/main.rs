@@ -12,6 +12,7 @@
 mod ceiling;
 mod config;
 mod machine;
+mod operator;
 mod probe;
 mod report;
 mod scenarios;
@@ -27,6 +28,7 @@ use e2e::env::{ENV_FILE_VARIABLE, EnvFile};
 
 use crate::ceiling::ceiling_run;
 use crate::config::{Cli, Scenario, repo_dir};
+use crate::operator::operator_run;
 use crate::probe::Probe;
 use crate::report::{Results, report};
 use crate::scenarios::{deletion_run, initial_run, latency_run};
@@ -95,6 +97,15 @@ async fn main() -> anyhow::Result<()> {
             results
                 .deletion
                 .push(deletion_run(&cli, &probe, cli.deletion).await?);
+        }
+        if runs(Scenario::Operator) {
+            eprintln!(
+                "bench: run {run}/{}: operator, {} consumer workspaces",
+                cli.runs, cli.operator_workspaces
+            );
+            results
+                .operator
+                .push(operator_run(&probe, cli.operator_workspaces, cli.setup_concurrency).await?);
         }
     }
     eprintln!("bench: done in {:.0} s", began.elapsed().as_secs_f64());

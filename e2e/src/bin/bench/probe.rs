@@ -47,6 +47,35 @@ pub(crate) fn memory_bytes(pid: u32, field: &str) -> Option<f64> {
     Some(kib * 1024.0)
 }
 
+/// Established TCP connections of a process to `port` on loopback: its
+/// sockets (from `/proc/<pid>/fd`) found in the kernel's TCP table. An
+/// HTTP/1.1 watch holds one connection for as long as it runs.
+pub(crate) fn connections_to(pid: u32, port: u16) -> Option<usize> {
+    let inodes: BTreeSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            Some(
+                link.strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_string(),
+            )
+        })
+        .collect();
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).ok()?;
+    let remote = format!(":{port:04X}");
+    Some(
+        table
+            .lines()
+            .skip(1)
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .filter(|f| f.len() > 9 && f[2].ends_with(&remote) && f[3] == "01")
+            .filter(|f| inodes.contains(f[9]))
+            .count(),
+    )
+}
+
 /// Waits until the process has been idle for `SETTLE_QUIET` and returns the
 /// moment its last busy step ended.
 pub(crate) async fn settle(pid: u32) -> Instant {

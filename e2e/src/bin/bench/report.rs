@@ -26,6 +26,7 @@ pub(crate) struct Results {
     pub(crate) ceiling_events: Vec<Vec<Figures>>,
     pub(crate) latency: Vec<Figures>,
     pub(crate) deletion: Vec<Figures>,
+    pub(crate) operator: Vec<Figures>,
 }
 
 pub(crate) fn value(f: &Figures, key: &str) -> Option<f64> {
@@ -184,10 +185,16 @@ pub(crate) fn report(cli: &Cli, results: &Results, background: &BTreeMap<String,
     let _ = writeln!(out, "## Agent memory and CPU\n");
     let _ = writeln!(
         out,
-        "From the initial-sync runs. *No objects*: RSS of the agent with the W workspaces \
+        "From the initial-sync runs. *Binding*: creating the W consumer workspaces and \
+         binding each to the export (the benchmark's setup, 8 at a time). *kcp connections*: \
+         the agent's established TCP connections to kcp, with the W workspaces bound and \
+         nothing to sync (its watches go through each endpoint's `/clusters/*`, so they do \
+         not grow with W). *No objects*: RSS of the agent with the W workspaces \
          bound and nothing to sync, once its sync worker runs and it is idle. *Peak*: VmHWM of the agent that did the \
          initial sync. *Steady*: its VmRSS once it has been idle for {}s plus {}s. \
-         Bytes/object = (steady − no objects) / objects. CPU is user + system time from \
+         Bytes/object = (steady − no objects) / objects. *After deletion*: its VmRSS once \
+         the status sync is done, every object is deleted in kcp and gone, and it has been \
+         idle as long again. CPU is user + system time from \
          `/proc/<pid>/stat`, from spawn until idle.\n",
         SETTLE_QUIET.as_secs(),
         STEADY_WINDOW.as_secs()
@@ -206,10 +213,13 @@ pub(crate) fn report(cli: &Cli, results: &Results, background: &BTreeMap<String,
             vec![
                 size.to_string(),
                 size.total().to_string(),
+                fmt(value(&a, "setup.bind_s"), 1),
+                fmt(value(&a, "kcp_connections"), 0),
                 mib(value(&a, "rss_empty")),
                 mib(value(&a, "rss_peak")),
                 mib(value(&a, "rss_steady")),
                 fmt(per_object, 0),
+                mib(value(&a, "rss_deleted")),
                 fmt(cpu, 2),
                 fmt(cpu.map(|c| 1000.0 * c / size.total() as f64), 2),
                 fmt(value(&a, "idle_cpu_percent"), 2),
@@ -221,10 +231,13 @@ pub(crate) fn report(cli: &Cli, results: &Results, background: &BTreeMap<String,
         &[
             "W×N",
             "objects",
+            "binding W workspaces s",
+            "kcp connections, no objects",
             "RSS, no objects MiB",
             "peak RSS MiB",
             "steady RSS MiB",
             "bytes/object",
+            "RSS after deletion MiB",
             "CPU s",
             "CPU ms/object",
             "idle CPU %",
@@ -291,6 +304,44 @@ pub(crate) fn report(cli: &Cli, results: &Results, background: &BTreeMap<String,
                 fmt(value(&d, "delete.rate"), 1),
                 fmt(value(&d, "delete.copies_left"), 0),
                 fmt(value(&d, "delete.errors"), 0),
+            ]],
+        );
+    }
+
+    if !results.operator.is_empty() {
+        let o = median(&results.operator);
+        let _ = writeln!(out, "## Operator: many consumer workspaces\n");
+        let _ = writeln!(
+            out,
+            "W child workspaces of one parent carry a label; one offering selects them \
+             (`spec.consumers.selector`) and the operator binds each. *All bound*: from \
+             applying the offering until its status counts W bound consumers. Then one more \
+             labelled workspace: from Ready until the status counts W + 1, and the kcp \
+             requests and the operator's CPU of that time (its reconciles ask kcp only about \
+             bindings not confirmed bound in the last 10 to 15 minutes). Requests include \
+             the offering's own objects (export, RBAC, token) that every reconcile applies.\n"
+        );
+        table(
+            &mut out,
+            &[
+                "W",
+                "creating W workspaces s",
+                "apply → all bound s",
+                "kcp requests/binding",
+                "operator CPU ms/binding",
+                "one more: Ready → bound s",
+                "its kcp requests",
+                "its operator CPU ms",
+            ],
+            &[vec![
+                cli.operator_workspaces.to_string(),
+                fmt(value(&o, "op.setup_s"), 1),
+                fmt(value(&o, "op.bind_all_s"), 1),
+                fmt(value(&o, "op.all.req_total.kcp"), 2),
+                fmt(value(&o, "op.all.cpu_ms.client"), 2),
+                fmt(value(&o, "op.one_s"), 1),
+                fmt(value(&o, "op.one.req_total.kcp"), 0),
+                fmt(value(&o, "op.one.cpu_ms.client"), 0),
             ]],
         );
     }

@@ -12,14 +12,15 @@ use crate::config::{
     seconds,
 };
 use crate::probe::{
-    Probe, agent_errors, costs, cpu_seconds, memory_bytes, settle, wait_for_worker,
+    Probe, agent_errors, connections_to, costs, cpu_seconds, memory_bytes, settle, wait_for_worker,
 };
 use crate::stage::{Stage, cleanup, create_widget, is_gone, local_name};
 
 // ---------------------------------------------------------------------------
 // Scenarios
 
-/// The agent's initial sync of `size`, then its status sync, with memory and CPU.
+/// The agent's initial sync of `size`, then its status sync, with memory and
+/// CPU, and its memory once every object is deleted again.
 pub(crate) async fn initial_run(cli: &Cli, probe: &Probe, size: Size) -> anyhow::Result<Figures> {
     let total = size.total();
     let mut stage = Stage::new("bench-init", size.workspaces, cli.setup_concurrency).await?;
@@ -34,6 +35,20 @@ pub(crate) async fn initial_run(cli: &Cli, probe: &Probe, size: Size) -> anyhow:
     f.insert(
         "rss_empty".into(),
         memory_bytes(pid, "VmRSS").unwrap_or(f64::NAN),
+    );
+    f.insert("setup.bind_s".into(), stage.bound_in.as_secs_f64());
+    let kcp_port = stage
+        .provider
+        .kcp
+        .url()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok());
+    f.insert(
+        "kcp_connections".into(),
+        kcp_port
+            .and_then(|port| connections_to(pid, port))
+            .map_or(f64::NAN, |n| n as f64),
     );
     stage.stop_agent().await?;
 
@@ -103,6 +118,17 @@ pub(crate) async fn initial_run(cli: &Cli, probe: &Probe, size: Size) -> anyhow:
     f.insert("status.rate".into(), window_rate(total, first, last));
     f.insert("status.errors".into(), agent_errors(stage.agent()?).await);
     f.extend(costs("status", &before, &after, total, &probe.background));
+
+    // Every object deleted: what the agent holds should go with them.
+    stage.delete_all().await?;
+    kcp.wait_for_count("objects gone from kcp", total, size.timeout(), is_gone)
+        .await?;
+    settle(pid).await;
+    tokio::time::sleep(STEADY_WINDOW).await;
+    f.insert(
+        "rss_deleted".into(),
+        memory_bytes(pid, "VmRSS").unwrap_or(f64::NAN),
+    );
 
     drop((copies_watch, kcp_watches));
     cleanup(stage).await;

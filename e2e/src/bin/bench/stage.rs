@@ -196,6 +196,8 @@ pub(crate) struct Stage {
     pub(crate) agent: Option<AgentProcess>,
     pub(crate) settings: AgentSettings,
     pub(crate) setup_concurrency: usize,
+    /// How long making and binding the consumer workspaces took.
+    pub(crate) bound_in: Duration,
 }
 
 impl Stage {
@@ -205,12 +207,14 @@ impl Stage {
         setup_concurrency: usize,
     ) -> anyhow::Result<Self> {
         let scene = Scene::new(prefix, json!({})).await;
+        let binding = Instant::now();
         let consumers = futures::stream::iter(0..workspaces)
             .map(|_| scene.consumer("bench"))
             .buffer_unordered(setup_concurrency.clamp(1, 8))
             .map(|(workspace, client)| Consumer { workspace, client })
             .collect::<Vec<_>>()
             .await;
+        let bound_in = binding.elapsed();
         let Scene {
             provider,
             agent,
@@ -228,6 +232,7 @@ impl Stage {
             agent: None,
             settings,
             setup_concurrency,
+            bound_in,
         })
     }
 
