@@ -22,6 +22,9 @@ use sync_agent::api::kcp::apis_v1alpha1::APIExportEndpointSlice;
 use sync_agent::api::kcp::tenancy_v1alpha1::Workspace;
 use sync_agent::api::published_resource::ResourceNaming;
 use sync_agent::sync::identity::{AGENT_LABEL, FINALIZER, RemoteKey};
+
+/// How long one workspace's collection delete is retried.
+const DELETE_TIMEOUT: Duration = Duration::from_secs(300);
 use sync_agent::sync::naming::{Naming, NamingContext};
 use sync_agent::sync::object::finalizer_patch;
 
@@ -361,10 +364,17 @@ impl Stage {
     pub(crate) async fn delete_all(&self) -> anyhow::Result<()> {
         futures::stream::iter(&self.consumers)
             .map(|consumer| async move {
-                self.kcp_widgets(consumer)
-                    .delete_collection(&DeleteParams::default(), &ListParams::default())
-                    .await
-                    .map(drop)
+                let widgets = self.kcp_widgets(consumer);
+                // Thousands of objects marked at once can make kcp's etcd
+                // time out on one collection; it is asked again.
+                e2e::poll::poll_until("a collection delete", DELETE_TIMEOUT, async || {
+                    widgets
+                        .delete_collection(&DeleteParams::default(), &ListParams::default())
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                })
+                .await
             })
             .buffer_unordered(self.setup_concurrency)
             .try_collect::<Vec<()>>()
