@@ -17,6 +17,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use e2e::env::{EnvFile, random_hex};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use servers::{
     Started, ec_key, free_ports, ready, record, rss_mib, spawn, stop, wait_until_ready, write_pids,
@@ -70,12 +71,17 @@ async fn main() -> ExitCode {
         // Absolute, as the env file names it to commands run elsewhere.
         let dir = std::path::absolute(in_checkout(cli.dir, ".e2e-run")?)?;
         let bin_dir = std::path::absolute(in_checkout(cli.bin_dir, ".e2e-bin")?)?;
+        // Before the first server starts: a signal that came before the
+        // handlers would end this process and leave the servers running.
+        let mut signals = Signals::install()?;
         match cli.command {
-            Action::Start => start_or_interrupted(&dir, &bin_dir, cli.sharded)
+            Action::Start => start_or_interrupted(&dir, &bin_dir, cli.sharded, &mut signals)
                 .await
                 .map(|_| ExitCode::SUCCESS),
             Action::Stop => stop(&dir).map(|()| ExitCode::SUCCESS),
-            Action::Run { command } => run(&dir, &bin_dir, cli.sharded, &command).await,
+            Action::Run { command } => {
+                run(&dir, &bin_dir, cli.sharded, &command, &mut signals).await
+            }
         }
     }
     .await;
@@ -91,10 +97,11 @@ async fn start_or_interrupted(
     dir: &Path,
     bin_dir: &Path,
     sharded: bool,
+    signals: &mut Signals,
 ) -> anyhow::Result<EnvFile> {
     tokio::select! {
         env = start(dir, bin_dir, sharded) => env,
-        signal = interrupted() => {
+        signal = signals.next() => {
             stop(dir)?;
             bail!("interrupted by {signal} while starting the servers; stopped them")
         }
@@ -106,8 +113,9 @@ async fn run(
     bin_dir: &Path,
     sharded: bool,
     command: &[String],
+    signals: &mut Signals,
 ) -> anyhow::Result<ExitCode> {
-    let env = start_or_interrupted(dir, bin_dir, sharded).await?;
+    let env = start_or_interrupted(dir, bin_dir, sharded, signals).await?;
     let (program, args) = command.split_first().context("no command given")?;
     let outcome = match tokio::process::Command::new(program)
         .args(args)
@@ -118,7 +126,7 @@ async fn run(
         Ok(mut child) => {
             let outcome = tokio::select! {
                 status = child.wait() => status.map_err(anyhow::Error::from),
-                signal = interrupted() => Err(anyhow::anyhow!("interrupted by {signal}")),
+                signal = signals.next() => Err(anyhow::anyhow!("interrupted by {signal}")),
             };
             if outcome.is_err() {
                 let _ = child.kill().await;
@@ -137,15 +145,26 @@ async fn run(
     ))
 }
 
-/// Resolves on the first SIGINT or SIGTERM.
-async fn interrupted() -> &'static str {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
+/// SIGINT and SIGTERM, caught from the moment they are installed.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Resolves on the next SIGINT or SIGTERM.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
     }
 }
 
