@@ -19,6 +19,14 @@ use sync_agent::runtime::process::{self, stopping};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+/// jemalloc, with its background purge threads, hands the pages of freed
+/// objects back to the system within seconds: the agent's RSS follows the
+/// objects it mirrors down again after they are deleted (BENCHMARKS.md),
+/// which the system allocators (glibc's per-thread arenas, musl's in the
+/// image) do not.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Exits non-zero after logging why, in the chosen log format: no
 /// plain-text `Error:` line after JSON ones.
 #[tokio::main]
