@@ -15,6 +15,7 @@ state_dir="$PWD/.e2e-bench"
 
 step "building release binaries"
 cargo build --release --locked -p sync-agent --bin sync-agent
+cargo build --release --locked -p offering-operator --bin offering-operator
 cargo build --release --locked -p e2e --bin bench --bin testenv
 
 step "building kcp, kube-apiserver and etcd (skipped when unchanged)"
@@ -22,6 +23,7 @@ e2e/env/build.sh
 
 step "running the benchmark"
 export SYNC_AGENT_BIN="$PWD/target/release/sync-agent"
+export OFFERING_OPERATOR_BIN="$PWD/target/release/offering-operator"
 export E2E_ENV_FILE="$state_dir/env"
 target/release/testenv --dir "$state_dir" run -- \
   target/release/bench --command "e2e/bench.sh${*:+ $*}" "$@"

@@ -12,7 +12,12 @@ use crate::env::EnvFile;
 use crate::poll::poll_until;
 
 /// Variable naming the agent binary; defaults to `<repo>/target/debug/sync-agent`.
+/// It also names the binary of agent pods the operator deploys.
 pub const AGENT_BINARY_VARIABLE: &str = "SYNC_AGENT_BIN";
+
+/// Variable naming the operator binary; defaults to
+/// `<repo>/target/debug/offering-operator`.
+pub const OPERATOR_BINARY_VARIABLE: &str = "OFFERING_OPERATOR_BIN";
 
 /// Writes a kubeconfig for kcp's admin pointed at `workspace`, as the agent's
 /// `--kcp-kubeconfig`, and returns its path.
@@ -74,13 +79,6 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn binary() -> anyhow::Result<PathBuf> {
-    std::env::var_os(AGENT_BINARY_VARIABLE).map_or_else(
-        || crate::checkout::binary("sync-agent"),
-        |path| Ok(PathBuf::from(path)),
-    )
-}
-
 /// A process to launch: binary, flags, environment, log and the addresses
 /// of its health and metrics endpoints.
 #[derive(Debug, Clone)]
@@ -104,8 +102,18 @@ pub fn free_address() -> anyhow::Result<String> {
     Ok(format!("127.0.0.1:{}", free_port()?))
 }
 
-/// The project binary `name` (`<checkout>/target/debug/<name>`).
+/// The project binary `name`: the path in its variable when set (the agent's
+/// and the operator's, for the benchmark's release builds), else
+/// `<checkout>/target/debug/<name>`.
 pub fn project_binary(name: &str) -> PathBuf {
+    let variable = match name {
+        "sync-agent" => Some(AGENT_BINARY_VARIABLE),
+        "offering-operator" => Some(OPERATOR_BINARY_VARIABLE),
+        _ => None,
+    };
+    if let Some(path) = variable.and_then(std::env::var_os) {
+        return PathBuf::from(path);
+    }
     crate::checkout::binary(name).unwrap_or_else(|error| panic!("{error:#}"))
 }
 
@@ -131,7 +139,7 @@ impl AgentProcess {
         ];
         args.extend(settings.extra_args.iter().cloned());
         Self::launch(Launch {
-            binary: binary()?,
+            binary: project_binary("sync-agent"),
             args,
             env: vec![("RUST_LOG".into(), settings.log_filter.clone())],
             log,

@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use e2e::agent::AGENT_BINARY_VARIABLE;
+use e2e::agent::{AGENT_BINARY_VARIABLE, OPERATOR_BINARY_VARIABLE};
 use e2e::env::{ENV_FILE_VARIABLE, EnvFile};
 
 use crate::ceiling::ceiling_run;
@@ -51,10 +51,13 @@ async fn main() -> anyhow::Result<()> {
             "{ENV_FILE_VARIABLE} names other servers than KCP_KUBECONFIG; run the benchmark through e2e/bench.sh"
         );
     }
-    if std::env::var_os(AGENT_BINARY_VARIABLE).is_none() {
-        eprintln!(
-            "bench: {AGENT_BINARY_VARIABLE} is not set; benchmarking the debug build of the agent"
-        );
+    for (variable, binary) in [
+        (AGENT_BINARY_VARIABLE, "agent"),
+        (OPERATOR_BINARY_VARIABLE, "operator"),
+    ] {
+        if std::env::var_os(variable).is_none() {
+            eprintln!("bench: {variable} is not set; benchmarking the debug build of the {binary}");
+        }
     }
     let mut probe = Probe::new(&env, &env_file).await?;
     eprintln!("bench: measuring the idle servers' CPU use");

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use clap::ValueEnum;
-use e2e::agent::AGENT_BINARY_VARIABLE;
+use e2e::agent::{AGENT_BINARY_VARIABLE, OPERATOR_BINARY_VARIABLE};
 
 use crate::config::{
     AGENT_LOG_FILTER, BACKGROUND_WINDOW, Cli, DEFAULT_LATENCY_SAMPLES, DEFAULT_RUNS, DEFAULT_SIZES,
@@ -75,6 +75,19 @@ pub(crate) fn is_full_scale(cli: &Cli) -> bool {
         && cli.scenarios.len() == Scenario::value_variants().len()
 }
 
+/// The binary in `variable` as the report shows it (relative to the
+/// checkout), else the debug build of `name`.
+fn shown_binary(variable: &str, name: &str) -> String {
+    std::env::var(variable).map_or_else(
+        |_| format!("target/debug/{name}"),
+        |path| {
+            Path::new(&path)
+                .strip_prefix(repo_dir())
+                .map_or(path.clone(), |p| p.display().to_string())
+        },
+    )
+}
+
 pub(crate) fn report(cli: &Cli, results: &Results, background: &BTreeMap<String, f64>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# Benchmarks\n");
@@ -100,14 +113,8 @@ pub(crate) fn report(cli: &Cli, results: &Results, background: &BTreeMap<String,
             .map(|(k, v)| vec![k, v])
             .collect::<Vec<_>>(),
     );
-    let agent_binary = std::env::var(AGENT_BINARY_VARIABLE).map_or_else(
-        |_| "target/debug/sync-agent".to_string(),
-        |path| {
-            Path::new(&path)
-                .strip_prefix(repo_dir())
-                .map_or(path.clone(), |p| p.display().to_string())
-        },
-    );
+    let agent_binary = shown_binary(AGENT_BINARY_VARIABLE, "sync-agent");
+    let operator_binary = shown_binary(OPERATOR_BINARY_VARIABLE, "offering-operator");
     let _ = writeln!(
         out,
         "Every figure is the median of {} run(s); every run sets up its own provider, \
@@ -116,7 +123,7 @@ pub(crate) fn report(cli: &Cli, results: &Results, background: &BTreeMap<String,
          `e2e::agent::AgentProcess`'s flags and `RUST_LOG={AGENT_LOG_FILTER}` in every \
          scenario; one PublishedResource (`Widget`, default naming), objects \
          `{{\"spec\": {{\"color\": \"blue\"}}}}`. Sizes are W workspaces × N objects per \
-         workspace.\n",
+         workspace. The operator scenario runs `{operator_binary}`.\n",
         cli.runs
     );
 
