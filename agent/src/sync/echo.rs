@@ -12,6 +12,7 @@ use kube::ResourceExt;
 use kube::api::DynamicObject;
 
 use crate::sync::identity::{RemoteKey, Side};
+use crate::sync::shrink::Shrink;
 
 /// The versions the last writes produced, per object and side.
 #[derive(Debug, Default)]
@@ -55,6 +56,7 @@ impl Echoes {
     pub fn forget(&self, key: &RemoteKey) {
         let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
         written.remove(key);
+        written.shrink_when_sparse();
     }
 }
 

@@ -26,10 +26,12 @@ use kube::api::DynamicObject;
 use kube_runtime::watcher::Event;
 use tokio::sync::watch;
 
-/// How long a deleted object's version is remembered.
+use crate::sync::shrink::Shrink;
+
+/// How long a deleted object's version is remembered at least; tombstones
+/// older than this are swept at most once per this long, so they hold
+/// memory for no more than twice it.
 const TOMBSTONE_TTL: Duration = Duration::from_secs(120);
-/// Tombstones kept before old ones are pruned.
-const TOMBSTONE_PRUNE_AT: usize = 1024;
 
 /// Where an object lives: its `kcp.io/cluster` annotation (empty on the
 /// service cluster), namespace and name.
@@ -78,6 +80,8 @@ struct State<K> {
     /// Addresses by key; almost always one, so a vector, not a set.
     by_key: HashMap<K, Vec<Arc<Address>>>,
     tombstones: HashMap<Address, (u64, Instant)>,
+    /// When expired tombstones were last swept.
+    swept: Instant,
     /// Addresses listed since the watch (re)started, until the list is done.
     relisted: Option<HashSet<Address>>,
 }
@@ -102,6 +106,7 @@ impl<K: Clone + Eq + Hash> Mirror<K> {
                 objects: HashMap::new(),
                 by_key: HashMap::new(),
                 tombstones: HashMap::new(),
+                swept: Instant::now(),
                 relisted: None,
             }),
             key_of,
@@ -139,6 +144,7 @@ impl<K: Clone + Eq + Hash> Mirror<K> {
                     }
                 }
                 state.tombstones.clear();
+                state.tombstones.shrink_when_sparse();
                 drop(state);
                 self.synced.send_replace(true);
             }
@@ -162,6 +168,7 @@ impl<K: Clone + Eq + Hash> Mirror<K> {
             return;
         }
         state.tombstones.remove(&address);
+        state.sweep_tombstones();
         // Nothing reads the field history; it is most of an object's size.
         let mut object = object.clone();
         object.metadata.managed_fields = None;
@@ -206,12 +213,8 @@ impl<K: Clone + Eq + Hash> Mirror<K> {
             return;
         }
         state.drop_object(&address);
+        state.sweep_tombstones();
         if let Some(deleted) = version(object) {
-            if state.tombstones.len() >= TOMBSTONE_PRUNE_AT {
-                state
-                    .tombstones
-                    .retain(|_, (_, at)| at.elapsed() < TOMBSTONE_TTL);
-            }
             state.tombstones.insert(address, (deleted, Instant::now()));
         }
     }
@@ -238,8 +241,22 @@ impl<K: Clone + Eq + Hash> Mirror<K> {
 impl<K: Eq + Hash> State<K> {
     fn drop_object(&mut self, address: &Address) {
         if let Some(held) = self.objects.remove(address) {
+            self.objects.shrink_when_sparse();
             self.unindex(&held.key, address);
         }
+    }
+
+    /// Forgets the tombstones older than their TTL, once per TTL: one pass
+    /// over them per TTL, not one per deletion.
+    fn sweep_tombstones(&mut self) {
+        let now = Instant::now();
+        if now.duration_since(self.swept) < TOMBSTONE_TTL {
+            return;
+        }
+        self.tombstones
+            .retain(|_, (_, at)| now.duration_since(*at) < TOMBSTONE_TTL);
+        self.tombstones.shrink_when_sparse();
+        self.swept = now;
     }
 
     fn unindex(&mut self, key: &K, address: &Address) {
@@ -247,6 +264,7 @@ impl<K: Eq + Hash> State<K> {
             addresses.retain(|a| **a != *address);
             if addresses.is_empty() {
                 self.by_key.remove(key);
+                self.by_key.shrink_when_sparse();
             }
         }
     }
@@ -310,6 +328,46 @@ mod tests {
         mirror.apply(&object("a", "3", "y"));
         assert_eq!(versions(&mirror, "x"), ["b@2"]);
         assert_eq!(versions(&mirror, "y"), ["a@3"]);
+    }
+
+    #[test]
+    fn a_mirror_emptied_by_deletions_gives_its_tables_back() {
+        let mirror = Mirror::new(by_owner);
+        let objects: Vec<DynamicObject> = (0..10_000)
+            .map(|i| object(&format!("w{i}"), &(i + 1).to_string(), &format!("o{i}")))
+            .collect();
+        objects.iter().for_each(|o| mirror.apply(o));
+        let full = mirror.state().objects.capacity();
+        assert!(full >= 10_000);
+        objects.iter().for_each(|o| mirror.remove(o));
+        let state = mirror.state();
+        assert!(state.objects.is_empty() && state.by_key.is_empty());
+        assert!(
+            state.objects.capacity() < 100 && state.by_key.capacity() < 100,
+            "room for {} objects and {} keys left of {full}",
+            state.objects.capacity(),
+            state.by_key.capacity()
+        );
+        // Deleted within the TTL: remembered until a sweep after it.
+        assert_eq!(state.tombstones.len(), 10_000);
+    }
+
+    #[test]
+    fn tombstones_past_their_ttl_are_swept() {
+        let mirror = Mirror::new(by_owner);
+        mirror.remove(&object("a", "5", "x"));
+        {
+            let mut state = mirror.state();
+            let old = Instant::now()
+                .checked_sub(TOMBSTONE_TTL + Duration::from_secs(1))
+                .expect("the clock runs longer than a TTL");
+            state.tombstones.values_mut().for_each(|(_, at)| *at = old);
+            state.swept = old;
+        }
+        mirror.remove(&object("b", "6", "x"));
+        let state = mirror.state();
+        let left: Vec<&str> = state.tombstones.keys().map(|a| a.2.as_str()).collect();
+        assert_eq!(left, ["b"]);
     }
 
     #[tokio::test]

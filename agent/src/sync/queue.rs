@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 
 use super::echo::Echoes;
 use super::identity::{RemoteKey, Side};
+use super::shrink::Shrink;
 use crate::runtime::backoff::{Backoff, Failures};
 
 /// A sync worker's queue of object keys; clones share it.
@@ -215,6 +216,8 @@ impl WorkQueue {
         let mut state = self.state();
         while let Some((key, queued_at)) = state.waiting.pop_front() {
             state.queued.remove(&key);
+            state.waiting.shrink_when_sparse();
+            state.queued.shrink_when_sparse();
             self.inner.metrics.depth.set(depth(&state));
             let Some(endpoint) = state.routes.get(&key.cluster).cloned() else {
                 continue;
@@ -245,7 +248,10 @@ impl WorkQueue {
             tokio::time::sleep(after).await;
             if let Some(inner) = queue.upgrade() {
                 let queue = WorkQueue { inner };
-                queue.state().scheduled.remove(&key);
+                let mut state = queue.state();
+                state.scheduled.remove(&key);
+                state.scheduled.shrink_when_sparse();
+                drop(state);
                 queue.add(key);
             }
         });
@@ -256,7 +262,11 @@ impl WorkQueue {
             let mut state = self.state();
             state.in_flight.remove(key);
             let seen = state.pending.remove(key).unwrap_or_default();
-            state.dirty.remove(key)
+            let dirty = state.dirty.remove(key);
+            state.in_flight.shrink_when_sparse();
+            state.pending.shrink_when_sparse();
+            state.dirty.shrink_when_sparse();
+            dirty
                 || seen
                     .iter()
                     .any(|(side, version)| !self.inner.echoes.is_echo_version(key, *side, version))
@@ -294,7 +304,12 @@ impl Claim {
     pub fn succeeded(self, requeue: Option<Duration>) -> Option<Instant> {
         let queue = self.queue.clone();
         queue.inner.failures.succeeded(&self.key);
-        let seen = queue.state().observed.remove(&self.key);
+        let seen = {
+            let mut state = queue.state();
+            let seen = state.observed.remove(&self.key);
+            state.observed.shrink_when_sparse();
+            seen
+        };
         let key = self.key.clone();
         drop(self);
         if let Some(after) = requeue {

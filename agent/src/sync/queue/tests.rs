@@ -185,3 +185,28 @@ fn depth_adds_retries_and_durations_are_counted() {
     drop(queue);
     assert_eq!(metrics.depth.get(), 0, "a stopped queue waits for nothing");
 }
+
+#[test]
+fn a_drained_queue_gives_the_room_of_its_keys_back() {
+    let (queue, _) = queue();
+    for i in 0..10_000 {
+        let name = format!("w{i}");
+        queue.observed_kcp(key(&name), ENDPOINT, &object("1"));
+    }
+    let full = queue.state().queued.capacity();
+    assert!(full >= 10_000);
+    while let Some(claim) = queue.pop() {
+        claim.succeeded(None);
+    }
+    let state = queue.state();
+    let rooms = [
+        state.waiting.capacity(),
+        state.queued.capacity(),
+        state.observed.capacity(),
+        state.in_flight.capacity(),
+    ];
+    assert!(
+        rooms.iter().all(|room| *room < 100),
+        "rooms {rooms:?} left of {full}"
+    );
+}
