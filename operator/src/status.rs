@@ -323,27 +323,39 @@ pub fn agent(deployment: &Deployment) -> Verdict {
     )
 }
 
+/// Workspaces a consumer message names; the rest are counted, so a
+/// thousand pending bindings do not make a condition (and its event) of
+/// thousands of paths.
+const NAMED_WORKSPACES: usize = 3;
+
+/// The first [`NAMED_WORKSPACES`] of `items`, then how many more there are.
+fn first_few(items: impl ExactSizeIterator<Item = String>, separator: &str) -> String {
+    let more = items.len().saturating_sub(NAMED_WORKSPACES);
+    let shown: Vec<String> = items.take(NAMED_WORKSPACES).collect();
+    let tail = if more > 0 {
+        format!(" (and {more} more)")
+    } else {
+        String::new()
+    };
+    format!("{}{tail}", shown.join(separator))
+}
+
 /// `ConsumersBound` from the consumer report.
 pub fn consumers(report: &ConsumerReport) -> Verdict {
     if !report.failed.is_empty() {
-        let shown: Vec<String> = report
+        let failed = report
             .failed
             .iter()
-            .take(3)
-            .map(|(path, why)| format!("{path}: {why}"))
-            .collect();
-        let more = report.failed.len().saturating_sub(3);
-        let tail = if more > 0 {
-            format!(" (and {more} more)")
-        } else {
-            String::new()
-        };
-        return Verdict::failed("BindingFailed", format!("{}{tail}", shown.join("; ")));
+            .map(|(path, why)| format!("{path}: {why}"));
+        return Verdict::failed("BindingFailed", first_few(failed, "; "));
     }
     if !report.pending.is_empty() {
         return Verdict::failed(
             "BindingPending",
-            format!("waiting for kcp to bind {}", report.pending.join(", ")),
+            format!(
+                "waiting for kcp to bind {}",
+                first_few(report.pending.iter().cloned(), ", ")
+            ),
         );
     }
     Verdict::ok(

@@ -77,6 +77,32 @@ fn consumer_failures_name_the_workspaces() {
     assert!(consumers(&ConsumerReport::default()).ok);
 }
 
+#[test]
+fn consumer_messages_name_a_few_workspaces_and_count_the_rest() {
+    let paths: Vec<String> = (0..1000).map(|i| format!("root:c{i:04}")).collect();
+    let pending = consumers(&ConsumerReport {
+        pending: paths.clone(),
+        ..Default::default()
+    });
+    assert_eq!(
+        pending.message,
+        "waiting for kcp to bind root:c0000, root:c0001, root:c0002 (and 997 more)"
+    );
+    let failed = consumers(&ConsumerReport {
+        failed: paths.iter().map(|p| (p.clone(), "gone".into())).collect(),
+        ..Default::default()
+    });
+    assert_eq!(
+        failed.message,
+        "root:c0000: gone; root:c0001: gone; root:c0002: gone (and 997 more)"
+    );
+    let three = consumers(&ConsumerReport {
+        pending: paths[..3].to_vec(),
+        ..Default::default()
+    });
+    assert!(!three.message.contains("more"), "{}", three.message);
+}
+
 /// An agent Deployment at generation 2 wanting `replicas`, with `status`.
 fn deployment(replicas: i32, status: serde_json::Value) -> Deployment {
     serde_json::from_value(json!({
