@@ -71,19 +71,30 @@ async fn main() -> anyhow::Result<()> {
         ..Default::default()
     };
     let began = Instant::now();
+    // The report is rewritten after every run, so a run that fails or is
+    // stopped hours into a benchmark keeps the figures of those before it.
+    let save = |results: &Results| -> anyhow::Result<String> {
+        let report = report(&cli, results, &probe.background);
+        std::fs::write(&cli.output, &report)
+            .with_context(|| format!("writing {}", cli.output.display()))?;
+        Ok(report)
+    };
     for run in 1..=cli.runs {
         for (i, size) in cli.sizes.iter().enumerate() {
             if runs(Scenario::Initial) {
                 eprintln!("bench: run {run}/{}: initial sync {size}", cli.runs);
                 results.initial[i].push(initial_run(&cli, &probe, *size).await?);
+                save(&results)?;
             }
             if runs(Scenario::Ceiling) {
                 eprintln!("bench: run {run}/{}: ceiling {size}", cli.runs);
                 results.ceiling[i].push(ceiling_run(&cli, &probe, *size, false).await?);
+                save(&results)?;
             }
             if runs(Scenario::CeilingEvents) {
                 eprintln!("bench: run {run}/{}: ceiling with events {size}", cli.runs);
                 results.ceiling_events[i].push(ceiling_run(&cli, &probe, *size, true).await?);
+                save(&results)?;
             }
         }
         if runs(Scenario::Latency) {
@@ -94,12 +105,14 @@ async fn main() -> anyhow::Result<()> {
             results
                 .latency
                 .push(latency_run(&cli, cli.latency_samples).await?);
+            save(&results)?;
         }
         if runs(Scenario::Deletion) {
             eprintln!("bench: run {run}/{}: deletion {}", cli.runs, cli.deletion);
             results
                 .deletion
                 .push(deletion_run(&cli, &probe, cli.deletion).await?);
+            save(&results)?;
         }
         if runs(Scenario::Operator) {
             eprintln!(
@@ -109,13 +122,11 @@ async fn main() -> anyhow::Result<()> {
             results
                 .operator
                 .push(operator_run(&probe, cli.operator_workspaces, cli.setup_concurrency).await?);
+            save(&results)?;
         }
     }
     eprintln!("bench: done in {:.0} s", began.elapsed().as_secs_f64());
-    let report = report(&cli, &results, &probe.background);
-    print!("{report}");
-    std::fs::write(&cli.output, &report)
-        .with_context(|| format!("writing {}", cli.output.display()))?;
+    print!("{}", save(&results)?);
     eprintln!("bench: wrote {}", cli.output.display());
     Ok(())
 }

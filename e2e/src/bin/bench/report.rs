@@ -432,7 +432,15 @@ pub(crate) fn write_bound(
     );
     let _ = writeln!(
         out,
-        "The agent, the ceiling's client and the three servers share the machine's {cores}          cores, so a phase's throughput is at most the cores divided by the CPU one object          costs all of them. *CPU ms/object* sums the client's, kcp's, kube-apiserver's and          etcd's CPU per object (the cost table below, start-up included for the agent);          *cores busy* is that times objects/s. *Ceiling + events* is the ceiling's client          also recording, through the agent's own event sink (one write at a time, the          newest dropped beyond a queue of 1000), the events the agent records on the          consumers' objects: `ObjectAccepted` and `ObjectPlaced` per new object,          `ObjectStatusSynced` per status. Cells read agent / ceiling / ceiling + events.\n"
+        "The agent, the ceiling's client and the three servers share the machine's {cores} \
+         cores, so a phase's throughput is at most the cores divided by the CPU one object \
+         costs all of them. *CPU ms/object* sums the client's, kcp's, kube-apiserver's and \
+         etcd's CPU per object (the cost table below, start-up included for the agent); \
+         *cores busy* is that times objects/s. *Ceiling + events* is the ceiling's client \
+         also recording, through the agent's own event sink (one write at a time, the \
+         newest dropped beyond a queue of 1000), the events the agent records on the \
+         consumers' objects: `ObjectAccepted` and `ObjectPlaced` per new object, \
+         `ObjectStatusSynced` per status. Cells read agent / ceiling / ceiling + events.\n"
     );
     let mut rows = Vec::new();
     for (i, size) in cli.sizes.iter().enumerate() {

@@ -112,15 +112,22 @@ impl Seen {
         }
     }
 
+    /// Waits until `watches` watches have listed; the deadline grows with
+    /// their number, since a thousand first lists queue on a busy kcp.
     pub(crate) async fn wait_until_ready(&self, watches: usize) -> anyhow::Result<()> {
         let start = Instant::now();
-        while self.ready.load(Ordering::SeqCst) < watches {
-            if start.elapsed() > Duration::from_secs(60) {
-                bail!("the benchmark's watches did not start");
+        let timeout = Duration::from_secs(60)
+            + Duration::from_millis(250) * u32::try_from(watches).unwrap_or(u32::MAX);
+        loop {
+            let ready = self.ready.load(Ordering::SeqCst);
+            if ready >= watches {
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                bail!("only {ready} of the benchmark's {watches} watches started in {timeout:?}");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Ok(())
     }
 }
 
@@ -429,7 +436,9 @@ impl Stage {
             consumer.workspace.delete(&self.provider.kcp).await?;
         }
         self.provider.cleanup().await?;
-        let deadline = Instant::now() + Duration::from_secs(600);
+        let deadline = Instant::now()
+            + Duration::from_secs(600)
+            + Duration::from_secs(1) * u32::try_from(self.consumers.len()).unwrap_or(u32::MAX);
         let workspaces = self
             .consumers
             .iter()
