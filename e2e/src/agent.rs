@@ -104,17 +104,17 @@ pub fn free_address() -> anyhow::Result<String> {
 
 /// The project binary `name`: the path in its variable when set (the agent's
 /// and the operator's, for the benchmark's release builds), else
-/// `<checkout>/target/debug/<name>`.
-pub fn project_binary(name: &str) -> PathBuf {
+/// `<checkout>/target/debug/<name>`; an error outside a checkout.
+pub fn project_binary(name: &str) -> anyhow::Result<PathBuf> {
     let variable = match name {
         "sync-agent" => Some(AGENT_BINARY_VARIABLE),
         "offering-operator" => Some(OPERATOR_BINARY_VARIABLE),
         _ => None,
     };
     if let Some(path) = variable.and_then(std::env::var_os) {
-        return PathBuf::from(path);
+        return Ok(PathBuf::from(path));
     }
-    crate::checkout::binary(name).unwrap_or_else(|error| panic!("{error:#}"))
+    crate::checkout::binary(name)
 }
 
 impl AgentProcess {
@@ -139,7 +139,7 @@ impl AgentProcess {
         ];
         args.extend(settings.extra_args.iter().cloned());
         Self::launch(Launch {
-            binary: project_binary("sync-agent"),
+            binary: project_binary("sync-agent")?,
             args,
             env: vec![("RUST_LOG".into(), settings.log_filter.clone())],
             log,

@@ -239,7 +239,7 @@ pub async fn start_operator(
     ];
     args.extend(extra_args.iter().map(|a| a.to_string()));
     AgentProcess::launch(Launch {
-        binary: project_binary("offering-operator"),
+        binary: project_binary("offering-operator")?,
         args,
         env: vec![("RUST_LOG".into(), "info,offering_operator=debug".into())],
         // Two operators of one namespace (leader election) keep their own logs.

@@ -235,7 +235,7 @@ impl Pod {
             .and_then(|n| n.to_str())
             .context("the container has no command")?;
         let process = AgentProcess::launch(Launch {
-            binary: project_binary(binary_name),
+            binary: project_binary(binary_name)?,
             args,
             env: environment,
             log: env.log_dir.join(format!("pod-{namespace}-{pod_name}.log")),

@@ -84,7 +84,7 @@ async fn readyz_waits_until_the_published_resources_are_listed() {
         .log_dir
         .join(format!("agent-{}-ready.log", settings.name));
     let file = std::fs::File::create(&log).expect("log file");
-    let child = Command::new(project_binary("sync-agent"))
+    let child = Command::new(project_binary("sync-agent").expect("a project binary"))
         .args([
             format!("--kcp-kubeconfig={}", kcp_kubeconfig.display()),
             format!("--kubeconfig={}", kubeconfig.display()),

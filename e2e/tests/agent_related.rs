@@ -143,12 +143,17 @@ async fn related_objects_travel_both_ways_and_kcp_origin_ones_are_released_on_de
         "{:?}",
         copy.annotations()
     );
-    let primary = widgets.get("db").await.expect("primary");
-    let announced = primary
-        .annotations()
-        .get("related-resources.syncagent.kcp.io/credentials.0")
-        .cloned()
-        .expect("the copy is announced on the primary");
+    // The primary's announcement is written after the copy: wait for it.
+    let announced = poll_until("the copy announced on the primary", TIMEOUT, async || {
+        let primary = widgets.get("db").await.map_err(|e| e.to_string())?;
+        primary
+            .annotations()
+            .get("related-resources.syncagent.kcp.io/credentials.0")
+            .cloned()
+            .ok_or_else(|| format!("annotations {:?}", primary.annotations()))
+    })
+    .await
+    .expect("announced");
     let announced: serde_json::Value = serde_json::from_str(&announced).expect("JSON");
     assert_eq!(
         announced,

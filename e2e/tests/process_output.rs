@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 fn run(binary: &str, args: &[&str]) -> Output {
     let missing = std::env::temp_dir().join("process-output-no-such-kubeconfig");
-    Command::new(project_binary(binary))
+    Command::new(project_binary(binary).expect("a project binary"))
         .args(args)
         .env("KUBECONFIG", &missing)
         .env_remove("RUST_LOG")

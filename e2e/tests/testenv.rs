@@ -33,7 +33,7 @@ fn runs(pid: i32, exe: &Path) -> bool {
 #[test]
 fn a_sigterm_while_starting_stops_the_servers_already_started() {
     let dir = std::env::temp_dir().join(format!("testenv-sigterm-{}", std::process::id()));
-    let mut launcher = Command::new(project_binary("testenv"))
+    let mut launcher = Command::new(project_binary("testenv").expect("a project binary"))
         .arg("--dir")
         .arg(&dir)
         .args(["run", "--", "true"])

@@ -6,6 +6,8 @@ use std::hash::Hash;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use super::shrink::Shrink;
+
 /// Delays that double from `first` after each consecutive failure, never
 /// above `max`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,7 +63,9 @@ impl<K: Eq + Hash> Failures<K> {
     /// Forgets the failures of `key`: its next failure starts from `first`.
     pub fn succeeded(&self, key: &K) {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        counts.remove(key);
+        if counts.remove(key).is_some() {
+            counts.shrink_when_sparse();
+        }
     }
 }
 

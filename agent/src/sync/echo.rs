@@ -11,8 +11,8 @@ use std::sync::Mutex;
 use kube::ResourceExt;
 use kube::api::DynamicObject;
 
+use crate::runtime::shrink::Shrink;
 use crate::sync::identity::{RemoteKey, Side};
-use crate::sync::shrink::Shrink;
 
 /// The versions the last writes produced, per object and side.
 #[derive(Debug, Default)]

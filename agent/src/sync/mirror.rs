@@ -26,11 +26,11 @@ use kube::api::DynamicObject;
 use kube_runtime::watcher::Event;
 use tokio::sync::watch;
 
-use crate::sync::shrink::Shrink;
+use crate::runtime::shrink::Shrink;
 
-/// How long a deleted object's version is remembered at least; tombstones
-/// older than this are swept at most once per this long, so they hold
-/// memory for no more than twice it.
+/// How long a deleted object's version is remembered at least: longer than
+/// a reconcile may take, so a write that started before the deletion has
+/// returned. Older tombstones go at the worker's next [`Mirror::sweep`].
 const TOMBSTONE_TTL: Duration = Duration::from_secs(120);
 
 /// Where an object lives: its `kcp.io/cluster` annotation (empty on the
@@ -80,8 +80,6 @@ struct State<K> {
     /// Addresses by key; almost always one, so a vector, not a set.
     by_key: HashMap<K, Vec<Arc<Address>>>,
     tombstones: HashMap<Address, (u64, Instant)>,
-    /// When expired tombstones were last swept.
-    swept: Instant,
     /// Addresses listed since the watch (re)started, until the list is done.
     relisted: Option<HashSet<Address>>,
 }
@@ -106,7 +104,6 @@ impl<K: Clone + Eq + Hash> Mirror<K> {
                 objects: HashMap::new(),
                 by_key: HashMap::new(),
                 tombstones: HashMap::new(),
-                swept: Instant::now(),
                 relisted: None,
             }),
             key_of,
@@ -168,7 +165,6 @@ impl<K: Clone + Eq + Hash> Mirror<K> {
             return;
         }
         state.tombstones.remove(&address);
-        state.sweep_tombstones();
         // Nothing reads the field history; it is most of an object's size.
         let mut object = object.clone();
         object.metadata.managed_fields = None;
@@ -213,7 +209,6 @@ impl<K: Clone + Eq + Hash> Mirror<K> {
             return;
         }
         state.drop_object(&address);
-        state.sweep_tombstones();
         if let Some(deleted) = version(object) {
             state.tombstones.insert(address, (deleted, Instant::now()));
         }
@@ -231,6 +226,18 @@ impl<K: Clone + Eq + Hash> Mirror<K> {
             .collect()
     }
 
+    /// Forgets the tombstones older than their TTL; the worker calls this
+    /// periodically, so a mirror that goes quiet after a mass deletion does
+    /// not keep them.
+    pub fn sweep(&self) {
+        let mut state = self.state();
+        let now = Instant::now();
+        state
+            .tombstones
+            .retain(|_, (_, at)| now.duration_since(*at) < TOMBSTONE_TTL);
+        state.tombstones.shrink_when_sparse();
+    }
+
     /// Waits until the watch has listed everything once.
     pub async fn wait_synced(&self) {
         let mut synced = self.synced.subscribe();
@@ -244,19 +251,6 @@ impl<K: Eq + Hash> State<K> {
             self.objects.shrink_when_sparse();
             self.unindex(&held.key, address);
         }
-    }
-
-    /// Forgets the tombstones older than their TTL, once per TTL: one pass
-    /// over them per TTL, not one per deletion.
-    fn sweep_tombstones(&mut self) {
-        let now = Instant::now();
-        if now.duration_since(self.swept) < TOMBSTONE_TTL {
-            return;
-        }
-        self.tombstones
-            .retain(|_, (_, at)| now.duration_since(*at) < TOMBSTONE_TTL);
-        self.tombstones.shrink_when_sparse();
-        self.swept = now;
     }
 
     fn unindex(&mut self, key: &K, address: &Address) {
@@ -350,6 +344,9 @@ mod tests {
         );
         // Deleted within the TTL: remembered until a sweep after it.
         assert_eq!(state.tombstones.len(), 10_000);
+        drop(state);
+        mirror.sweep();
+        assert_eq!(mirror.state().tombstones.len(), 10_000, "not expired yet");
     }
 
     #[test]
@@ -362,9 +359,9 @@ mod tests {
                 .checked_sub(TOMBSTONE_TTL + Duration::from_secs(1))
                 .expect("the clock runs longer than a TTL");
             state.tombstones.values_mut().for_each(|(_, at)| *at = old);
-            state.swept = old;
         }
         mirror.remove(&object("b", "6", "x"));
+        mirror.sweep();
         let state = mirror.state();
         let left: Vec<&str> = state.tombstones.keys().map(|a| a.2.as_str()).collect();
         assert_eq!(left, ["b"]);

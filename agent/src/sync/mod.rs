@@ -24,6 +24,5 @@ pub mod queue;
 pub mod reconcile;
 pub mod related;
 pub mod related_copies;
-pub mod shrink;
 pub mod worker;
 pub mod workspace;

@@ -17,8 +17,8 @@ use tokio::sync::Notify;
 
 use super::echo::Echoes;
 use super::identity::{RemoteKey, Side};
-use super::shrink::Shrink;
 use crate::runtime::backoff::{Backoff, Failures};
+use crate::runtime::shrink::Shrink;
 
 /// A sync worker's queue of object keys; clones share it.
 #[derive(Clone, Debug)]
@@ -216,8 +216,12 @@ impl WorkQueue {
         let mut state = self.state();
         while let Some((key, queued_at)) = state.waiting.pop_front() {
             state.queued.remove(&key);
-            state.waiting.shrink_when_sparse();
-            state.queued.shrink_when_sparse();
+            // Drained: the room a burst took goes back; while keys wait,
+            // it would only be taken again.
+            if state.waiting.is_empty() {
+                state.waiting.shrink_when_sparse();
+                state.queued.shrink_when_sparse();
+            }
             self.inner.metrics.depth.set(depth(&state));
             let Some(endpoint) = state.routes.get(&key.cluster).cloned() else {
                 continue;

@@ -26,6 +26,7 @@ use crate::api::kcp::CLUSTER_ANNOTATION;
 use crate::api::published_resource::{RelatedResourceOrigin, RelatedResourceSpec};
 use crate::context::Context;
 use crate::runtime::backoff::Backoff;
+use crate::runtime::shrink::Shrink;
 use crate::sync::related;
 
 /// Objects reconciled at the same time by one worker.
@@ -41,6 +42,14 @@ const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often an endpoint that refuses the agent's credentials is warned about.
 const REFUSED_WARNING_EVERY: Duration = Duration::from_secs(60);
+/// How often a worker forgets what it no longer needs: expired tombstones
+/// and idle workspace clients.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(30);
+/// A workspace's client unused this long is dropped at the next
+/// housekeeping. Each holds a request buffer and the task that drains it
+/// (tens of KiB), so a thousand workspaces synced once would otherwise keep
+/// a thousand of them.
+const CLIENT_IDLE: Duration = Duration::from_secs(60);
 
 /// The object a watch event is about, unless it only marks a (re)list.
 fn touched(event: &Event<DynamicObject>) -> Option<&DynamicObject> {
@@ -126,7 +135,9 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
     }
 
     let permits = Arc::new(Semaphore::new(CONCURRENCY));
-    let mut clients: HashMap<(String, String), Client> = HashMap::new();
+    let mut clients = WorkspaceClients::default();
+    let mut housekeeping = tokio::time::interval(HOUSEKEEPING_EVERY);
+    housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // A key is taken only when a reconcile can start: keys that wait stay
         // in the queue, where their changes coalesce, and at most
@@ -135,25 +146,27 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
             let permit = permits.clone().acquire_owned().await.ok()?;
             Some((permit, queue.next().await))
         };
+        // Taking the next key is cancel-safe: a key is popped only when
+        // the claim is returned.
         let (permit, claim) = tokio::select! {
             next = next => match next {
                 Some(next) => next,
                 None => break,
             },
+            _ = housekeeping.tick() => {
+                kcp_objects.values().for_each(|m| m.sweep());
+                copies.sweep();
+                clients.drop_idle();
+                continue;
+            }
             _ = stop.wait_for(|s| *s) => break,
         };
-        // One client per workspace for the worker's life: building one per
-        // reconcile churns the allocator enough to double the agent's memory.
-        let route = (claim.endpoint().to_string(), claim.key().cluster.clone());
-        let client = match clients.get(&route) {
-            Some(client) => Client::clone(client),
-            None => match reconcile::workspace_client(&ctx, &route.0, &route.1) {
-                Ok(client) => clients.entry(route).or_insert(client).clone(),
-                Err(error) => {
-                    warn!(%error, "Cannot reach a consumer workspace");
-                    continue;
-                }
-            },
+        let client = match clients.get(&ctx, claim.endpoint(), &claim.key().cluster) {
+            Ok(client) => client,
+            Err(error) => {
+                warn!(%error, "Cannot reach a consumer workspace");
+                continue;
+            }
         };
         let objects = kcp_objects[claim.endpoint()].clone();
         let (ctx, config, copies, events) =
@@ -182,6 +195,36 @@ pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Rece
     }
     tasks.shutdown().await;
     info!(published_resource = %config.published_resource, "Stopped sync worker");
+}
+
+/// The workspaces' clients, kept while they are used: building one per
+/// reconcile churns the allocator enough to double the agent's memory.
+#[derive(Default)]
+struct WorkspaceClients {
+    /// By endpoint and logical cluster, with when each was last used.
+    clients: HashMap<(String, String), (Client, Instant)>,
+}
+
+impl WorkspaceClients {
+    /// The client of `cluster` through `endpoint`, built on first use.
+    fn get(&mut self, ctx: &Context, endpoint: &str, cluster: &str) -> Result<Client, SyncError> {
+        let now = Instant::now();
+        let route = (endpoint.to_string(), cluster.to_string());
+        if let Some((client, used)) = self.clients.get_mut(&route) {
+            *used = now;
+            return Ok(client.clone());
+        }
+        let client = reconcile::workspace_client(ctx, endpoint, cluster)?;
+        self.clients.insert(route, (client.clone(), now));
+        Ok(client)
+    }
+
+    /// Drops the clients unused for [`CLIENT_IDLE`].
+    fn drop_idle(&mut self) {
+        self.clients
+            .retain(|_, (_, used)| used.elapsed() < CLIENT_IDLE);
+        self.clients.shrink_when_sparse();
+    }
 }
 
 /// Records one reconcile's result in the metrics and the queue.
@@ -464,5 +507,31 @@ async fn wait_until_served(
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = stop.wait_for(|s| *s) => return None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn idle_workspace_clients_are_dropped_and_used_ones_kept() {
+        let client = || {
+            let refuse = tower::service_fn(|_: http::Request<kube::client::Body>| async {
+                Err::<http::Response<kube::client::Body>, _>(std::io::Error::other("unused"))
+            });
+            Client::new(refuse, "default")
+        };
+        let long_ago = Instant::now()
+            .checked_sub(CLIENT_IDLE + Duration::from_secs(1))
+            .expect("the clock runs longer than the idle time");
+        let mut clients = WorkspaceClients::default();
+        for (cluster, used) in [("idle", long_ago), ("busy", Instant::now())] {
+            let route = ("https://endpoint".to_string(), cluster.to_string());
+            clients.clients.insert(route, (client(), used));
+        }
+        clients.drop_idle();
+        let left: Vec<&str> = clients.clients.keys().map(|(_, c)| c.as_str()).collect();
+        assert_eq!(left, ["busy"]);
     }
 }

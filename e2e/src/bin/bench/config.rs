@@ -30,6 +30,11 @@ pub(crate) const SETTLE_QUIET: Duration = Duration::from_secs(6);
 pub(crate) const SETTLE_LIMIT: Duration = Duration::from_secs(300);
 /// How long the idle agent is watched for its steady RSS and CPU.
 pub(crate) const STEADY_WINDOW: Duration = Duration::from_secs(10);
+/// How long the agent is left idle after every object is deleted before its
+/// RSS counts as "after deletion": its housekeeping (every 30 s) forgets a
+/// deleted object's tombstone 2 min after the deletion and a workspace's
+/// client 1 min after its last use.
+pub(crate) const AFTER_DELETION_WAIT: Duration = Duration::from_secs(160);
 /// How long the idle servers are watched for their background CPU use.
 pub(crate) const BACKGROUND_WINDOW: Duration = Duration::from_secs(10);
 /// How long one latency sample may take.

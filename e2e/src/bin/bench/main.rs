@@ -73,12 +73,25 @@ async fn main() -> anyhow::Result<()> {
     let began = Instant::now();
     // The report is rewritten after every run, so a run that fails or is
     // stopped hours into a benchmark keeps the figures of those before it.
-    let save = |results: &Results| -> anyhow::Result<String> {
-        let report = report(&cli, results, &probe.background);
-        std::fs::write(&cli.output, &report)
-            .with_context(|| format!("writing {}", cli.output.display()))?;
+    // Until the last run, it says so at the top; it is written beside the
+    // output and renamed over it, so a reader never sees half a report.
+    let save_report = |results: &Results, done: bool| -> anyhow::Result<String> {
+        let mut report = report(&cli, results, &probe.background);
+        if !done {
+            report.insert_str(
+                0,
+                "> **In progress**: this report is rewritten after every run; \
+                 the runs after the last figures are still to come.\n\n",
+            );
+        }
+        let partial = cli.output.with_extension("md.partial");
+        std::fs::write(&partial, &report)
+            .with_context(|| format!("writing {}", partial.display()))?;
+        std::fs::rename(&partial, &cli.output)
+            .with_context(|| format!("replacing {}", cli.output.display()))?;
         Ok(report)
     };
+    let save = |results: &Results| save_report(results, false);
     for run in 1..=cli.runs {
         for (i, size) in cli.sizes.iter().enumerate() {
             if runs(Scenario::Initial) {
@@ -126,7 +139,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     eprintln!("bench: done in {:.0} s", began.elapsed().as_secs_f64());
-    print!("{}", save(&results)?);
+    print!("{}", save_report(&results, true)?);
     eprintln!("bench: wrote {}", cli.output.display());
     Ok(())
 }

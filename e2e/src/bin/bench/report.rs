@@ -2,14 +2,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::path::Path;
 
 use clap::ValueEnum;
-use e2e::agent::{AGENT_BINARY_VARIABLE, OPERATOR_BINARY_VARIABLE};
+use e2e::agent::project_binary;
 
 use crate::config::{
-    AGENT_LOG_FILTER, BACKGROUND_WINDOW, Cli, DEFAULT_LATENCY_SAMPLES, DEFAULT_RUNS, DEFAULT_SIZES,
-    Figures, SETTLE_QUIET, STEADY_WINDOW, Scenario, Size, median, repo_dir,
+    AFTER_DELETION_WAIT, AGENT_LOG_FILTER, BACKGROUND_WINDOW, Cli, DEFAULT_LATENCY_SAMPLES,
+    DEFAULT_RUNS, DEFAULT_SIZES, Figures, SETTLE_QUIET, STEADY_WINDOW, Scenario, Size, median,
+    repo_dir,
 };
 use crate::machine::machine;
 
@@ -75,15 +75,16 @@ pub(crate) fn is_full_scale(cli: &Cli) -> bool {
         && cli.scenarios.len() == Scenario::value_variants().len()
 }
 
-/// The binary in `variable` as the report shows it (relative to the
-/// checkout), else the debug build of `name`.
-fn shown_binary(variable: &str, name: &str) -> String {
-    std::env::var(variable).map_or_else(
+/// The project binary `name` the benchmark runs, as the report shows it
+/// (relative to the checkout).
+fn shown_binary(name: &str) -> String {
+    project_binary(name).map_or_else(
         |_| format!("target/debug/{name}"),
         |path| {
-            Path::new(&path)
-                .strip_prefix(repo_dir())
-                .map_or(path.clone(), |p| p.display().to_string())
+            path.strip_prefix(repo_dir())
+                .unwrap_or(&path)
+                .display()
+                .to_string()
         },
     )
 }
@@ -113,8 +114,8 @@ pub(crate) fn report(cli: &Cli, results: &Results, background: &BTreeMap<String,
             .map(|(k, v)| vec![k, v])
             .collect::<Vec<_>>(),
     );
-    let agent_binary = shown_binary(AGENT_BINARY_VARIABLE, "sync-agent");
-    let operator_binary = shown_binary(OPERATOR_BINARY_VARIABLE, "offering-operator");
+    let agent_binary = shown_binary("sync-agent");
+    let operator_binary = shown_binary("offering-operator");
     let _ = writeln!(
         out,
         "Every figure is the median of {} run(s); every run sets up its own provider, \
@@ -201,10 +202,13 @@ pub(crate) fn report(cli: &Cli, results: &Results, background: &BTreeMap<String,
          initial sync. *Steady*: its VmRSS once it has been idle for {}s plus {}s. \
          Bytes/object = (steady − no objects) / objects. *After deletion*: its VmRSS once \
          the status sync is done, every object is deleted in kcp and gone, and it has been \
-         idle as long again. CPU is user + system time from \
+         idle for {}s plus {}s (its housekeeping forgets tombstones and idle workspace \
+         clients by then). CPU is user + system time from \
          `/proc/<pid>/stat`, from spawn until idle.\n",
         SETTLE_QUIET.as_secs(),
-        STEADY_WINDOW.as_secs()
+        STEADY_WINDOW.as_secs(),
+        SETTLE_QUIET.as_secs(),
+        AFTER_DELETION_WAIT.as_secs()
     );
     let rows: Vec<Vec<String>> = cli
         .sizes

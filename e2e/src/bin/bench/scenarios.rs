@@ -8,8 +8,8 @@ use kube::api::{Api, DynamicObject, ListParams, Patch};
 use serde_json::json;
 
 use crate::config::{
-    CONSUMER_NAMESPACE, Cli, Figures, READY, SAMPLE_TIMEOUT, STEADY_WINDOW, Size, percentile,
-    seconds,
+    AFTER_DELETION_WAIT, CONSUMER_NAMESPACE, Cli, Figures, READY, SAMPLE_TIMEOUT, STEADY_WINDOW,
+    Size, percentile, seconds,
 };
 use crate::probe::{
     Probe, agent_errors, connections_to, costs, cpu_seconds, memory_bytes, settle, wait_for_worker,
@@ -124,7 +124,7 @@ pub(crate) async fn initial_run(cli: &Cli, probe: &Probe, size: Size) -> anyhow:
     kcp.wait_for_count("objects gone from kcp", total, size.timeout(), is_gone)
         .await?;
     settle(pid).await;
-    tokio::time::sleep(STEADY_WINDOW).await;
+    tokio::time::sleep(AFTER_DELETION_WAIT).await;
     f.insert(
         "rss_deleted".into(),
         memory_bytes(pid, "VmRSS").unwrap_or(f64::NAN),

@@ -2,8 +2,9 @@
 //! capacity of the most it ever held, so a worker that once synced 100,000
 //! objects would keep tables sized for them after they are deleted. The
 //! tables a worker fills per object shrink once three quarters of their
-//! room is empty; halving at a quarter and doubling when full keeps the
-//! cost of resizing constant per insert or removal.
+//! room is empty, down to twice what they hold: shrinking at a quarter and
+//! doubling when full keeps the cost of resizing constant per insert or
+//! removal.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
@@ -20,7 +21,8 @@ pub trait Shrink {
     /// Cuts the room down to no less than `room`.
     fn shrink_room(&mut self, room: usize);
 
-    /// Halves the table's room when it is mostly empty; call after removing.
+    /// Cuts the table's room to twice what it holds once less than a
+    /// quarter of it is used; call after removing.
     fn shrink_when_sparse(&mut self) {
         let (held, room) = (self.held(), self.room());
         if room > SMALLEST && held.saturating_mul(4) < room {
@@ -29,41 +31,27 @@ pub trait Shrink {
     }
 }
 
-impl<K: Eq + Hash, V> Shrink for HashMap<K, V> {
-    fn held(&self) -> usize {
-        self.len()
-    }
-    fn room(&self) -> usize {
-        self.capacity()
-    }
-    fn shrink_room(&mut self, room: usize) {
-        self.shrink_to(room);
-    }
+/// Implements [`Shrink`] for a std collection with `len`, `capacity` and
+/// `shrink_to`.
+macro_rules! shrink_by_capacity {
+    ($($generics:tt)*) => {
+        impl $($generics)* {
+            fn held(&self) -> usize {
+                self.len()
+            }
+            fn room(&self) -> usize {
+                self.capacity()
+            }
+            fn shrink_room(&mut self, room: usize) {
+                self.shrink_to(room);
+            }
+        }
+    };
 }
 
-impl<K: Eq + Hash> Shrink for HashSet<K> {
-    fn held(&self) -> usize {
-        self.len()
-    }
-    fn room(&self) -> usize {
-        self.capacity()
-    }
-    fn shrink_room(&mut self, room: usize) {
-        self.shrink_to(room);
-    }
-}
-
-impl<T> Shrink for VecDeque<T> {
-    fn held(&self) -> usize {
-        self.len()
-    }
-    fn room(&self) -> usize {
-        self.capacity()
-    }
-    fn shrink_room(&mut self, room: usize) {
-        self.shrink_to(room);
-    }
-}
+shrink_by_capacity!(<K: Eq + Hash, V> Shrink for HashMap<K, V>);
+shrink_by_capacity!(<K: Eq + Hash> Shrink for HashSet<K>);
+shrink_by_capacity!(<T> Shrink for VecDeque<T>);
 
 #[cfg(test)]
 mod tests {
