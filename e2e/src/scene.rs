@@ -11,7 +11,7 @@ use sync_agent::sync::identity;
 
 use crate::agent::AgentProcess;
 use crate::kcp::TestWorkspace;
-use crate::poll::poll_until;
+use crate::poll::{KCP_SLOW_TIMEOUT, poll_until};
 use crate::publishing::Provider;
 
 /// How long sync tests wait for the agent.
@@ -117,20 +117,26 @@ impl Scene {
         };
         let api: Api<DynamicObject> = Api::all_with(self.provider.service.clone(), &self.resource);
         let selector = key.selector(&self.provider.agent_name);
-        poll_until(&format!("the local copy of {name}"), TIMEOUT, async || {
-            let list = api
-                .list(&ListParams::default().labels(&selector))
-                .await
-                .map_err(|e| e.to_string())?;
-            match list.items.as_slice() {
-                [one] => Ok(one.clone()),
-                other => Err(format!(
-                    "{} copies; agent log:\n{}",
-                    other.len(),
-                    self.agent.log_tail()
-                )),
-            }
-        })
+        // The first copy after a binding waits for kcp to list the
+        // endpoint and the agent to start watching it: kcp's slow work.
+        poll_until(
+            &format!("the local copy of {name}"),
+            KCP_SLOW_TIMEOUT,
+            async || {
+                let list = api
+                    .list(&ListParams::default().labels(&selector))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match list.items.as_slice() {
+                    [one] => Ok(one.clone()),
+                    other => Err(format!(
+                        "{} copies; agent log:\n{}",
+                        other.len(),
+                        self.agent.log_tail()
+                    )),
+                }
+            },
+        )
         .await
         .expect("local copy")
     }

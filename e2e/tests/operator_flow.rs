@@ -3,7 +3,7 @@
 //! the agent runs from the Deployment the operator wrote.
 
 use e2e::offering::{OfferingScene, TIMEOUT};
-use e2e::poll::poll_until;
+use e2e::poll::{KCP_SLOW_TIMEOUT, poll_until};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
@@ -35,7 +35,11 @@ fn client_with_token(scene: &OfferingScene, path: &str, token: &str) -> Client {
 
 #[tokio::test]
 async fn one_offering_provisions_everything_and_a_consumer_object_round_trips() {
-    let scene = OfferingScene::new("op-flow", &[]).await.expect("scene");
+    // Resync only after an hour: a workspace selected later must be bound
+    // because the operator watches the selector's parent.
+    let scene = OfferingScene::new("op-flow", &["--resync-interval=1h"])
+        .await
+        .expect("scene");
     let kcp = &scene.provider.kcp;
     let listed = kcp
         .create_workspace("root", "op-listed")
@@ -184,7 +188,30 @@ async fn one_offering_provisions_everything_and_a_consumer_object_round_trips() 
         Some(scene.provider.workspace.cluster.as_str())
     );
     assert!(export_status.identity_hash.is_some_and(|h| h.len() == 64));
-    assert!(!export_status.endpoint_urls.is_empty());
+    // kcp lists the endpoints after the first binding, perhaps after Ready.
+    poll_until(
+        "the endpoint URLs in the status",
+        KCP_SLOW_TIMEOUT,
+        async || {
+            let offering = scene
+                .offerings()
+                .get("widgets")
+                .await
+                .map_err(|e| e.to_string())?;
+            let urls = offering
+                .status
+                .and_then(|s| s.export)
+                .map(|e| e.endpoint_urls)
+                .unwrap_or_default();
+            if urls.is_empty() {
+                Err("no endpoint URLs".to_string())
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await
+    .expect("endpoint URLs");
     let consumers = status.consumers.unwrap();
     assert_eq!((consumers.bound, consumers.failed), (2, 0));
     let metrics = scene
@@ -218,12 +245,53 @@ async fn one_offering_provisions_everything_and_a_consumer_object_round_trips() 
         .unwrap();
     assert!(none.is_none(), "the unselected workspace got a binding");
 
+    // A workspace selected later is bound long before the resync: the
+    // operator watches the parent's children.
+    let late = kcp
+        .create_workspace(&parent.path, "gold-late")
+        .await
+        .expect("a later workspace");
+    children
+        .patch(
+            &late.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"tier": "gold"}}})),
+        )
+        .await
+        .expect("label the later workspace");
+    let late_bindings = Api::<APIBinding>::all(kcp.client(&late.path).unwrap());
+    poll_until("the later workspace bound", KCP_SLOW_TIMEOUT, async || {
+        let binding = late_bindings
+            .get_opt("widgets")
+            .await
+            .map_err(|e| e.to_string())?;
+        match binding.and_then(|b| b.status).map(|s| s.phase) {
+            Some(phase) if phase == "Bound" => Ok(()),
+            other => Err(format!("binding phase {other:?}")),
+        }
+    })
+    .await
+    .expect("bound without a resync");
+    poll_until("three consumers counted", KCP_SLOW_TIMEOUT, async || {
+        let offering = scene
+            .offerings()
+            .get("widgets")
+            .await
+            .map_err(|e| e.to_string())?;
+        match offering.status.and_then(|s| s.consumers) {
+            Some(c) if c.bound == 3 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .expect("counted");
+
     // A consumer object arrives on the service cluster, its status comes back.
     let widgets = scene
         .consumer_widget(&listed.path, "w1")
         .await
         .expect("widget");
-    let copy = poll_until("the copy of w1", TIMEOUT, async || {
+    let copy = poll_until("the copy of w1", KCP_SLOW_TIMEOUT, async || {
         match scene
             .copies_from(&listed.cluster)
             .await

@@ -31,6 +31,7 @@ use crate::confirmed::ConfirmedBindings;
 use crate::error::Error;
 use crate::names::{FIELD_MANAGER, FINALIZER, OFFERING_NAME_LABEL, OFFERING_NAMESPACE_LABEL};
 use crate::provision::{Provisioned, Settings, provision};
+use crate::selections::Selections;
 use crate::status;
 
 /// The controller's name in metrics and logs.
@@ -40,9 +41,6 @@ const CONCURRENCY: u16 = 4;
 /// Error categories only a person can fix (the spec, credentials, an
 /// object someone else owns): counted as terminal.
 const TERMINAL_CATEGORIES: &[&str] = &["spec", "credentials", "conflict"];
-/// How often a Ready offering is looked at again (new child workspaces,
-/// export claims the agent added, drift in kcp).
-const RESYNC: Duration = Duration::from_secs(60);
 /// How often an offering that waits for something time resolves (a
 /// `Ready` reason in [`status::TRANSIENT_REASONS`]) is looked at again; any
 /// other reason for `Ready=False` needs a person, and the offering is
@@ -135,7 +133,7 @@ impl Metrics {
 
 /// A watched offering, or its metadata and why it could not be read: one
 /// offering the operator cannot deserialize must not stall the others.
-type Watched = DeserializeGuard<PublishedOffering>;
+pub type Watched = DeserializeGuard<PublishedOffering>;
 
 /// What every reconcile shares.
 pub struct Context {
@@ -145,6 +143,7 @@ pub struct Context {
     metrics: Metrics,
     failures: Failures<ObjectRef<PublishedOffering>>,
     confirmed: ConfirmedBindings,
+    selections: Selections,
 }
 
 impl std::fmt::Debug for Context {
@@ -170,6 +169,7 @@ impl Context {
             metrics,
             failures: Failures::new(RETRY),
             confirmed: ConfirmedBindings::default(),
+            selections: Selections::default(),
         })
     }
 
@@ -254,6 +254,7 @@ pub async fn run(
                     .within(labels.get(OFFERING_NAMESPACE_LABEL)?),
             )
         })
+        .reconcile_on(ctx.selections.woken())
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()));
@@ -322,7 +323,10 @@ async fn apply(offering: &PublishedOffering, ctx: &Context) -> Result<Action, Er
     )
     .await
     {
-        Ok(provisioned) => write_provisioned(offering, ctx, &provisioned).await,
+        Ok(provisioned) => {
+            ctx.selections.follow(offering, &provisioned.kcp);
+            write_provisioned(offering, ctx, &provisioned).await
+        }
         Err(error) => {
             report_error(offering, ctx, &error).await;
             Err(error)
@@ -377,7 +381,15 @@ async fn write_provisioned(
     let wait = match ready {
         Some(ready) if ready.status == "True" => {
             ctx.succeeded(offering);
-            RESYNC
+            // kcp lists the endpoints a while after the first binding:
+            // the status shows them soon, not a resync later.
+            let unlisted = provisioned.export.endpoint_urls.is_empty()
+                && !provisioned.consumers.bound.is_empty();
+            if unlisted {
+                WAITING
+            } else {
+                ctx.settings.resync
+            }
         }
         Some(ready) if !status::TRANSIENT_REASONS.contains(&ready.reason.as_str()) => {
             ctx.backoff(offering).max(WAITING)
@@ -470,6 +482,7 @@ async fn remove(offering: &PublishedOffering, ctx: &Context) -> Result<Action, E
             info!("Removed the offering's objects");
             ctx.metrics.forget(offering);
             ctx.confirmed.forget(&offering.uid().unwrap_or_default());
+            ctx.selections.forget(offering);
             ctx.succeeded(offering);
             Ok(Action::await_change())
         }

@@ -17,6 +17,7 @@ pub mod fetch;
 pub mod kcp;
 pub mod names;
 pub mod provision;
+pub mod selections;
 pub mod status;
 pub mod validate;
 pub mod write;

@@ -83,6 +83,11 @@ struct RunOptions {
     /// How long before expiry an agent token is replaced.
     #[arg(long, default_value = "8h", value_parser = flags::duration)]
     agent_token_renew_before: Duration,
+    /// How often a Ready offering is looked at again without a change
+    /// (export claims the agent added, drift in kcp); selected consumer
+    /// workspaces are watched and bound at once.
+    #[arg(long, default_value = "60s", value_parser = flags::duration)]
+    resync_interval: Duration,
     /// Address of `/healthz` and `/readyz`; empty disables them.
     #[arg(long, default_value = "0.0.0.0:8081")]
     health_address: String,
@@ -141,6 +146,7 @@ impl RunOptions {
                 lifetime: self.agent_token_lifetime,
                 renew_before: self.agent_token_renew_before,
             },
+            resync: self.resync_interval,
         })
     }
 }

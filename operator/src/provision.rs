@@ -5,6 +5,8 @@
 //! [`apply`](crate::apply) them (IO) → [`report`](crate::status::report)
 //! the verdicts (pure). Nothing is written before every check passed.
 
+use std::time::Duration;
+
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 
@@ -16,6 +18,7 @@ use crate::consumers::ConsumerReport;
 use crate::credentials::{Rotation, SecretLocation};
 use crate::error::Error;
 use crate::fetch::fetch;
+use crate::kcp::Kcp;
 use crate::status::{self, Report, Verdict};
 use crate::validate::{Validated, ownership, validate};
 
@@ -31,6 +34,9 @@ pub struct Settings {
     pub agent_kcp_url: Option<String>,
     /// Lifetime and renewal of agent tokens.
     pub rotation: Rotation,
+    /// How often a Ready offering is looked at again (export claims the
+    /// agent added, drift in kcp, consumer workspaces a watch missed).
+    pub resync: Duration,
 }
 
 /// What an apply found, for the status.
@@ -48,6 +54,8 @@ pub struct Provisioned {
     pub token_expires: Timestamp,
     /// Whether this apply minted a new token.
     pub rotated: bool,
+    /// The operator's access to kcp with the offering's credentials.
+    pub kcp: Kcp,
 }
 
 /// Runs the whole pipeline for `offering`; `tokens_issued` counts the agent
@@ -91,5 +99,6 @@ pub async fn provision(
         renew_at: token.renew_at,
         token_expires: token.expires,
         rotated: token.rotated,
+        kcp: fetched.kcp.clone(),
     })
 }
