@@ -588,6 +588,25 @@ fn token_renewal_must_come_before_the_tokens_lifetime() {
 }
 
 #[test]
+fn the_resync_interval_reaches_the_operator_and_zero_is_refused() {
+    let has = |objects: &[Value], arg: &str| {
+        operator_container(objects)["args"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(arg))
+    };
+    assert!(has(&rendered(&[]), "--resync-interval=60s"));
+    assert!(has(
+        &rendered(&["--set", "resyncInterval=5m"]),
+        "--resync-interval=5m"
+    ));
+    refused(
+        &["--set", "resyncInterval=0s"],
+        "'0s' does not match pattern",
+    );
+}
+
+#[test]
 fn several_replicas_need_leader_election() {
     refused(
         &["--set", "replicaCount=2,leaderElection=false"],

@@ -118,3 +118,17 @@ fn a_bad_duration_is_refused_with_an_example() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("1h30m"), "{stderr}");
 }
+
+#[test]
+fn a_resync_interval_under_a_second_is_refused() {
+    let output = run(
+        "offering-operator",
+        &["run", "--agent-image=x", "--resync-interval=0s"],
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--resync-interval must be at least 1s"),
+        "{stderr}"
+    );
+}

@@ -85,7 +85,7 @@ struct RunOptions {
     agent_token_renew_before: Duration,
     /// How often a Ready offering is looked at again without a change
     /// (export claims the agent added, drift in kcp); selected consumer
-    /// workspaces are watched and bound at once.
+    /// workspaces are watched and bound at once. At least 1s.
     #[arg(long, default_value = "60s", value_parser = flags::duration)]
     resync_interval: Duration,
     /// Address of `/healthz` and `/readyz`; empty disables them.
@@ -121,6 +121,9 @@ impl RunOptions {
         }
         if self.agent_token_renew_before >= self.agent_token_lifetime {
             anyhow::bail!("--agent-token-renew-before must be shorter than --agent-token-lifetime");
+        }
+        if self.resync_interval < Duration::from_secs(1) {
+            anyhow::bail!("--resync-interval must be at least 1s");
         }
         let default_kcp_secret = match &self.default_kcp_secret {
             None => None,
