@@ -445,7 +445,7 @@ async fn related_objects_travel_both_ways_on_both_shards() {
 }
 
 #[tokio::test]
-async fn the_operator_binds_consumers_on_both_shards_through_the_front_proxy_and_its_agent_reports_a_refusing_shard()
+async fn the_operator_binds_consumers_on_both_shards_through_the_front_proxy_and_reports_a_shard_refusing_its_agent()
  {
     let shards = shards();
     let scene = OfferingScene::new("op-sharded", &[]).await.expect("scene");
@@ -550,22 +550,65 @@ async fn the_operator_binds_consumers_on_both_shards_through_the_front_proxy_and
     .await
     .expect("copy");
     let urls = urls_of(&scene.provider.kcp_client, "widgets", shards.len()).await;
-    poll_until(
+    let refusing = poll_until(
         "the agent's warning about the other shard",
         KCP_SLOW_TIMEOUT,
         async || {
             let log = agent.process.log_tail();
             log.lines()
-                .find(|line| {
-                    line.contains("refuses the agent's credentials")
-                        && urls.iter().any(|url| line.contains(url.as_str()))
-                })
-                .map(drop)
+                .filter(|line| line.contains("refuses the agent's credentials"))
+                .find_map(|line| urls.iter().find(|url| line.contains(url.as_str())))
+                .cloned()
                 .ok_or(log)
         },
     )
     .await
     .expect("warning");
+
+    // The operator sees the same refusal and says so on the offering: the
+    // credentials are not ready, the refusing shard's endpoint is named and
+    // the accepting one is not, and a Warning event tells the provider.
+    let offering = scene
+        .wait_for_condition("widgets", "CredentialsReady", "False", "TokenRefused")
+        .await
+        .expect("the refusal on the offering");
+    let conditions = offering.status.expect("status").conditions;
+    let credentials = conditions
+        .iter()
+        .find(|c| c.type_ == "CredentialsReady")
+        .expect("CredentialsReady");
+    assert!(
+        credentials.message.starts_with(&format!(
+            "1 of {} virtual workspace endpoints refuse",
+            shards.len()
+        )),
+        "{}",
+        credentials.message
+    );
+    assert!(
+        credentials.message.contains(&refusing),
+        "{}",
+        credentials.message
+    );
+    for url in urls.iter().filter(|url| **url != refusing) {
+        assert!(
+            !credentials.message.contains(url.as_str()),
+            "{}",
+            credentials.message
+        );
+    }
+    let ready = conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "TokenRefused")
+    );
+    scene
+        .wait_for_warning("widgets", "TokenRefused")
+        .await
+        .expect("a Warning event");
 
     scene.delete_and_wait("widgets").await.expect("deleted");
     for workspace in children.iter().chain([&listed, &parent]) {

@@ -24,6 +24,7 @@ use crate::consumers::{self, ConsumerReport};
 use crate::credentials::{self, Rotation};
 use crate::error::Error;
 use crate::fetch::Fetched;
+use crate::kcp::Refusal;
 use crate::names::{KCP_NAMESPACE, Names};
 use crate::write::{apply as write, delete_if_present};
 
@@ -37,6 +38,8 @@ pub struct Applied {
     pub endpoint_urls: Vec<String>,
     /// The agent's token.
     pub token: Token,
+    /// The endpoints whose virtual workspace refuses the agent's token.
+    pub refusals: Vec<Refusal>,
     /// The PublishedResources as applied, with the agent's status.
     pub published: Vec<PublishedResource>,
     /// The agent's Deployment as applied, with its status.
@@ -159,7 +162,7 @@ pub async fn apply(
         .await
         .map_err(kcp_error("deleting a ServiceAccount no longer wanted"))?;
 
-    let token = token(
+    let (token, bearer) = token(
         client,
         fetched,
         names,
@@ -185,10 +188,11 @@ pub async fn apply(
         .get_opt(&names.export)
         .await
         .map_err(|error| Error::kcp("reading the export's endpoint slice", error))?;
-    let endpoint_urls = slice
+    let endpoint_urls: Vec<String> = slice
         .and_then(|s| s.status)
         .map(|s| s.endpoints.into_iter().map(|e| e.url).collect())
         .unwrap_or_default();
+    let refusals = fetched.kcp.refusals(&bearer, &endpoint_urls).await;
 
     let ns = names.namespace.as_str();
     let service = |what: &'static str| move |error| Error::service(what, error);
@@ -246,6 +250,7 @@ pub async fn apply(
         export,
         endpoint_urls,
         token,
+        refusals,
         published,
         deployment,
         consumers,
@@ -273,7 +278,7 @@ where
 
 /// Keeps the agent's token while it is not due, else mints one for the
 /// ServiceAccount `account_uid` and writes it with `kubeconfig` into
-/// `secret`.
+/// `secret`; returns it with the bearer token itself.
 async fn token(
     client: &Client,
     fetched: &Fetched,
@@ -282,20 +287,21 @@ async fn token(
     kubeconfig: &str,
     account_uid: &str,
     rotation: Rotation,
-) -> Result<Token, Error> {
+) -> Result<(Token, String), Error> {
     let now = Timestamp::now();
-    if let Some(schedule) = credentials::renewal_time(
-        fetched.facts.agent_secret.as_ref(),
-        kubeconfig,
-        account_uid,
-        rotation,
-        now,
-    ) {
-        return Ok(Token {
-            renew_at: schedule.renew_at,
-            expires: schedule.expires,
-            rotated: false,
-        });
+    let stored = fetched.facts.agent_secret.as_ref();
+    if let Some(schedule) =
+        credentials::renewal_time(stored, kubeconfig, account_uid, rotation, now)
+        && let Some(bearer) = stored.and_then(credentials::stored_token)
+    {
+        return Ok((
+            Token {
+                renew_at: schedule.renew_at,
+                expires: schedule.expires,
+                rotated: false,
+            },
+            bearer,
+        ));
     }
     let minted = credentials::mint(&fetched.provider, names, rotation.lifetime).await?;
     let (data, annotations) = credentials::secret_contents(kubeconfig, &minted, now, account_uid);
@@ -304,9 +310,12 @@ async fn token(
     put(&Api::namespaced(client.clone(), &names.namespace), &secret)
         .await
         .map_err(|error| Error::service("writing the agent's kcp Secret", error))?;
-    Ok(Token {
-        renew_at: credentials::renew_at(now, minted.expires, rotation),
-        expires: minted.expires,
-        rotated: true,
-    })
+    Ok((
+        Token {
+            renew_at: credentials::renew_at(now, minted.expires, rotation),
+            expires: minted.expires,
+            rotated: true,
+        },
+        minted.token,
+    ))
 }

@@ -248,7 +248,7 @@ pub fn renewal_time(
     if data.get(KUBECONFIG_KEY).map(|v| v.0.as_slice()) != Some(kubeconfig.as_bytes()) {
         return None;
     }
-    data.get(TOKEN_KEY).filter(|t| !t.0.is_empty())?;
+    stored_token(secret)?;
     let annotations = secret.metadata.annotations.as_ref()?;
     if annotations.get(ACCOUNT_UID_ANNOTATION).map(String::as_str) != Some(account_uid) {
         return None;
@@ -257,6 +257,13 @@ pub fn renewal_time(
     let expires: Timestamp = annotations.get(EXPIRES_ANNOTATION)?.parse().ok()?;
     let renew_at = renew_at(issued, expires, rotation);
     (renew_at > now).then_some(Schedule { renew_at, expires })
+}
+
+/// The agent's token in its Secret, unless it has none.
+pub fn stored_token(secret: &Secret) -> Option<String> {
+    let token = secret.data.as_ref()?.get(TOKEN_KEY)?;
+    let token = String::from_utf8(token.0.clone()).ok()?;
+    (!token.is_empty()).then_some(token)
 }
 
 /// When a token minted at `issued` that expires at `expires` is replaced:

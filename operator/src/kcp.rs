@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kube::api::Api;
+use kube::config::AuthInfo;
 use kube::{Client, Config, ResourceExt};
 use sync_agent::api::kcp::core_v1alpha1::LogicalCluster;
 
@@ -33,6 +34,21 @@ impl std::fmt::Debug for Kcp {
 /// connection and never answers fails the reconcile, which then retries
 /// with backoff, instead of holding it forever.
 const KCP_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the check of one endpoint may take: a shard that does not
+/// answer is left to the agent's own retries, not waited for.
+const ENDPOINT_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A virtual workspace endpoint that refuses the agent's kcp token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The endpoint URL.
+    pub url: String,
+    /// kcp's answer: 401 (the token is not accepted) or 403 (not allowed).
+    pub code: u16,
+    /// kcp's message.
+    pub message: String,
+}
 
 impl Kcp {
     /// Access with `credentials`.
@@ -84,6 +100,46 @@ impl Kcp {
                 )))
             }
             Err(error) => Err(Error::kcp(&format!("reading workspace {path}"), error)),
+        }
+    }
+
+    /// The endpoints among `urls` whose virtual workspace refuses `token`,
+    /// the agent's: a 401 or 403 to the discovery request
+    /// `<url>/clusters/*/apis`, which the agent's watches would get too. On
+    /// a sharded kcp each shard serves its own endpoint and may refuse a
+    /// token another accepts. An endpoint that does not answer is not
+    /// counted: the agent retries it, and what the operator cannot reach
+    /// tells nothing about what the agent can.
+    pub async fn refusals(&self, token: &str, urls: &[String]) -> Vec<Refusal> {
+        let checks = urls.iter().map(|url| self.refusal(token, url));
+        futures::future::join_all(checks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// Whether the endpoint at `url` refuses `token`.
+    async fn refusal(&self, token: &str, url: &str) -> Option<Refusal> {
+        let mut config = self.credentials.config.clone();
+        config.cluster_url = format!("{url}/clusters/*").parse().ok()?;
+        // The agent's token and nothing of the operator's own identity.
+        config.auth_info = AuthInfo {
+            token: Some(token.to_string().into()),
+            ..AuthInfo::default()
+        };
+        config.connect_timeout = Some(ENDPOINT_CHECK_TIMEOUT);
+        config.read_timeout = Some(ENDPOINT_CHECK_TIMEOUT);
+        let client = rest::client(config).ok()?;
+        match tokio::time::timeout(ENDPOINT_CHECK_TIMEOUT, client.list_api_groups()).await {
+            Ok(Err(kube::Error::Api(status))) if matches!(status.code, 401 | 403) => {
+                Some(Refusal {
+                    url: url.to_string(),
+                    code: status.code,
+                    message: status.message,
+                })
+            }
+            _ => None,
         }
     }
 

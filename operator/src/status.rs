@@ -121,13 +121,7 @@ pub fn report(
             ),
         )
     };
-    let credentials = Verdict::ok(
-        "TokenIssued",
-        format!(
-            "the agent's kcp token (ServiceAccount {KCP_NAMESPACE}/{}) is renewed at {}",
-            names.kcp_service_account, applied.token.renew_at
-        ),
-    );
+    let credentials = credentials(names, applied);
     let states = schema_states(offering, names, &applied.published);
     Report {
         parts: vec![
@@ -144,6 +138,43 @@ pub fn report(
             endpoint_urls: applied.endpoint_urls.clone(),
         },
     }
+}
+
+/// Whether the agent's kcp token is accepted wherever it syncs: every
+/// endpoint (one per shard with consumers) that refuses it leaves that
+/// shard's consumers unsynced.
+fn credentials(names: &Names, applied: &Applied) -> Verdict {
+    let account = format!(
+        "ServiceAccount {KCP_NAMESPACE}/{}",
+        names.kcp_service_account
+    );
+    if applied.refusals.is_empty() {
+        return Verdict::ok(
+            "TokenIssued",
+            format!(
+                "the agent's kcp token ({account}) is renewed at {}",
+                applied.token.renew_at
+            ),
+        );
+    }
+    let refusing: Vec<String> = applied
+        .refusals
+        .iter()
+        .map(|r| format!("{} ({}: {})", r.url, r.code, r.message))
+        .collect();
+    Verdict::failed(
+        "TokenRefused",
+        format!(
+            "{} of {} virtual workspace endpoints refuse the agent's kcp token ({account}), so \
+             the consumers bound on their shards are not synced: {}. kcp v0.30 accepts a \
+             workspace's ServiceAccount token only on the shard that holds the workspace (later \
+             releases look it up across shards); upgrade kcp, or keep the consumers on the \
+             provider workspace's shard",
+            refusing.len(),
+            applied.endpoint_urls.len(),
+            refusing.join(", ")
+        ),
+    )
 }
 
 /// The type of the event announcing `ready`, the new `Ready` condition:

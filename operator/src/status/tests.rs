@@ -190,6 +190,7 @@ mod stage {
 
     use super::super::*;
     use crate::apply::Token;
+    use crate::kcp::Refusal;
 
     /// The parts of an [`Applied`] a fixture holds.
     #[derive(Deserialize)]
@@ -216,6 +217,7 @@ mod stage {
                 expires: "2026-01-01T11:00:00Z".parse::<Timestamp>().unwrap(),
                 rotated: false,
             },
+            refusals: Vec::new(),
             published: fixture.published,
             deployment: fixture.deployment,
             consumers: ConsumerReport::default(),
@@ -273,6 +275,42 @@ mod stage {
         assert_eq!(schemas.reason, "InvalidNaming");
         assert_eq!(schemas.message, "resource backups: bad template");
         assert_eq!(verdict(&report, AGENT_AVAILABLE).reason, "AgentUnavailable");
+    }
+
+    #[test]
+    fn an_endpoint_refusing_the_agents_token_fails_the_credentials_and_names_it() {
+        let offering = offering();
+        let names = Names::of(&offering).unwrap();
+        let mut applied = applied(include_str!("fixtures/applied-ready.yaml"));
+        let shard = "https://shard-1.kcp.example:6443/services/apiexport/2x8ba0e7/databases";
+        applied.endpoint_urls.push(shard.into());
+        applied.refusals = vec![Refusal {
+            url: shard.into(),
+            code: 401,
+            message: "Unauthorized".into(),
+        }];
+        let report = report(&offering, &names, &facts(), &applied);
+        let credentials = verdict(&report, CREDENTIALS_READY);
+        assert!(!credentials.ok);
+        assert_eq!(credentials.reason, "TokenRefused");
+        assert!(
+            credentials
+                .message
+                .starts_with("1 of 2 virtual workspace endpoints refuse the agent's kcp token"),
+            "{}",
+            credentials.message
+        );
+        assert!(
+            credentials
+                .message
+                .contains(&format!("{shard} (401: Unauthorized)")),
+            "{}",
+            credentials.message
+        );
+        assert_eq!(
+            event_type(&super::ready("False", &credentials.reason)),
+            EventType::Warning
+        );
     }
 
     #[test]
