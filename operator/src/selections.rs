@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use kube::ResourceExt;
@@ -16,7 +17,7 @@ use sync_agent::api::hash::sha1_hex;
 use sync_agent::api::kcp::tenancy_v1alpha1::Workspace;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::api::PublishedOffering;
 use crate::controller::Watched;
@@ -26,6 +27,9 @@ use crate::kcp::Kcp;
 /// on from where it was; shorter than the kcp client's read timeout, so a
 /// quiet watch is not taken for a dead connection.
 const WATCH_SECONDS: u32 = 25;
+
+/// How often a watch that keeps failing is warned about.
+const WATCH_WARNING_EVERY: Duration = Duration::from_secs(300);
 
 /// The selection watches of every offering, and the wake-ups they send.
 #[derive(Debug)]
@@ -138,10 +142,18 @@ async fn watch(
     wake: mpsc::UnboundedSender<ObjectRef<Watched>>,
 ) {
     let mut readiness = Readiness::default();
+    let mut warned: Option<Instant> = None;
     let mut events = watcher(workspaces, config).default_backoff().boxed();
     while let Some(event) = events.next().await {
         let changed = match event {
             Ok(event) => readiness.observe(&event),
+            // The watch retries with backoff; meanwhile new workspaces
+            // wait for the offering's resync, which a person should know.
+            Err(error) if warned.is_none_or(|at| at.elapsed() >= WATCH_WARNING_EVERY) => {
+                warn!(%error, "Cannot watch the selected consumer workspaces; they are bound at each resync until the watch works");
+                warned = Some(Instant::now());
+                false
+            }
             Err(error) => {
                 debug!(%error, "Watching consumer workspaces");
                 false
@@ -157,15 +169,13 @@ async fn watch(
 #[derive(Debug, Default)]
 struct Readiness {
     ready: HashMap<String, bool>,
-    /// Whether the first listing is done.
-    listed: bool,
 }
 
 impl Readiness {
     /// Takes in one event; whether the offering must look again: a
     /// selected workspace turned Ready or stopped being Ready, left the
-    /// selection, or the watch listed afresh (a change may have passed
-    /// unseen). Other updates of a workspace change nothing it binds.
+    /// selection, or the watch listed (a change may have passed unseen).
+    /// Other updates of a workspace change nothing it binds.
     fn observe(&mut self, event: &watcher::Event<Workspace>) -> bool {
         match event {
             watcher::Event::Apply(ws) => {
@@ -181,9 +191,10 @@ impl Readiness {
                 self.ready.insert(ws.name_any(), is_ready(ws));
                 false
             }
-            // The first listing only fills the table: the reconcile that
-            // started the watch has just read the same workspaces.
-            watcher::Event::InitDone => std::mem::replace(&mut self.listed, true),
+            // Every listing wakes the offering, the first too: a workspace
+            // that changed between the reading of the reconcile that
+            // started the watch and this listing was seen by neither.
+            watcher::Event::InitDone => true,
         }
     }
 }
@@ -213,7 +224,7 @@ mod tests {
     }
 
     #[test]
-    fn only_readiness_changes_and_relists_wake_the_offering() {
+    fn only_readiness_changes_and_listings_wake_the_offering() {
         let mut readiness = Readiness::default();
         let first_listing = [
             Event::Init,
@@ -221,7 +232,9 @@ mod tests {
             Event::InitApply(workspace("b", "Initializing")),
             Event::InitDone,
         ];
-        assert!(first_listing.iter().all(|e| !readiness.observe(e)));
+        let (last, filling) = first_listing.split_last().expect("events");
+        assert!(filling.iter().all(|e| !readiness.observe(e)));
+        assert!(readiness.observe(last), "the first listing wakes once");
 
         assert!(
             !readiness.observe(&Event::Apply(workspace("a", "Ready"))),

@@ -121,7 +121,7 @@ pub fn report(
             ),
         )
     };
-    let credentials = credentials(names, applied);
+    let credentials = credentials(offering, names, applied);
     let states = schema_states(offering, names, &applied.published);
     Report {
         parts: vec![
@@ -143,7 +143,7 @@ pub fn report(
 /// Whether the agent's kcp token is accepted wherever it syncs: every
 /// endpoint (one per shard with consumers) that refuses it leaves that
 /// shard's consumers unsynced.
-fn credentials(names: &Names, applied: &Applied) -> Verdict {
+fn credentials(offering: &PublishedOffering, names: &Names, applied: &Applied) -> Verdict {
     let account = format!(
         "ServiceAccount {KCP_NAMESPACE}/{}",
         names.kcp_service_account
@@ -162,19 +162,37 @@ fn credentials(names: &Names, applied: &Applied) -> Verdict {
         .iter()
         .map(|r| format!("{} ({}: {})", r.url, r.code, r.message))
         .collect();
-    Verdict::failed(
-        "TokenRefused",
-        format!(
-            "{} of {} virtual workspace endpoints refuse the agent's kcp token ({account}), so \
-             the consumers bound on their shards are not synced: {}. kcp v0.30 accepts a \
-             workspace's ServiceAccount token only on the shard that holds the workspace (later \
-             releases look it up across shards); upgrade kcp, or keep the consumers on the \
-             provider workspace's shard",
-            refusing.len(),
-            applied.endpoint_urls.len(),
-            refusing.join(", ")
-        ),
-    )
+    let counted = format!(
+        "{} of {} virtual workspace endpoints",
+        refusing.len(),
+        applied.endpoint_urls.len()
+    );
+    let refusing = refusing.join(", ");
+    // 401: the shard does not take the token at all; 403: it does, but
+    // the agent may not use the export there.
+    if applied.refusals.iter().any(|r| r.code == 401) {
+        Verdict::failed(
+            "TokenRefused",
+            format!(
+                "{counted} refuse the agent's kcp token ({account}), so the consumers bound on \
+                 their shards are not synced: {refusing}. kcp v0.30 accepts a workspace's \
+                 ServiceAccount token only on the shard that holds the workspace (later releases \
+                 look it up across shards); upgrade kcp, or keep the consumers on the provider \
+                 workspace's shard"
+            ),
+        )
+    } else {
+        Verdict::failed(
+            "AgentForbidden",
+            format!(
+                "{counted} accept the agent's kcp token ({account}) but forbid it the export, so \
+                 the consumers bound there are not synced: {refusing}. The ClusterRole {} and its \
+                 binding in {} grant the agent the export's content; the operator writes them, so \
+                 look for what removed them or denies the request",
+                names.kcp_agent_role, offering.spec.kcp.workspace
+            ),
+        )
+    }
 }
 
 /// The type of the event announcing `ready`, the new `Ready` condition:

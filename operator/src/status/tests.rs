@@ -289,8 +289,8 @@ mod stage {
             code: 401,
             message: "Unauthorized".into(),
         }];
-        let report = report(&offering, &names, &facts(), &applied);
-        let credentials = verdict(&report, CREDENTIALS_READY);
+        let refused = report(&offering, &names, &facts(), &applied);
+        let credentials = verdict(&refused, CREDENTIALS_READY);
         assert!(!credentials.ok);
         assert_eq!(credentials.reason, "TokenRefused");
         assert!(
@@ -310,6 +310,18 @@ mod stage {
         assert_eq!(
             event_type(&super::ready("False", &credentials.reason)),
             EventType::Warning
+        );
+
+        // A 403 is no shard refusing the token: the agent's access is gone.
+        applied.refusals[0].code = 403;
+        let forbidden = report(&offering, &names, &facts(), &applied);
+        let credentials = verdict(&forbidden, CREDENTIALS_READY);
+        assert_eq!(credentials.reason, "AgentForbidden");
+        assert!(
+            credentials.message.contains(&names.kcp_agent_role)
+                && !credentials.message.contains("v0.30"),
+            "{}",
+            credentials.message
         );
     }
 
