@@ -327,10 +327,12 @@ pub(crate) fn report(cli: &Cli, results: &Results, background: &BTreeMap<String,
             "W child workspaces of one parent carry a label; one offering selects them \
              (`spec.consumers.selector`) and the operator binds each. *All bound*: from \
              applying the offering until its status counts W bound consumers. Then one more \
-             labelled workspace: from Ready until the status counts W + 1, and the kcp \
-             requests and the operator's CPU of that time (its reconciles ask kcp only about \
-             bindings not confirmed bound in the last 10 to 15 minutes). Requests include \
-             the offering's own objects (export, RBAC, token) that every reconcile applies.\n"
+             labelled workspace: from its create request until the status counts W + 1 (the \
+             operator watches the parent's children and binds one once it is Ready), and the \
+             kcp requests and the operator's CPU of that time: kcp's own work to create the \
+             workspace, the operator's reconciles (they ask kcp only about bindings not \
+             confirmed bound in the last 10 to 15 minutes) and the offering's own objects \
+             (export, RBAC, token) that every reconcile applies.\n"
         );
         table(
             &mut out,
@@ -340,7 +342,7 @@ pub(crate) fn report(cli: &Cli, results: &Results, background: &BTreeMap<String,
                 "apply → all bound s",
                 "kcp requests/binding",
                 "operator CPU ms/binding",
-                "one more: Ready → bound s",
+                "one more: created → bound s",
                 "its kcp requests",
                 "its operator CPU ms",
             ],
