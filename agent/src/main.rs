@@ -55,7 +55,7 @@ async fn run(options: Options, stopped: watch::Receiver<bool>) -> anyhow::Result
     let health = Arc::new(Health::default());
     if let Some(address) = options.health_address()? {
         tokio::spawn(http::serve_health(
-            address,
+            http::listen("--health-address", address).await?,
             health.clone(),
             stopping(stopped.clone()),
         ));
@@ -63,7 +63,7 @@ async fn run(options: Options, stopped: watch::Receiver<bool>) -> anyhow::Result
     if let Some(address) = options.metrics_address()? {
         let metrics = metrics.clone();
         tokio::spawn(http::serve_metrics(
-            address,
+            http::listen("--metrics-address", address).await?,
             move || metrics.render(),
             stopping(stopped.clone()),
         ));

@@ -63,10 +63,39 @@ fn the_agent_fails_in_json_to_the_last_line_and_takes_go_style_booleans() {
             "--wait-for-foreign-finalizers=true",
             "--per-agent-related-finalizer=false",
             "--enable-leader-election=true",
+            // Not the default ports: another test's agent may hold them.
+            "--health-address=",
+            "--metrics-address=",
         ],
     );
     assert!(!output.status.success(), "{output:?}");
     assert_upstream_shape(&json_lines(&output), "The agent stopped");
+}
+
+#[test]
+fn a_taken_metrics_port_stops_the_agent_with_an_error_naming_the_flag() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = taken.local_addr().expect("address");
+    let output = run(
+        "sync-agent",
+        &[
+            "--kcp-kubeconfig=/nonexistent/process-output-no-such-kubeconfig",
+            "--namespace=agents",
+            "--apiexportendpointslice-ref=widgets",
+            "--log-format=json",
+            "--health-address=",
+            &format!("--metrics-address={address}"),
+        ],
+    );
+    assert!(!output.status.success(), "{output:?}");
+    let lines = json_lines(&output);
+    let last = lines.last().expect("a last line");
+    assert_eq!(last["msg"], "The agent stopped", "{last:?}");
+    let error = last["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with(&format!("cannot listen on {address} (--metrics-address): ")),
+        "{last:?}"
+    );
 }
 
 #[test]
@@ -97,6 +126,8 @@ fn text_logs_written_to_a_file_carry_no_colour_codes() {
             "--namespace=agents",
             "--apiexportendpointslice-ref=widgets",
             "--log-format=text",
+            "--health-address=",
+            "--metrics-address=",
         ],
     );
     assert!(!output.status.success(), "{output:?}");
@@ -108,25 +139,23 @@ fn text_logs_written_to_a_file_carry_no_colour_codes() {
     );
 }
 
+/// Runs the operator with `flag` and returns its stderr, checking it refused
+/// to start.
+fn operator_refuses(flag: &str) -> String {
+    let output = run("offering-operator", &["run", "--agent-image=x", flag]);
+    assert!(!output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 #[test]
 fn a_bad_duration_is_refused_with_an_example() {
-    let output = run(
-        "offering-operator",
-        &["run", "--agent-image=x", "--agent-token-lifetime=90"],
-    );
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = operator_refuses("--agent-token-lifetime=90");
     assert!(stderr.contains("1h30m"), "{stderr}");
 }
 
 #[test]
 fn a_resync_interval_under_a_second_is_refused() {
-    let output = run(
-        "offering-operator",
-        &["run", "--agent-image=x", "--resync-interval=0s"],
-    );
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = operator_refuses("--resync-interval=0s");
     assert!(
         stderr.contains("--resync-interval must be at least 1s"),
         "{stderr}"

@@ -181,7 +181,7 @@ async fn run(options: RunOptions) -> anyhow::Result<()> {
     let health = Arc::new(Health::default());
     if let Some(address) = address("--health-address", &options.health_address)? {
         tokio::spawn(http::serve_health(
-            address,
+            http::listen("--health-address", address).await?,
             health.clone(),
             stopping(stopped.clone()),
         ));
@@ -189,7 +189,7 @@ async fn run(options: RunOptions) -> anyhow::Result<()> {
     if let Some(address) = address("--metrics-address", &options.metrics_address)? {
         let metrics = metrics.controllers.clone();
         tokio::spawn(http::serve_metrics(
-            address,
+            http::listen("--metrics-address", address).await?,
             move || metrics.render(),
             stopping(stopped.clone()),
         ));

@@ -11,6 +11,7 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
 use warp::Filter;
 pub use warp::http::StatusCode;
 
@@ -35,9 +36,34 @@ impl Health {
     }
 }
 
-/// Serves `/healthz` and `/readyz` until `shutdown` resolves.
+/// An endpoint's address that cannot be listened on.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {address} ({flag}): {source}")]
+pub struct ListenError {
+    /// The flag that set the address.
+    pub flag: &'static str,
+    /// The address.
+    pub address: SocketAddr,
+    /// The socket error, e.g. the address is in use.
+    pub source: std::io::Error,
+}
+
+/// Binds `address`, set by `flag`, for [`serve_health`] or
+/// [`serve_metrics`], so that a taken port stops start-up with an error
+/// naming the flag instead of a panic in the serving task.
+pub async fn listen(flag: &'static str, address: SocketAddr) -> Result<TcpListener, ListenError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| ListenError {
+            flag,
+            address,
+            source,
+        })
+}
+
+/// Serves `/healthz` and `/readyz` on `listener` until `shutdown` resolves.
 pub async fn serve_health(
-    address: SocketAddr,
+    listener: TcpListener,
     health: Arc<Health>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
@@ -50,17 +76,16 @@ pub async fn serve_health(
         }
     });
     warp::serve(warp::get().and(healthz.or(readyz)))
-        .bind(address)
-        .await
+        .incoming(listener)
         .graceful(shutdown)
         .run()
         .await;
 }
 
-/// Serves `/metrics`, rendered by `render` on each scrape, until `shutdown`
-/// resolves.
+/// Serves `/metrics` on `listener`, rendered by `render` on each scrape,
+/// until `shutdown` resolves.
 pub async fn serve_metrics(
-    address: SocketAddr,
+    listener: TcpListener,
     render: impl Fn() -> String + Clone + Send + Sync + 'static,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
@@ -68,8 +93,7 @@ pub async fn serve_metrics(
         warp::reply::with_header(render(), "content-type", "text/plain; version=0.0.4")
     });
     warp::serve(route)
-        .bind(address)
-        .await
+        .incoming(listener)
         .graceful(shutdown)
         .run()
         .await;
@@ -151,32 +175,41 @@ mod tests {
 
     #[tokio::test]
     async fn get_reads_status_and_body_from_the_health_endpoints() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        let listener = listen("--health-address", any_port).await.expect("bind");
         let address = listener.local_addr().expect("address");
-        drop(listener);
         let health = Arc::new(Health::default());
         tokio::spawn(serve_health(
-            address,
+            listener,
             health.clone(),
             std::future::pending(),
         ));
         let readyz = format!("http://{address}/readyz");
-        let mut answer = get(&readyz).await;
-        for _ in 0..100 {
-            if answer.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            answer = get(&readyz).await;
-        }
         assert_eq!(
-            answer.expect("answer"),
+            get(&readyz).await.expect("answer"),
             (StatusCode::SERVICE_UNAVAILABLE, "not ready".to_string())
         );
         health.set_ready(true);
         assert_eq!(
             get(&readyz).await.expect("answer"),
             (StatusCode::OK, "ok".to_string())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_taken_address_is_an_error_naming_the_flag() {
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        let taken = listen("--metrics-address", any_port).await.expect("bind");
+        let address = taken.local_addr().expect("address");
+        let error = listen("--metrics-address", address)
+            .await
+            .expect_err("the address is taken");
+        assert_eq!(error.source.kind(), std::io::ErrorKind::AddrInUse);
+        assert!(
+            error
+                .to_string()
+                .starts_with(&format!("cannot listen on {address} (--metrics-address): ")),
+            "{error}"
         );
     }
 
