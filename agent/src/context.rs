@@ -15,6 +15,7 @@ use crate::metrics::Metrics;
 use crate::options::Options;
 use crate::runtime::events::recorder;
 use crate::sync::namespaces::ManagedMetadata;
+use crate::sync::upstream_state::UpstreamStates;
 
 /// Field manager and event reporter of everything the agent writes.
 pub const FIELD_MANAGER: &str = "sync-agent";
@@ -41,6 +42,9 @@ pub struct Context {
     /// Finalizer on kcp-origin related objects: `syncagent.kcp.io/cleanup`,
     /// or one per agent with `--per-agent-related-finalizer`.
     pub related_finalizer: String,
+    /// The last-known states of an upstream agent this one takes over
+    /// from (`--upstream-state-namespace`).
+    pub upstream_states: Option<Arc<UpstreamStates>>,
     /// Namespaces on the service cluster the agent knows to exist.
     service_namespaces: Arc<Mutex<HashSet<String>>>,
     /// Namespace metadata applied (or found in conflict) since the start,
@@ -66,6 +70,7 @@ impl Context {
         options: &Options,
         metrics: Metrics,
         instance: String,
+        upstream_states: Option<UpstreamStates>,
     ) -> Arc<Self> {
         Arc::new(Self {
             service_events: recorder(service.clone(), FIELD_MANAGER, &instance),
@@ -77,6 +82,7 @@ impl Context {
             metrics,
             wait_for_foreign_finalizers: options.wait_for_foreign_finalizers,
             related_finalizer: options.related_finalizer(),
+            upstream_states: upstream_states.map(Arc::new),
             service_namespaces: Arc::default(),
             namespace_metadata: Arc::default(),
         })

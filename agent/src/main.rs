@@ -16,6 +16,7 @@ use sync_agent::runtime::kubeconfig;
 use sync_agent::runtime::leader::{LeaseSettings, run_as_leader};
 use sync_agent::runtime::logging;
 use sync_agent::runtime::process::{self, stopping};
+use sync_agent::sync::upstream_state::UpstreamStates;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -101,7 +102,11 @@ async fn run(options: Options, stopped: watch::Receiver<bool>) -> anyhow::Result
             field_manager: context::FIELD_MANAGER.to_string(),
         }
     });
-    let ctx = Context::new(service, kcp, &options, metrics, identity);
+    let upstream_states = match options.upstream_state_namespace.as_str() {
+        "" => None,
+        namespace => Some(UpstreamStates::load(service.clone(), namespace).await),
+    };
+    let ctx = Context::new(service, kcp, &options, metrics, identity, upstream_states);
     run_as_leader(lease, stopped.clone(), |controllers| {
         let mut reports = Vec::new();
         let mut synced = || {

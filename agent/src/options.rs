@@ -83,6 +83,14 @@ pub struct Options {
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = flags::boolean)]
     pub per_agent_related_finalizer: bool,
 
+    /// Namespace of an upstream api-syncagent this agent takes over from:
+    /// its `obj-state-…` Secrets there hold each copy's last-known state,
+    /// which a copy without this agent's own state is brought in line from
+    /// (then the Secret is deleted). Needs `list`, `get` and `delete` on
+    /// Secrets in that namespace. Not an upstream flag.
+    #[arg(long, default_value = "")]
+    pub upstream_state_namespace: String,
+
     /// Log format.
     #[arg(long, value_enum, ignore_case = true, default_value = "json")]
     pub log_format: LogFormat,

@@ -270,3 +270,76 @@ impl Pod {
         })
     }
 }
+
+/// Plays a Deployment's ReplicaSet and kubelet for the process `pid`, which
+/// stands in for its one pod: the Deployment reports the pod available, and
+/// once it is scaled to zero (or deleted) the process gets SIGTERM and, when
+/// it has exited, the Deployment reports no replica, so that
+/// `kubectl rollout status` returns. The process stays its owner's; the
+/// returned task ends once the process is stopped.
+pub fn follow_scale(client: Client, namespace: &str, name: &str, pid: u32) -> JoinHandle<()> {
+    let deployments: Api<Deployment> = Api::namespaced(client, namespace);
+    let name = name.to_string();
+    tokio::spawn(async move {
+        let mut reported = None;
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let deployment = match deployments.get_opt(&name).await {
+                Ok(found) => found,
+                Err(_) => continue,
+            };
+            let replicas = deployment
+                .as_ref()
+                .and_then(|d| d.spec.as_ref()?.replicas)
+                .unwrap_or(0);
+            let generation = deployment.as_ref().and_then(|d| d.metadata.generation);
+            if replicas > 0 {
+                if reported != generation {
+                    let status = json!({"status": {
+                        "observedGeneration": generation, "replicas": 1, "updatedReplicas": 1,
+                        "readyReplicas": 1, "availableReplicas": 1,
+                    }});
+                    if deployments
+                        .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+                        .await
+                        .is_ok()
+                    {
+                        reported = generation;
+                    }
+                }
+                continue;
+            }
+            let Ok(raw) = i32::try_from(pid) else { return };
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(raw),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            while !exited(pid) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if deployment.is_some() {
+                let status = json!({"status": {
+                    "observedGeneration": generation, "replicas": 0, "updatedReplicas": 0,
+                    "readyReplicas": 0, "availableReplicas": 0,
+                }});
+                let _ = deployments
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+                    .await;
+            }
+            return;
+        }
+    })
+}
+
+/// Whether process `pid` has exited (gone, or a zombie its parent has not
+/// waited for).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_none_or(|state| matches!(state, "Z" | "X")),
+        Err(_) => true,
+    }
+}

@@ -1,22 +1,29 @@
 //! The migration guide, run: `docs/migration.md`'s `sh` blocks, in order,
 //! move an agent installed with a stand-in of upstream's chart
 //! (`e2e/fixtures/upstream-chart`: the CRD as a template, upstream's v0.7.0
-//! schema) to a PublishedOffering, with kubectl and helm on the real
-//! servers. Nothing may be lost: the CRD, the consumer's object, its copy
-//! (adopted, not made again).
+//! schema, upstream's Deployment name and labels) to a PublishedOffering in
+//! another namespace, with kubectl and helm on the real servers. The guide's
+//! own commands stop the old agent (a process standing in for the old
+//! Deployment's pod, stopped when the Deployment is scaled to zero). Nothing
+//! may be lost: the CRD, the consumer's object, its copy (adopted, not made
+//! again), and the last-known state upstream kept in a Secret.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use e2e::offering::{KCP_SECRET, OfferingScene, TIMEOUT};
+use e2e::pod::follow_scale;
 use e2e::poll::poll_until;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
+use sync_agent::api::hash::sha1_hex;
 use sync_agent::api::published_resource::PublishedResource;
 use sync_agent::sync::identity::RemoteKey;
+use sync_agent::sync::object::LAST_KNOWN_ANNOTATION;
+use sync_agent::sync::upstream_state::STATE_LABEL;
 
 const CRD: &str = "publishedresources.syncagent.kcp.io";
 
@@ -86,13 +93,44 @@ fn helm(args: &[&str], kubeconfig: &Path) -> Result<String, String> {
     )
 }
 
-#[tokio::test]
+/// What upstream api-syncagent v0.7.0 leaves in its namespace for a synced
+/// object (`internal/sync/state_store.go`): a Secret named
+/// `obj-state-<cluster>-<first 20 hex of SHA-1 of the object's JSON key>`,
+/// labelled with the object's identity and `syncagent.kcp.io/object-state`,
+/// holding the object as last synced (server metadata stripped) under the
+/// SHA-1 of its key.
+fn upstream_state_secret(key: &RemoteKey, state: &serde_json::Value) -> Secret {
+    let name_key = json!({"apiVersion": state["apiVersion"], "kind": state["kind"],
+        "name": key.name, "namespace": key.namespace});
+    let data_key = format!(
+        r#"{{"ClusterName":"{}","WorkspacePath":"","Namespace":"{}","Name":"{}"}}"#,
+        key.cluster, key.namespace, key.name
+    );
+    let mut labels = key.labels();
+    labels.insert(STATE_LABEL.into(), "true".into());
+    serde_json::from_value(json!({
+        "metadata": {
+            "name": format!("obj-state-{}-{}", key.cluster, &sha1_hex(&name_key.to_string())[..20]),
+            "labels": labels,
+        },
+        "stringData": {sha1_hex(&data_key): state.to_string()},
+    }))
+    .expect("a Secret")
+}
+
+// The guide's commands block the test's thread; the stand-ins of the
+// kubelet (the old pod's follower, the pod runner) run on the workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_migration_guide_moves_an_upstream_agent_to_an_offering_and_loses_nothing() {
     let scene = OfferingScene::new("migrate", &[]).await.expect("scene");
     let provider = &scene.provider;
     let env = &provider.env;
     let service = provider.service.clone();
     let ns = provider.namespace.clone();
+    // The old release lives in a namespace of its own, as in the guide: the
+    // two agents do not share a Lease, so only stopping the old one keeps
+    // them from syncing the same objects.
+    let old_ns = format!("{ns}-old");
     let release = format!(
         "legacy-{}",
         &provider.agent_name[provider.agent_name.len() - 8..]
@@ -116,7 +154,7 @@ async fn the_migration_guide_moves_an_upstream_agent_to_an_offering_and_loses_no
     .expect("gone");
     let old_chart = repo().join("e2e/fixtures/upstream-chart");
     let values = format!(
-        "agentName={},apiExportEndpointSliceName={}",
+        "agentName={},apiExportEndpointSliceName={},kcpKubeconfig=kcp-kubeconfig",
         provider.agent_name, provider.export
     );
     helm(
@@ -125,7 +163,8 @@ async fn the_migration_guide_moves_an_upstream_agent_to_an_offering_and_loses_no
             &release,
             &old_chart.display().to_string(),
             "--namespace",
-            &ns,
+            &old_ns,
+            "--create-namespace",
             "--set",
             &values,
         ],
@@ -144,7 +183,7 @@ async fn the_migration_guide_moves_an_upstream_agent_to_an_offering_and_loses_no
     .expect("served");
 
     // The old agent (this project's binary stands in: same flags, same
-    // marks) syncs a consumer's object.
+    // marks) runs as the old Deployment's pod and syncs a consumer's object.
     let old_pr = provider
         .create_pr(
             "widgets",
@@ -152,7 +191,17 @@ async fn the_migration_guide_moves_an_upstream_agent_to_an_offering_and_loses_no
         )
         .await
         .expect("the old PublishedResource");
-    let old_agent = provider.start_agent().await.expect("the old agent");
+    let mut settings = provider.agent_settings();
+    settings.namespace = old_ns.clone();
+    let mut old_agent = e2e::agent::AgentProcess::start(env, &settings)
+        .await
+        .expect("the old agent");
+    let old_pod = follow_scale(
+        service.clone(),
+        &old_ns,
+        &format!("{release}-api-syncagent"),
+        old_agent.pid(),
+    );
     provider
         .wait_for_schema_name(&old_pr, None)
         .await
@@ -165,28 +214,58 @@ async fn the_migration_guide_moves_an_upstream_agent_to_an_offering_and_loses_no
         .consumer_widget(&consumer.path, "kept")
         .await
         .expect("a consumer's widget");
-    let copy_of = async |name: &str| {
+    widgets
+        .patch(
+            "kept",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 3}})),
+        )
+        .await
+        .expect("the consumer sets replicas");
+    let key = RemoteKey {
+        cluster: consumer.cluster.clone(),
+        namespace: "apps".into(),
+        name: "kept".into(),
+    };
+    let all: Api<DynamicObject> = Api::all_with(service.clone(), &scene.widgets());
+    let copy_of = async |name: &str, until: &(dyn Fn(&DynamicObject) -> bool + Sync)| {
         let key = RemoteKey {
-            cluster: consumer.cluster.clone(),
-            namespace: "apps".into(),
             name: name.into(),
+            ..key.clone()
         };
-        let all: Api<DynamicObject> = Api::all_with(service.clone(), &scene.widgets());
-        poll_until(&format!("one copy of {name}"), TIMEOUT, async || {
-            let list = all
-                .list(&ListParams::default().labels(&key.selector(&provider.agent_name)))
-                .await
-                .map_err(|e| e.to_string())?;
-            match list.items.as_slice() {
-                [one] => Ok(one.clone()),
-                other => Err(format!("{} copies", other.len())),
-            }
-        })
+        poll_until(
+            &format!("one copy of {name}, as expected"),
+            TIMEOUT,
+            async || {
+                let list = all
+                    .list(&ListParams::default().labels(&key.selector(&provider.agent_name)))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match list.items.as_slice() {
+                    [one] if until(one) => Ok(one.clone()),
+                    [one] => Err(format!("{:?}", one.data["spec"])),
+                    other => Err(format!("{} copies", other.len())),
+                }
+            },
+        )
         .await
         .expect("copy")
     };
-    let before = copy_of("kept").await;
-    drop(old_agent);
+    let before = copy_of("kept", &|c| c.data["spec"]["replicas"] == 3).await;
+    // The provider's operator adds a field of its own.
+    let copies: Api<DynamicObject> = Api::namespaced_with(
+        service.clone(),
+        &before.namespace().unwrap(),
+        &scene.widgets(),
+    );
+    copies
+        .patch(
+            &before.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"providerNote": "kept"}})),
+        )
+        .await
+        .expect("the provider's field");
 
     // The guide, step by step, with this test's values; the operator's kcp
     // Secret is the guide's to make.
@@ -198,7 +277,7 @@ async fn the_migration_guide_moves_an_upstream_agent_to_an_offering_and_loses_no
     let vars = [
         ("KUBECONFIG", env.service_kubeconfig.display().to_string()),
         ("OLD_RELEASE", release.clone()),
-        ("OLD_NAMESPACE", ns.clone()),
+        ("OLD_NAMESPACE", old_ns.clone()),
         ("OLD_CHART", old_chart.display().to_string()),
         ("AGENT_NAME", provider.agent_name.clone()),
         ("EXPORT", provider.export.clone()),
@@ -218,20 +297,63 @@ async fn the_migration_guide_moves_an_upstream_agent_to_an_offering_and_loses_no
         ),
     ];
     let steps = guide_steps();
-    assert_eq!(steps.len(), 6, "the guide's six steps");
-    for step in &steps[..4] {
+    assert_eq!(steps.len(), 7, "the guide's seven steps");
+    for step in &steps[..2] {
         bash(step, &vars).unwrap_or_else(|e| panic!("{e}"));
     }
-    // Step 5 waits until the offering is Ready, which needs its agent: the
+    // Step 2 stopped the old agent: by name, since upstream's Deployment
+    // carries no labels.
+    assert!(!old_agent.is_running(), "step 2 stops the old agent");
+    old_pod.await.expect("the old pod's stand-in ended");
+
+    // What upstream leaves: the copy without this agent's state, the state
+    // in a Secret of the old namespace. While no agent runs, the consumer
+    // removes a field.
+    copies
+        .patch(
+            &before.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {LAST_KNOWN_ANNOTATION: null}}})),
+        )
+        .await
+        .expect("the copy as upstream left it");
+    let state = json!({
+        "apiVersion": format!("{}/v1", provider.group), "kind": "Widget",
+        "metadata": {"name": "kept", "namespace": "apps"},
+        "spec": {"color": "blue", "replicas": 3},
+    });
+    let old_secrets: Api<Secret> = Api::namespaced(service.clone(), &old_ns);
+    old_secrets
+        .create(&PostParams::default(), &upstream_state_secret(&key, &state))
+        .await
+        .expect("upstream's state Secret");
+    widgets
+        .patch(
+            "kept",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": null}})),
+        )
+        .await
+        .expect("the consumer removes replicas");
+
+    for step in &steps[2..5] {
+        bash(step, &vars).unwrap_or_else(|e| panic!("{e}"));
+    }
+    // Step 6 waits until the offering is Ready, which needs its agent: the
     // pod runner plays the kubelet meanwhile.
-    let (step5, five_vars) = (steps[4].clone(), vars.to_vec());
-    let applied = tokio::task::spawn_blocking(move || bash(&step5, &five_vars));
+    let (step6, six_vars) = (steps[5].clone(), vars.to_vec());
+    let applied = tokio::task::spawn_blocking(move || bash(&step6, &six_vars));
     let agent = scene.run_agent(offering).await.expect("the new agent runs");
     applied
         .await
-        .expect("step 5 ran")
+        .expect("step 6 ran")
         .unwrap_or_else(|e| panic!("{e}\noperator log:\n{}", scene.operator.process.log_tail()));
-    bash(&steps[5], &vars).unwrap_or_else(|e| panic!("{e}"));
+    let cleaned = bash(&steps[6], &vars).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        cleaned.contains("state Secrets left: none"),
+        "the new agent read and deleted upstream's state:\n{cleaned}\nagent log:\n{}",
+        agent.process.log_tail()
+    );
 
     // Nothing lost: our CRD serves (conditions in its status), the old
     // PublishedResource is gone and the offering's is there, the release
@@ -252,20 +374,43 @@ async fn the_migration_guide_moves_an_upstream_agent_to_an_offering_and_loses_no
         .expect("the offering's PublishedResource");
     assert_eq!(rendered.spec.resource.kind, "Widget");
     let releases = helm(
-        &["list", "--namespace", &ns, "--short"],
+        &["list", "--namespace", &old_ns, "--short"],
         &env.service_kubeconfig,
     )
     .expect("helm list");
     assert!(!releases.contains(&release), "{releases}");
 
-    // The new agent adopted the copy: a widget made after the switch gets
+    // The new agent adopted the copy from upstream's state: the field the
+    // consumer removed is gone, the provider's stays; a later consumer edit
+    // arrives and brings nothing back. A widget made after the switch gets
     // its copy, and by then the kept one has still exactly one, the same.
+    let adopted = copy_of("kept", &|c| {
+        c.data["spec"].get("replicas").is_none()
+            && c.annotations().contains_key(LAST_KNOWN_ANNOTATION)
+    })
+    .await;
+    assert_eq!(adopted.data["spec"]["providerNote"], "kept");
+    widgets
+        .patch(
+            "kept",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"color": "red"}})),
+        )
+        .await
+        .expect("a consumer edit");
+    let edited = copy_of("kept", &|c| c.data["spec"]["color"] == "red").await;
+    assert!(
+        edited.data["spec"].get("replicas").is_none(),
+        "{:?}",
+        edited.data
+    );
+    assert_eq!(edited.data["spec"]["providerNote"], "kept");
     scene
         .consumer_widget(&consumer.path, "after")
         .await
         .expect("a widget after the switch");
-    copy_of("after").await;
-    let after = copy_of("kept").await;
+    copy_of("after", &|_| true).await;
+    let after = copy_of("kept", &|_| true).await;
     assert_eq!(after.uid(), before.uid(), "adopted, not made again");
     let object = widgets.get("kept").await.expect("the consumer's widget");
     assert!(

@@ -616,3 +616,167 @@ async fn the_operator_binds_consumers_on_both_shards_through_the_front_proxy_and
     }
     scene.provider.cleanup().await.expect("cleanup");
 }
+
+/// A kcp kubeconfig for `e2e-agent`, a global user of a static token that
+/// every shard and the front proxy accept, as a platform would hand a
+/// provider an identity for its agent.
+fn agent_kubeconfig_every_shard_accepts(env: &EnvFile) -> String {
+    let admin = fs::read_to_string(&env.kcp_kubeconfig).expect("the admin kubeconfig");
+    let mut kubeconfig = kube::config::Kubeconfig::from_yaml(&admin).expect("a kubeconfig");
+    for user in kubeconfig
+        .auth_infos
+        .iter_mut()
+        .filter_map(|u| u.auth_info.as_mut())
+    {
+        *user = kube::config::AuthInfo {
+            token: Some(env.kcp_agent_token.clone().into()),
+            ..Default::default()
+        };
+    }
+    serde_json::to_string(&kubeconfig).expect("serialised")
+}
+
+#[tokio::test]
+async fn an_offering_whose_agent_brings_credentials_every_shard_accepts_syncs_consumers_on_both_shards()
+ {
+    let shards = shards();
+    let scene = OfferingScene::new("op-brought", &[]).await.expect("scene");
+    let kcp = &scene.provider.kcp;
+    let mut consumers = Vec::new();
+    for shard in &shards {
+        consumers.push(
+            kcp.create_workspace_on("root", "op-brought-consumer", Some(shard))
+                .await
+                .expect("consumer"),
+        );
+    }
+    let secrets: Api<Secret> =
+        Api::namespaced(scene.provider.service.clone(), &scene.provider.namespace);
+    let kubeconfig = agent_kubeconfig_every_shard_accepts(&scene.provider.env);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "agent-kcp"},
+        "stringData": {"kubeconfig": kubeconfig},
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("the agent's own kcp Secret");
+    let paths: Vec<String> = consumers.iter().map(|c| c.path.clone()).collect();
+    scene
+        .apply(
+            "widgets",
+            scene.spec(json!({
+                "agent": {"replicas": 1, "kcpKubeconfigSecretRef": {"name": "agent-kcp"}},
+                "consumers": {"workspaces": paths},
+            })),
+        )
+        .await
+        .expect("offering");
+    let agent = scene.run_agent("widgets").await.expect("agent runs");
+
+    // Every consumer, on either shard, gets its copy through its shard's
+    // endpoint with the brought credentials.
+    for consumer in &consumers {
+        scene
+            .consumer_widget(&consumer.path, "w")
+            .await
+            .expect("widget");
+    }
+    for consumer in &consumers {
+        poll_until(
+            &format!("the copy from {}", consumer.path),
+            KCP_SLOW_TIMEOUT,
+            async || match scene
+                .copies_from(&consumer.cluster)
+                .await
+                .map_err(|e| e.to_string())?
+                .len()
+            {
+                1 => Ok(()),
+                n => Err(format!(
+                    "{n} copies; agent log:\n{}",
+                    agent.process.log_tail()
+                )),
+            },
+        )
+        .await
+        .expect("copy");
+    }
+    // Every endpoint accepts them: the offering is Ready and says whose
+    // credentials the agent uses; no token was minted for it.
+    urls_of(&scene.provider.kcp_client, "widgets", shards.len()).await;
+    let offering = scene
+        .wait_for_condition("widgets", "CredentialsReady", "True", "KubeconfigProvided")
+        .await
+        .expect("the brought credentials on the offering");
+    let conditions = offering.status.expect("status").conditions;
+    let credentials = conditions
+        .iter()
+        .find(|c| c.type_ == "CredentialsReady")
+        .expect("CredentialsReady");
+    assert!(
+        credentials.message.contains("Secret agent-kcp")
+            && credentials.message.contains("kcp user e2e-agent"),
+        "{}",
+        credentials.message
+    );
+    scene
+        .wait_for_condition("widgets", "Ready", "True", "Ready")
+        .await
+        .expect("Ready");
+    let agent_secret = secrets
+        .get("widgets-kcp-kubeconfig")
+        .await
+        .expect("the agent's kcp Secret");
+    let data = agent_secret.data.unwrap_or_default();
+    assert!(!data.contains_key("token"), "nothing minted");
+    let written = String::from_utf8(data["kubeconfig"].0.clone()).unwrap();
+    assert!(written.contains(&scene.provider.env.kcp_agent_token));
+
+    // A changed Secret reaches the agent: its pods roll.
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(scene.provider.service.clone(), &scene.provider.namespace);
+    let hash = |d: &k8s_openapi::api::apps::v1::Deployment| {
+        d.spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get("offering.syncagent.dev/kcp-kubeconfig-sha1").cloned())
+    };
+    let before = hash(&deployments.get("widgets-sync-agent").await.unwrap());
+    let mut changed: serde_json::Value = serde_json::from_str(&kubeconfig).unwrap();
+    for cluster in changed["clusters"].as_array_mut().unwrap() {
+        cluster["cluster"]["tls-server-name"] = json!("localhost");
+    }
+    secrets
+        .patch(
+            "agent-kcp",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"kubeconfig": changed.to_string()}})),
+        )
+        .await
+        .expect("the Secret changes");
+    poll_until("the agent's pods to roll", KCP_SLOW_TIMEOUT, async || {
+        let now = hash(
+            &deployments
+                .get("widgets-sync-agent")
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+        if now != before {
+            Ok(())
+        } else {
+            Err(format!("{now:?}"))
+        }
+    })
+    .await
+    .expect("rolled");
+
+    drop(agent);
+    scene.delete_and_wait("widgets").await.expect("deleted");
+    for consumer in &consumers {
+        consumer.delete(kcp).await.expect("cleanup");
+    }
+    scene.provider.cleanup().await.expect("cleanup");
+}

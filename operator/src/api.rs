@@ -170,6 +170,17 @@ pub struct AgentSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"), length(max = 63))]
     pub name: Option<String>,
+    /// Secret in the offering's namespace with the agent's own kubeconfig
+    /// for kcp (a kcp-operator `Kubeconfig`'s Secret, a client certificate
+    /// or token a platform issued), for an identity every shard accepts.
+    /// The operator then mints no token: it points the kubeconfig at the
+    /// provider workspace, gives the agent its credentials (inline only, as
+    /// for `kcp.kubeconfigSecretRef`), grants the identity kcp reports for
+    /// them the agent's ClusterRole, checks them against every endpoint at
+    /// each reconcile, and rolls the agent when the Secret changes. Unset:
+    /// the operator mints a ServiceAccount token for the agent and rotates it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kcp_kubeconfig_secret_ref: Option<SecretKeyRef>,
     /// Container image of the agent; the operator's own image if unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
@@ -234,6 +245,17 @@ pub struct AgentSettings {
     /// than one replica.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_disruption_budget: Option<DisruptionBudget>,
+    /// Namespace of an upstream api-syncagent this agent takes over from
+    /// (the agent's `--upstream-state-namespace`): the old agent's
+    /// `obj-state-…` Secrets there hold each copy's last-known state, so a
+    /// field a consumer removed while no agent ran is removed from the copy
+    /// too. Each Secret is read once and then deleted. The agent needs
+    /// `get`, `list` and `delete` on Secrets there, which the operator does
+    /// not grant (see the migration guide); without them the copies are
+    /// brought in line field by field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(max = 63))]
+    pub upstream_state_namespace: Option<String>,
 }
 
 /// A PodDisruptionBudget the operator keeps for the agent pods.

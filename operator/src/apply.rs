@@ -3,6 +3,9 @@
 //! agent's token when it is due, deletes the [`Orphans`], binds the
 //! consumers, and returns what the status is computed from.
 
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -24,8 +27,8 @@ use crate::consumers::{self, ConsumerReport};
 use crate::credentials::{self, Rotation};
 use crate::error::Error;
 use crate::fetch::Fetched;
-use crate::kcp::Refusal;
-use crate::names::{KCP_NAMESPACE, Names};
+use crate::kcp::{Kcp, Refusal};
+use crate::names::{KCP_NAMESPACE, KUBECONFIG_KEY, Names};
 use crate::write::{apply as write, delete_if_present};
 
 /// What the apply wrote and found, for the status.
@@ -36,9 +39,10 @@ pub struct Applied {
     /// The endpoint URLs of the export's default slice (empty until a
     /// consumer binds).
     pub endpoint_urls: Vec<String>,
-    /// The agent's token.
-    pub token: Token,
-    /// The endpoints whose virtual workspace refuses the agent's token.
+    /// The agent's minted token; `None` when the provider brings the
+    /// agent's credentials.
+    pub token: Option<Token>,
+    /// The endpoints whose virtual workspace refuses the agent's credentials.
     pub refusals: Vec<Refusal>,
     /// The PublishedResources as applied, with the agent's status.
     pub published: Vec<PublishedResource>,
@@ -162,20 +166,37 @@ pub async fn apply(
         .await
         .map_err(kcp_error("deleting a ServiceAccount no longer wanted"))?;
 
-    let (token, bearer) = token(
-        client,
-        fetched,
-        names,
-        agent_secret,
-        &agent_kubeconfig,
-        &account.uid().unwrap_or_default(),
-        rotation,
-    )
-    .await?;
-    if token.rotated {
-        tokens_issued.inc();
-        info!(renew_at = %token.renew_at, "Issued the agent a new kcp token");
-    }
+    let (token, identity) = match &fetched.facts.brought {
+        // The provider's credentials, pointed at the provider workspace.
+        Some(brought) => {
+            let mut secret = agent_secret;
+            secret.data = Some(BTreeMap::from([(
+                KUBECONFIG_KEY.to_string(),
+                ByteString(agent_kubeconfig.clone().into_bytes()),
+            )]));
+            put(&Api::namespaced(client.clone(), &names.namespace), &secret)
+                .await
+                .map_err(|error| Error::service("writing the agent's kcp Secret", error))?;
+            (None, brought.kcp.config().clone())
+        }
+        None => {
+            let (token, bearer) = token(
+                client,
+                fetched,
+                names,
+                agent_secret,
+                &agent_kubeconfig,
+                &account.uid().unwrap_or_default(),
+                rotation,
+            )
+            .await?;
+            if token.rotated {
+                tokens_issued.inc();
+                info!(renew_at = %token.renew_at, "Issued the agent a new kcp token");
+            }
+            (Some(token), fetched.kcp.with_token(&bearer))
+        }
+    };
 
     let export = write(
         &Api::<APIExport>::all(provider.clone()),
@@ -192,7 +213,7 @@ pub async fn apply(
         .and_then(|s| s.status)
         .map(|s| s.endpoints.into_iter().map(|e| e.url).collect())
         .unwrap_or_default();
-    let refusals = fetched.kcp.refusals(&bearer, &endpoint_urls).await;
+    let refusals = Kcp::refusals(&identity, &endpoint_urls).await;
 
     let ns = names.namespace.as_str();
     let service = |what: &'static str| move |error| Error::service(what, error);

@@ -20,7 +20,7 @@ use crate::credentials;
 use crate::desired::cluster;
 use crate::desired::kcp::{self as kcp_objects, DEFAULT_BIND_GROUPS};
 use crate::error::Error;
-use crate::fetch::Facts;
+use crate::fetch::{Brought, Facts};
 use crate::kcp::Kcp;
 use crate::names::Names;
 
@@ -111,7 +111,9 @@ pub fn build(
     kcp: &Kcp,
     defaults: AgentDefaults<'_>,
 ) -> Result<Desired, Error> {
-    let agent_kubeconfig = agent_kubeconfig(kcp, offering, defaults.kcp_url)?;
+    let agent_kubeconfig =
+        agent_kubeconfig(kcp, facts.brought.as_ref(), offering, defaults.kcp_url)?;
+    let brought_user = facts.brought.as_ref().and_then(|b| b.user.as_deref());
     let image = offering
         .spec
         .agent
@@ -134,8 +136,8 @@ pub fn build(
         kcp_namespace: (!facts.kcp_namespace_exists).then(kcp_objects::namespace),
         kcp_service_account: kcp_objects::service_account(names),
         kcp_agent_role: kcp_objects::agent_cluster_role(names),
-        kcp_agent_binding: kcp_objects::agent_role_binding(names),
-        kcp_access_binding: kcp_objects::access_binding(names),
+        kcp_agent_binding: kcp_objects::agent_role_binding(names, brought_user),
+        kcp_access_binding: kcp_objects::access_binding(names, brought_user),
         kcp_bind_role: kcp_objects::bind_cluster_role(names),
         kcp_bind_binding: kcp_objects::bind_binding(names, &bind_groups),
         export: kcp_objects::export(names, &extra_claims),
@@ -156,17 +158,36 @@ pub fn build(
     Ok(desired)
 }
 
-/// The agent's kcp kubeconfig, pointed at the provider workspace.
+/// The agent's kcp kubeconfig, pointed at the provider workspace: the
+/// credentials the provider brings, else the operator's kcp address with a
+/// minted token. `kcp_url` (the operator's `--agent-kcp-url`) replaces the
+/// address of either.
 fn agent_kubeconfig(
     kcp: &Kcp,
+    brought: Option<&Brought>,
     offering: &PublishedOffering,
     kcp_url: Option<&str>,
 ) -> Result<String, Error> {
+    let source = brought.map_or(kcp, |b| &b.kcp);
     let base = kcp_url
         .map(credentials::base_url)
-        .unwrap_or_else(|| kcp.base().to_string());
+        .unwrap_or_else(|| source.base().to_string());
     let server = format!("{base}/clusters/{}", offering.spec.kcp.workspace);
-    credentials::agent_kubeconfig(kcp.kubeconfig(), &server)
+    match brought {
+        None => {
+            credentials::agent_kubeconfig(kcp.kubeconfig(), &server, credentials::minted_user())
+        }
+        Some(brought) => {
+            let what = format!(
+                "the agent's kcp kubeconfig in Secret {}/{}",
+                brought.location.namespace, brought.location.name
+            );
+            let kubeconfig = brought.kcp.kubeconfig();
+            credentials::current_user(kubeconfig)
+                .and_then(|user| credentials::agent_kubeconfig(kubeconfig, &server, user))
+                .map_err(|error| Error::InvalidAgentKubeconfig(format!("{what}: {error}")))
+        }
+    }
 }
 
 /// The agent's kcp Secret, before a token is put in.

@@ -104,11 +104,17 @@ impl Metrics {
             .set(i64::from(ready));
     }
 
-    /// Records when the token of `offering`'s agent expires.
-    pub fn token_expires(&self, offering: &PublishedOffering, expires: Timestamp) {
-        self.token_expiry
-            .with_label_values(&Self::labels(offering))
-            .set(expires.as_second());
+    /// Records when the token of `offering`'s agent expires; `None` when
+    /// the agent has no minted token (its credentials are the provider's).
+    pub fn token_expires(&self, offering: &PublishedOffering, expires: Option<Timestamp>) {
+        let labels = Self::labels(offering);
+        match expires {
+            Some(expires) => self
+                .token_expiry
+                .with_label_values(&labels)
+                .set(expires.as_second()),
+            None => drop(self.token_expiry.remove_label_values(&labels)),
+        }
     }
 
     /// Drops the series of a deleted offering.
@@ -359,14 +365,14 @@ async fn write_provisioned(
         failed: count(provisioned.consumers.failed.len()),
         workspaces: provisioned.consumers.managed.clone(),
     });
-    if provisioned.rotated {
+    if let Some(token) = provisioned.token.filter(|t| t.rotated) {
         ctx.event(
             offering,
             EventType::Normal,
             "TokenIssued",
             format!(
                 "Issued the agent a kcp token; it is renewed at {}",
-                provisioned.renew_at
+                token.renew_at
             ),
         )
         .await;
@@ -377,7 +383,7 @@ async fn write_provisioned(
     ctx.metrics
         .offering_ready(offering, ready.is_some_and(|r| r.status == "True"));
     ctx.metrics
-        .token_expires(offering, provisioned.token_expires);
+        .token_expires(offering, provisioned.token.map(|t| t.expires));
     let wait = match ready {
         Some(ready) if ready.status == "True" => {
             ctx.succeeded(offering);
@@ -399,12 +405,14 @@ async fn write_provisioned(
             WAITING
         }
     };
-    let until_renewal = provisioned
-        .renew_at
-        .duration_since(Timestamp::now())
-        .try_into()
-        .unwrap_or(Duration::ZERO)
-        .max(Duration::from_secs(1));
+    let until_renewal = provisioned.token.map_or(wait, |token| {
+        token
+            .renew_at
+            .duration_since(Timestamp::now())
+            .try_into()
+            .unwrap_or(Duration::ZERO)
+            .max(Duration::from_secs(1))
+    });
     Ok(Action::requeue(wait.min(until_renewal)))
 }
 

@@ -11,7 +11,8 @@ use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, PostParams};
 use kube::config::{
-    Cluster, Context, KubeConfigOptions, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext,
+    AuthInfo, Cluster, Context, KubeConfigOptions, Kubeconfig, NamedAuthInfo, NamedCluster,
+    NamedContext,
 };
 use kube::{Client, Config};
 
@@ -133,27 +134,57 @@ pub fn base_url(url: &str) -> String {
     }
 }
 
-/// The agent's kcp kubeconfig: the cluster entry of the operator's current
-/// context (CA and TLS settings), pointed at `server`, with the token read
-/// from the file `token` beside the kubeconfig.
-pub fn agent_kubeconfig(operator: &Kubeconfig, server: &str) -> Result<String, Error> {
-    let context_name = operator
+/// The user of a minted token: read from the file `token` beside the
+/// kubeconfig, which the operator rewrites before the token expires.
+pub fn minted_user() -> AuthInfo {
+    AuthInfo {
+        token_file: Some(TOKEN_KEY.into()),
+        ..Default::default()
+    }
+}
+
+/// The context `kubeconfig` uses: its current one, or its first.
+fn current_context(kubeconfig: &Kubeconfig) -> Result<Context, Error> {
+    let context_name = kubeconfig
         .current_context
         .clone()
-        .or_else(|| operator.contexts.first().map(|c| c.name.clone()))
+        .or_else(|| kubeconfig.contexts.first().map(|c| c.name.clone()))
         .ok_or_else(|| Error::InvalidKcpKubeconfig("the kcp kubeconfig has no context".into()))?;
-    let cluster_name = operator
+    kubeconfig
         .contexts
         .iter()
         .find(|c| c.name == context_name)
-        .and_then(|c| c.context.as_ref())
-        .map(|c| c.cluster.clone())
+        .and_then(|c| c.context.clone())
         .ok_or_else(|| {
             Error::InvalidKcpKubeconfig(format!(
                 "the kcp kubeconfig has no context {context_name:?}"
             ))
-        })?;
-    let source = operator
+        })
+}
+
+/// The credentials of the user of `kubeconfig`'s current context.
+pub fn current_user(kubeconfig: &Kubeconfig) -> Result<AuthInfo, Error> {
+    let name = current_context(kubeconfig)?.user.unwrap_or_default();
+    kubeconfig
+        .auth_infos
+        .iter()
+        .find(|u| u.name == name)
+        .and_then(|u| u.auth_info.clone())
+        .ok_or_else(|| {
+            Error::InvalidKcpKubeconfig(format!("the kcp kubeconfig has no user {name:?}"))
+        })
+}
+
+/// The agent's kcp kubeconfig: the cluster entry of `source`'s current
+/// context (CA and TLS settings), pointed at `server`, with `user`'s
+/// credentials.
+pub fn agent_kubeconfig(
+    source: &Kubeconfig,
+    server: &str,
+    user: AuthInfo,
+) -> Result<String, Error> {
+    let cluster_name = current_context(source)?.cluster;
+    let source = source
         .clusters
         .iter()
         .find(|c| c.name == cluster_name)
@@ -190,10 +221,7 @@ pub fn agent_kubeconfig(operator: &Kubeconfig, server: &str) -> Result<String, E
         }],
         auth_infos: vec![NamedAuthInfo {
             name: "sync-agent".into(),
-            auth_info: Some(kube::config::AuthInfo {
-                token_file: Some(TOKEN_KEY.into()),
-                ..Default::default()
-            }),
+            auth_info: Some(user),
             ..Default::default()
         }],
         contexts: vec![NamedContext {
@@ -388,8 +416,12 @@ users:
     #[test]
     fn the_agent_kubeconfig_keeps_the_ca_and_reads_its_token_from_a_file() {
         let operator = Kubeconfig::from_yaml(OPERATOR).unwrap();
-        let text =
-            agent_kubeconfig(&operator, "https://kcp.example.com:6443/clusters/root:p").unwrap();
+        let text = agent_kubeconfig(
+            &operator,
+            "https://kcp.example.com:6443/clusters/root:p",
+            minted_user(),
+        )
+        .unwrap();
         assert!(!text.contains("secret-admin-token"));
         let agent = Kubeconfig::from_yaml(&text).unwrap();
         let cluster = agent.clusters[0].cluster.clone().unwrap();
@@ -401,6 +433,34 @@ users:
         let user = agent.auth_infos[0].auth_info.clone().unwrap();
         assert_eq!(user.token_file.as_deref(), Some("token"));
         assert!(user.token.is_none());
+    }
+
+    #[test]
+    fn brought_credentials_are_pointed_at_the_provider_workspace_as_they_are() {
+        let brought = Kubeconfig::from_yaml(OPERATOR).unwrap();
+        let user = current_user(&brought).unwrap();
+        let text = agent_kubeconfig(
+            &brought,
+            "https://kcp.example.com:6443/clusters/root:p",
+            user,
+        )
+        .unwrap();
+        let agent = Kubeconfig::from_yaml(&text).unwrap();
+        let cluster = agent.clusters[0].cluster.clone().unwrap();
+        assert_eq!(
+            cluster.server.as_deref(),
+            Some("https://kcp.example.com:6443/clusters/root:p")
+        );
+        let user = agent.auth_infos[0].auth_info.clone().unwrap();
+        assert!(user.token_file.is_none());
+        assert!(text.contains("secret-admin-token"), "the user's own token");
+
+        let mut nameless = brought.clone();
+        nameless.auth_infos.clear();
+        assert!(matches!(
+            current_user(&nameless),
+            Err(Error::InvalidKcpKubeconfig(message)) if message.contains("no user \"admin\"")
+        ));
     }
 
     #[test]

@@ -36,6 +36,12 @@ pub enum Error {
     /// the offering's.
     #[error("{0}")]
     ObjectConflict(String),
+    /// The agent's own kcp kubeconfig Secret, or its key, does not exist.
+    #[error("{0}")]
+    AgentKubeconfigMissing(String),
+    /// The agent's own kcp kubeconfig cannot be used.
+    #[error("{0}")]
+    InvalidAgentKubeconfig(String),
     /// Minting the agent's kcp token failed.
     #[error("{0}")]
     TokenRequestFailed(String),
@@ -61,6 +67,8 @@ impl Error {
             Error::ExportConflict(_) => "ExportConflict",
             Error::AgentNameConflict(_) => "AgentNameConflict",
             Error::ObjectConflict(_) => "ObjectConflict",
+            Error::AgentKubeconfigMissing(_) => "AgentKubeconfigMissing",
+            Error::InvalidAgentKubeconfig(_) => "InvalidAgentKubeconfig",
             Error::TokenRequestFailed(_) => "TokenRequestFailed",
             Error::ServiceCluster(_) => "ServiceClusterError",
             Error::Deleting(_) => "Deleting",
@@ -71,7 +79,10 @@ impl Error {
     pub fn category(&self) -> &'static str {
         match self {
             Error::InvalidSpec(_) => "spec",
-            Error::KcpSecretMissing(_) | Error::InvalidKcpKubeconfig(_) => "credentials",
+            Error::KcpSecretMissing(_)
+            | Error::InvalidKcpKubeconfig(_)
+            | Error::AgentKubeconfigMissing(_)
+            | Error::InvalidAgentKubeconfig(_) => "credentials",
             Error::ExportConflict(_) | Error::AgentNameConflict(_) | Error::ObjectConflict(_) => {
                 "conflict"
             }

@@ -74,6 +74,22 @@ pub struct Facts {
     /// Names of the PublishedResources labelled as this offering's.
     #[serde(default)]
     pub published_owned: Vec<String>,
+    /// The agent's own kcp credentials, when the provider brings them.
+    #[serde(skip)]
+    pub brought: Option<Brought>,
+}
+
+/// The agent's own kcp credentials (`spec.agent.kcpKubeconfigSecretRef`).
+#[derive(Clone, Debug)]
+pub struct Brought {
+    /// Where they are.
+    pub location: SecretLocation,
+    /// Access to kcp with them (never the operator's own identity).
+    pub kcp: Kcp,
+    /// The user kcp reports for them in the provider workspace, `None`
+    /// when kcp does not say (then the identity's permissions are the
+    /// provider's to grant).
+    pub user: Option<String>,
 }
 
 impl std::fmt::Debug for Facts {
@@ -92,6 +108,7 @@ impl std::fmt::Debug for Facts {
             )
             .field("kcp_owned", &self.kcp_owned)
             .field("published_owned", &self.published_owned)
+            .field("brought", &self.brought)
             .finish()
     }
 }
@@ -177,6 +194,7 @@ pub async fn fetch(
     offering: &PublishedOffering,
     names: &Names,
     kcp_secret: &SecretLocation,
+    brought_secret: Option<&SecretLocation>,
 ) -> Result<Fetched, Error> {
     let service = |what: &'static str| move |error| Error::service(what, error);
     let published: Api<PublishedResource> = Api::all(client.clone());
@@ -218,6 +236,10 @@ pub async fn fetch(
     let path = offering.spec.kcp.workspace.as_str();
     let provider = kcp.client(path)?;
     let logical_cluster = kcp.logical_cluster(&provider, path).await?;
+    let brought = match brought_secret {
+        Some(location) => Some(brought(client, location, path).await?),
+        None => None,
+    };
     let kcp_error = |what: &str| {
         let what = format!("{what} in {path}");
         move |error| Error::kcp(&what, error)
@@ -274,7 +296,27 @@ pub async fn fetch(
             agent_secret,
             kcp_owned,
             published_owned,
+            brought,
         },
+    })
+}
+
+/// Reads the agent's own kcp credentials at `location` and asks kcp, in
+/// the provider workspace at `path`, whom they authenticate.
+async fn brought(client: &Client, location: &SecretLocation, path: &str) -> Result<Brought, Error> {
+    let loaded = credentials::load(client, location)
+        .await
+        .map_err(|error| match error {
+            Error::KcpSecretMissing(message) => Error::AgentKubeconfigMissing(message),
+            Error::InvalidKcpKubeconfig(message) => Error::InvalidAgentKubeconfig(message),
+            other => other,
+        })?;
+    let kcp = Kcp::new(loaded);
+    let user = kcp.user(path).await;
+    Ok(Brought {
+        location: location.clone(),
+        kcp,
+        user,
     })
 }
 

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kube::api::Api;
+use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+use kube::api::{Api, PostParams};
 use kube::config::AuthInfo;
 use kube::{Client, Config, ResourceExt};
 use sync_agent::api::kcp::core_v1alpha1::LogicalCluster;
@@ -13,6 +14,7 @@ use sync_agent::api::kcp::core_v1alpha1::LogicalCluster;
 use crate::credentials::{self, KcpCredentials};
 use crate::error::Error;
 use sync_agent::runtime::rest;
+use tracing::debug;
 
 /// The operator's access to kcp, by workspace path. Clones share the
 /// client cache.
@@ -39,12 +41,13 @@ const KCP_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// answer is left to the agent's own retries, not waited for.
 const ENDPOINT_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A virtual workspace endpoint that refuses the agent's kcp token.
+/// A virtual workspace endpoint that refuses the agent's kcp credentials.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refusal {
     /// The endpoint URL.
     pub url: String,
-    /// kcp's answer: 401 (the token is not accepted) or 403 (not allowed).
+    /// kcp's answer: 401 (the credentials are not accepted) or 403 (not
+    /// allowed).
     pub code: u16,
     /// kcp's message.
     pub message: String,
@@ -103,15 +106,51 @@ impl Kcp {
         }
     }
 
-    /// The endpoints among `urls` whose virtual workspace refuses `token`,
-    /// the agent's: a 401 or 403 to the discovery request
+    /// The identity of the agent's minted `token`: these credentials' TLS
+    /// settings, and nothing of their own identity.
+    pub fn with_token(&self, token: &str) -> Config {
+        let mut config = self.credentials.config.clone();
+        config.auth_info = AuthInfo {
+            token: Some(token.to_string().into()),
+            ..AuthInfo::default()
+        };
+        config
+    }
+
+    /// The client configuration of these credentials.
+    pub fn config(&self) -> &Config {
+        &self.credentials.config
+    }
+
+    /// The user these credentials authenticate as, as kcp reports it in
+    /// the workspace at `path`: a SelfSubjectReview's answer, or, while the
+    /// identity may not enter the workspace yet (kcp then refuses every
+    /// request of it, that one too), the user its refusal names. `None`
+    /// when kcp says neither.
+    pub async fn user(&self, path: &str) -> Option<String> {
+        let api: Api<SelfSubjectReview> = Api::all(self.client(path).ok()?);
+        match api
+            .create(&PostParams::default(), &SelfSubjectReview::default())
+            .await
+        {
+            Ok(review) => review.status?.user_info?.username,
+            Err(kube::Error::Api(status)) if status.code == 403 => refused_user(&status.message),
+            Err(error) => {
+                debug!(%error, path, "kcp does not say whom the agent's credentials authenticate");
+                None
+            }
+        }
+    }
+
+    /// The endpoints among `urls` whose virtual workspace refuses
+    /// `identity`, the agent's: a 401 or 403 to the discovery request
     /// `<url>/clusters/*/apis`, which the agent's watches would get too. On
-    /// a sharded kcp each shard serves its own endpoint and may refuse a
-    /// token another accepts. An endpoint that does not answer is not
+    /// a sharded kcp each shard serves its own endpoint and may refuse an
+    /// identity another accepts. An endpoint that does not answer is not
     /// counted: the agent retries it, and what the operator cannot reach
     /// tells nothing about what the agent can.
-    pub async fn refusals(&self, token: &str, urls: &[String]) -> Vec<Refusal> {
-        let checks = urls.iter().map(|url| self.refusal(token, url));
+    pub async fn refusals(identity: &Config, urls: &[String]) -> Vec<Refusal> {
+        let checks = urls.iter().map(|url| Self::refusal(identity, url));
         futures::future::join_all(checks)
             .await
             .into_iter()
@@ -119,15 +158,10 @@ impl Kcp {
             .collect()
     }
 
-    /// Whether the endpoint at `url` refuses `token`.
-    async fn refusal(&self, token: &str, url: &str) -> Option<Refusal> {
-        let mut config = self.credentials.config.clone();
+    /// Whether the endpoint at `url` refuses `identity`.
+    async fn refusal(identity: &Config, url: &str) -> Option<Refusal> {
+        let mut config = identity.clone();
         config.cluster_url = format!("{url}/clusters/*").parse().ok()?;
-        // The agent's token and nothing of the operator's own identity.
-        config.auth_info = AuthInfo {
-            token: Some(token.to_string().into()),
-            ..AuthInfo::default()
-        };
         config.connect_timeout = Some(ENDPOINT_CHECK_TIMEOUT);
         config.read_timeout = Some(ENDPOINT_CHECK_TIMEOUT);
         let client = rest::client(config).ok()?;
@@ -154,6 +188,14 @@ impl Kcp {
     }
 }
 
+/// The user a Kubernetes authorization refusal names: `User "<name>"
+/// cannot <verb> …` (the API server's wording, which kcp keeps).
+fn refused_user(message: &str) -> Option<String> {
+    let (_, rest) = message.split_once("User \"")?;
+    let (user, _) = rest.split_once('"')?;
+    (!user.is_empty()).then(|| user.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +207,14 @@ mod tests {
             kubeconfig: Kubeconfig::default(),
             config,
         })
+    }
+
+    #[test]
+    fn a_refusal_names_the_user_it_refused() {
+        let message = r#"selfsubjectreviews.authentication.k8s.io is forbidden: User "e2e-agent" cannot create resource "selfsubjectreviews" in API group "authentication.k8s.io" at the cluster scope: access denied"#;
+        assert_eq!(refused_user(message), Some("e2e-agent".into()));
+        assert_eq!(refused_user("forbidden: access denied"), None);
+        assert_eq!(refused_user(r#"User "" cannot get"#), None);
     }
 
     #[tokio::test]

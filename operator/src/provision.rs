@@ -7,11 +7,10 @@
 
 use std::time::Duration;
 
-use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 
 use crate::api::{ExportStatus, PublishedOffering};
-use crate::apply::{Applied, Keep, apply};
+use crate::apply::{Applied, Keep, Token, apply};
 use crate::build::{AgentDefaults, build};
 use crate::confirmed::ConfirmedBindings;
 use crate::consumers::ConsumerReport;
@@ -48,12 +47,9 @@ pub struct Provisioned {
     pub parts: Vec<(&'static str, Verdict)>,
     /// Consumer workspaces.
     pub consumers: ConsumerReport,
-    /// When the agent's token must be renewed.
-    pub renew_at: Timestamp,
-    /// When the agent's token expires.
-    pub token_expires: Timestamp,
-    /// Whether this apply minted a new token.
-    pub rotated: bool,
+    /// The agent's minted token; `None` when the provider brings the
+    /// agent's credentials.
+    pub token: Option<Token>,
     /// The operator's access to kcp with the offering's credentials.
     pub kcp: Kcp,
 }
@@ -67,8 +63,12 @@ pub async fn provision(
     tokens_issued: &prometheus::IntCounter,
     confirmed: &ConfirmedBindings,
 ) -> Result<Provisioned, Error> {
-    let Validated { names, kcp_secret } = validate(offering, settings.default_kcp_secret.as_ref())?;
-    let fetched = fetch(client, offering, &names, &kcp_secret).await?;
+    let Validated {
+        names,
+        kcp_secret,
+        agent_secret,
+    } = validate(offering, settings.default_kcp_secret.as_ref())?;
+    let fetched = fetch(client, offering, &names, &kcp_secret, agent_secret.as_ref()).await?;
     ownership(&fetched.facts, &names, &offering.spec.kcp.workspace)?;
     let defaults = AgentDefaults {
         image: &settings.agent_image,
@@ -96,9 +96,7 @@ pub async fn provision(
         export,
         parts,
         consumers,
-        renew_at: token.renew_at,
-        token_expires: token.expires,
-        rotated: token.rotated,
+        token,
         kcp: fetched.kcp.clone(),
     })
 }

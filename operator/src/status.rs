@@ -121,7 +121,7 @@ pub fn report(
             ),
         )
     };
-    let credentials = credentials(offering, names, applied);
+    let credentials = credentials(offering, names, facts, applied);
     let states = schema_states(offering, names, &applied.published);
     Report {
         parts: vec![
@@ -140,22 +140,58 @@ pub fn report(
     }
 }
 
-/// Whether the agent's kcp token is accepted wherever it syncs: every
-/// endpoint (one per shard with consumers) that refuses it leaves that
-/// shard's consumers unsynced.
-fn credentials(offering: &PublishedOffering, names: &Names, applied: &Applied) -> Verdict {
-    let account = format!(
-        "ServiceAccount {KCP_NAMESPACE}/{}",
-        names.kcp_service_account
-    );
-    if applied.refusals.is_empty() {
-        return Verdict::ok(
-            "TokenIssued",
+/// Whether the agent's kcp credentials are accepted wherever it syncs:
+/// every endpoint (one per shard with consumers) that refuses them leaves
+/// that shard's consumers unsynced.
+fn credentials(
+    offering: &PublishedOffering,
+    names: &Names,
+    facts: &Facts,
+    applied: &Applied,
+) -> Verdict {
+    let (whose, advice) = match (&facts.brought, &applied.token) {
+        (Some(brought), _) => (
+            format!("the kubeconfig in Secret {}", brought.location.name),
+            "the credentials the provider brings must be accepted by every shard; \
+             check the Secret's identity with the platform that issued it"
+                .to_string(),
+        ),
+        (None, _) => (
             format!(
-                "the agent's kcp token ({account}) is renewed at {}",
-                applied.token.renew_at
+                "ServiceAccount {KCP_NAMESPACE}/{}",
+                names.kcp_service_account
             ),
-        );
+            "kcp v0.30 accepts a workspace's ServiceAccount token only on the shard that holds \
+             the workspace (later releases look it up across shards); upgrade kcp, keep the \
+             consumers on the provider workspace's shard, or give the agent credentials every \
+             shard accepts in spec.agent.kcpKubeconfigSecretRef"
+                .to_string(),
+        ),
+    };
+    if applied.refusals.is_empty() {
+        return match (&facts.brought, &applied.token) {
+            (Some(brought), _) => Verdict::ok(
+                "KubeconfigProvided",
+                match &brought.user {
+                    Some(user) => format!(
+                        "the agent uses {whose} (kcp user {user}, granted the ClusterRole {})",
+                        names.kcp_agent_role
+                    ),
+                    None => format!(
+                        "the agent uses {whose}; kcp does not say whom it authenticates, so the \
+                         ClusterRole {} is not bound to it: grant it yourself",
+                        names.kcp_agent_role
+                    ),
+                },
+            ),
+            (None, token) => Verdict::ok(
+                "TokenIssued",
+                format!(
+                    "the agent's kcp token ({whose}) is renewed at {}",
+                    token.map(|t| t.renew_at.to_string()).unwrap_or_default()
+                ),
+            ),
+        };
     }
     let refusing: Vec<String> = applied
         .refusals
@@ -168,27 +204,24 @@ fn credentials(offering: &PublishedOffering, names: &Names, applied: &Applied) -
         applied.endpoint_urls.len()
     );
     let refusing = refusing.join(", ");
-    // 401: the shard does not take the token at all; 403: it does, but
-    // the agent may not use the export there.
+    // 401: the shard does not take the credentials at all; 403: it does,
+    // but the agent may not use the export there.
     if applied.refusals.iter().any(|r| r.code == 401) {
         Verdict::failed(
             "TokenRefused",
             format!(
-                "{counted} refuse the agent's kcp token ({account}), so the consumers bound on \
-                 their shards are not synced: {refusing}. kcp v0.30 accepts a workspace's \
-                 ServiceAccount token only on the shard that holds the workspace (later releases \
-                 look it up across shards); upgrade kcp, or keep the consumers on the provider \
-                 workspace's shard"
+                "{counted} refuse the agent's kcp credentials ({whose}), so the consumers bound \
+                 on their shards are not synced: {refusing}. {advice}"
             ),
         )
     } else {
         Verdict::failed(
             "AgentForbidden",
             format!(
-                "{counted} accept the agent's kcp token ({account}) but forbid it the export, so \
-                 the consumers bound there are not synced: {refusing}. The ClusterRole {} and its \
-                 binding in {} grant the agent the export's content; the operator writes them, so \
-                 look for what removed them or denies the request",
+                "{counted} accept the agent's kcp credentials ({whose}) but forbid it the export, \
+                 so the consumers bound there are not synced: {refusing}. The ClusterRole {} and \
+                 its binding in {} grant the agent the export's content; the operator writes \
+                 them, so look for what removed them or denies the request",
                 names.kcp_agent_role, offering.spec.kcp.workspace
             ),
         )
@@ -489,7 +522,9 @@ fn part_of(error: &Error) -> Option<&'static str> {
         | Error::KcpForbidden(_)
         | Error::Kcp(_)
         | Error::ExportConflict(_) => Some(EXPORT_READY),
-        Error::TokenRequestFailed(_) => Some(CREDENTIALS_READY),
+        Error::TokenRequestFailed(_)
+        | Error::AgentKubeconfigMissing(_)
+        | Error::InvalidAgentKubeconfig(_) => Some(CREDENTIALS_READY),
         Error::InvalidSpec(_)
         | Error::AgentNameConflict(_)
         | Error::ObjectConflict(_)

@@ -25,6 +25,8 @@ pub struct Validated {
     pub names: Names,
     /// Where the operator's kcp kubeconfig for the offering is.
     pub kcp_secret: SecretLocation,
+    /// Where the agent's own kcp kubeconfig is, when the provider brings one.
+    pub agent_secret: Option<SecretLocation>,
 }
 
 /// Checks what the schema cannot: a name the offering's Service can carry,
@@ -61,7 +63,20 @@ pub fn validate(
             names.kcp_secret
         )));
     }
-    Ok(Validated { names, kcp_secret })
+    let agent_secret = agent_secret_location(offering);
+    if let Some(agent_secret) = &agent_secret
+        && agent_secret.name == names.kcp_secret
+    {
+        return Err(Error::InvalidSpec(format!(
+            "spec.agent.kcpKubeconfigSecretRef names {}, the Secret the operator writes the agent's kubeconfig to; keep the agent's own kcp kubeconfig in a Secret of another name",
+            names.kcp_secret
+        )));
+    }
+    Ok(Validated {
+        names,
+        kcp_secret,
+        agent_secret,
+    })
 }
 
 /// The extra env, volumes and mounts of the agent leave the operator's own
@@ -114,6 +129,24 @@ pub fn kcp_secret_location(
             )
         }),
     }
+}
+
+/// Where the agent's own kcp kubeconfig is (`spec.agent.kcpKubeconfigSecretRef`).
+pub fn agent_secret_location(offering: &PublishedOffering) -> Option<SecretLocation> {
+    let reference = offering
+        .spec
+        .agent
+        .as_ref()?
+        .kcp_kubeconfig_secret_ref
+        .as_ref()?;
+    Some(SecretLocation {
+        namespace: offering.namespace().unwrap_or_default(),
+        name: reference.name.clone(),
+        key: reference
+            .key
+            .clone()
+            .unwrap_or_else(|| KUBECONFIG_KEY.into()),
+    })
 }
 
 /// Refuses an offering whose agent name, export or any service-cluster

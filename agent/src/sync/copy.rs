@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::error::SyncError;
 use super::identity::{REMOTE_CLUSTER_LABEL, Side};
@@ -171,15 +171,17 @@ impl Engine<'_> {
     }
 
     /// Brings `copy` in line with `source` (both as JSON) from its
-    /// last-known state; returns the copy when the write changed it.
+    /// last-known state, or from `prior` when the copy records none;
+    /// returns the copy when the write changed it.
     pub async fn update(
         &self,
         api: &Api<DynamicObject>,
         source: &Value,
         copy: &DynamicObject,
         stamp: &Stamp,
+        prior: Option<&Map<String, Value>>,
     ) -> Result<Option<DynamicObject>, SyncError> {
-        let Some(patch) = update_patch(source, &as_value(copy), stamp) else {
+        let Some(patch) = update_patch(source, &as_value(copy), stamp, prior) else {
             return Ok(None);
         };
         let side = self.destination();

@@ -8,6 +8,7 @@
 //! same engine. `mirror` and `echo` hold what the watches saw and what the
 //! agent itself wrote, so its own writes do not wake it again; `namespaces`
 //! is the metadata a PublishedResource keeps on its copies' namespaces;
+//! `upstream_state` reads the last-known states an upstream agent left;
 //! `shrink` lets the tables filled per object give their memory back.
 
 pub mod config;
@@ -24,5 +25,6 @@ pub mod queue;
 pub mod reconcile;
 pub mod related;
 pub mod related_copies;
+pub mod upstream_state;
 pub mod worker;
 pub mod workspace;

@@ -182,6 +182,12 @@ pub fn new_copy(
     Value::Object(object)
 }
 
+/// Whether the copy `local` of `source` lacks the last-known state it
+/// should record (made by another agent, or before the state fitted).
+pub fn lacks_state(source: &Value, local: &Value) -> bool {
+    keeps_state(source) && local["metadata"]["annotations"][LAST_KNOWN_ANNOTATION].is_null()
+}
+
 /// Whether a copy of `source` records its last-known state. Not for
 /// Secrets: the state would repeat their values in an annotation, which
 /// `kubectl describe` and metadata readers show. Their copies are kept by
@@ -201,15 +207,24 @@ fn last_known_annotation(fields: &Map<String, Value>) -> Option<(String, String)
 ///
 /// With a last-known state, only the source-side delta is sent, so fields
 /// the destination's side added or defaulted stay. Without one, every
-/// copied field is restored. The stamp's labels and annotations are added
-/// or repaired (never removed).
-pub fn update_patch(source: &Value, local: &Value, stamp: &Stamp) -> Option<Value> {
+/// copied field is restored. `prior` is the state to use when the copy
+/// carries none of its own (what an upstream agent recorded elsewhere); the
+/// patch then records the copy's state. The stamp's labels and annotations
+/// are added or repaired (never removed).
+pub fn update_patch(
+    source: &Value,
+    local: &Value,
+    stamp: &Stamp,
+    prior: Option<&Map<String, Value>>,
+) -> Option<Value> {
     let desired = spec_fields(source);
     let keeps_state = keeps_state(source);
-    let last_known = local["metadata"]["annotations"][LAST_KNOWN_ANNOTATION]
+    let own = local["metadata"]["annotations"][LAST_KNOWN_ANNOTATION]
         .as_str()
         .filter(|_| keeps_state)
         .and_then(|s| serde_json::from_str::<Map<String, Value>>(s).ok());
+    let from_prior = own.is_none() && prior.is_some();
+    let last_known = own.or_else(|| prior.cloned());
     let mut patch = match &last_known {
         Some(last) => merge_diff(
             &Value::Object(last.clone()),
@@ -257,7 +272,7 @@ pub fn update_patch(source: &Value, local: &Value, stamp: &Stamp) -> Option<Valu
     }
     let spec_changed = !patch_fields.is_empty();
     if keeps_state
-        && (spec_changed || last_known.as_ref() != Some(&desired))
+        && (spec_changed || from_prior || last_known.as_ref() != Some(&desired))
         && let Some((k, v)) = last_known_annotation(&desired)
         && local_annotations.get(&k) != Some(&v)
     {

@@ -20,7 +20,7 @@ use super::events::EventSink;
 use super::identity::{FINALIZER, MARKS, RemoteKey, Side};
 use super::mirror::Mirror;
 use super::naming::{NamingContext, Placement};
-use super::object::{Owner, new_copy};
+use super::object::{Owner, lacks_state, new_copy};
 use super::related;
 use super::related_copies;
 use super::workspace::{filters_match, workspace_path};
@@ -275,10 +275,26 @@ async fn sync_object(
     let local_value = as_value(&local);
     let local_api = service_api(ctx, config, local.namespace().as_deref());
     let stamp = owner.stamp(&remote_value);
+    // A copy an upstream agent made: its last-known state is in a Secret.
+    let upstream = match &ctx.upstream_states {
+        Some(states) if lacks_state(&remote_value, &local_value) => {
+            states.find(key, &remote_value).await
+        }
+        _ => None,
+    };
     let mut wrote = engine
-        .update(&local_api, &remote_value, &local, &stamp)
+        .update(
+            &local_api,
+            &remote_value,
+            &local,
+            &stamp,
+            upstream.as_ref().map(|state| &state.fields),
+        )
         .await?
         .is_some();
+    if let (Some(states), Some(state)) = (&ctx.upstream_states, &upstream) {
+        states.consumed(key, state).await;
+    }
     if wrote {
         debug!(object = %key, "Updated the local copy");
         synced(

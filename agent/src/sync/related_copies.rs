@@ -177,7 +177,7 @@ async fn copy(
             }
         }
         Some(existing) => match engine
-            .update(&destination_api, source, &existing, &stamp)
+            .update(&destination_api, source, &existing, &stamp, None)
             .await?
         {
             Some(patched) => {

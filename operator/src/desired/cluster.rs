@@ -261,6 +261,9 @@ fn agent_args(names: &Names, settings: &AgentSettings) -> Vec<String> {
     if settings.per_agent_related_finalizer {
         args.push("--per-agent-related-finalizer".into());
     }
+    if let Some(namespace) = &settings.upstream_state_namespace {
+        args.push(format!("--upstream-state-namespace={namespace}"));
+    }
     if !settings.disabled_controllers.is_empty() {
         let names: Vec<&str> = settings
             .disabled_controllers
@@ -533,6 +536,7 @@ mod tests {
             "waitForForeignFinalizers": true,
             "perAgentRelatedFinalizer": true,
             "disabledControllers": ["apiresourceschema", "apiexport"],
+            "upstreamStateNamespace": "kcp-syncagent",
             "env": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
             "volumes": [{"name": "ca", "configMap": {"name": "ca"}}],
             "volumeMounts": [{"name": "ca", "mountPath": "/etc/ssl/extra"}],
@@ -549,6 +553,7 @@ mod tests {
             "--wait-for-foreign-finalizers",
             "--per-agent-related-finalizer",
             "--disabled-controllers=apiresourceschema,apiexport",
+            "--upstream-state-namespace=kcp-syncagent",
         ] {
             assert!(args.contains(&flag.to_string()), "{flag} in {args:?}");
         }
@@ -588,7 +593,8 @@ mod tests {
         assert!(
             !args.iter().any(|a| a.starts_with("--wait-for-foreign")
                 || a.starts_with("--per-agent")
-                || a.starts_with("--disabled-controllers")),
+                || a.starts_with("--disabled-controllers")
+                || a.starts_with("--upstream-state")),
             "{args:?}"
         );
     }

@@ -86,12 +86,22 @@ pub fn agent_cluster_role(names: &Names) -> ClusterRole {
     }
 }
 
-fn agent_subject(names: &Names) -> Subject {
-    Subject {
-        kind: "ServiceAccount".into(),
-        name: names.kcp_service_account.clone(),
-        namespace: Some(KCP_NAMESPACE.into()),
-        ..Default::default()
+/// Whom the agent's roles are bound to: the user of the agent's own
+/// credentials when the provider brings them, else its ServiceAccount.
+fn agent_subject(names: &Names, user: Option<&str>) -> Subject {
+    match user {
+        Some(user) => Subject {
+            kind: "User".into(),
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            name: user.into(),
+            ..Default::default()
+        },
+        None => Subject {
+            kind: "ServiceAccount".into(),
+            name: names.kcp_service_account.clone(),
+            namespace: Some(KCP_NAMESPACE.into()),
+            ..Default::default()
+        },
     }
 }
 
@@ -103,21 +113,21 @@ fn cluster_role_ref(name: &str) -> RoleRef {
     }
 }
 
-/// Binds [`agent_cluster_role`] to the agent.
-pub fn agent_role_binding(names: &Names) -> ClusterRoleBinding {
+/// Binds [`agent_cluster_role`] to the agent (`user`: see [`agent_subject`]).
+pub fn agent_role_binding(names: &Names, user: Option<&str>) -> ClusterRoleBinding {
     ClusterRoleBinding {
         metadata: meta(names, &names.kcp_agent_role, None),
         role_ref: cluster_role_ref(&names.kcp_agent_role),
-        subjects: Some(vec![agent_subject(names)]),
+        subjects: Some(vec![agent_subject(names, user)]),
     }
 }
 
-/// Lets the agent into the workspace at all.
-pub fn access_binding(names: &Names) -> ClusterRoleBinding {
+/// Lets the agent into the workspace at all (`user`: see [`agent_subject`]).
+pub fn access_binding(names: &Names, user: Option<&str>) -> ClusterRoleBinding {
     ClusterRoleBinding {
         metadata: meta(names, &names.kcp_access_binding, None),
         role_ref: cluster_role_ref("system:kcp:workspace:access"),
-        subjects: Some(vec![agent_subject(names)]),
+        subjects: Some(vec![agent_subject(names, user)]),
     }
 }
 

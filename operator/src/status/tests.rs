@@ -212,11 +212,11 @@ mod stage {
         Applied {
             export: fixture.export,
             endpoint_urls: fixture.endpoint_urls,
-            token: Token {
+            token: Some(Token {
                 renew_at: "2026-01-01T10:40:00Z".parse::<Timestamp>().unwrap(),
                 expires: "2026-01-01T11:00:00Z".parse::<Timestamp>().unwrap(),
                 rotated: false,
-            },
+            }),
             refusals: Vec::new(),
             published: fixture.published,
             deployment: fixture.deployment,
@@ -296,7 +296,7 @@ mod stage {
         assert!(
             credentials
                 .message
-                .starts_with("1 of 2 virtual workspace endpoints refuse the agent's kcp token"),
+                .starts_with("1 of 2 virtual workspace endpoints refuse the agent's kcp credentials (ServiceAccount"),
             "{}",
             credentials.message
         );
@@ -319,6 +319,56 @@ mod stage {
         assert_eq!(credentials.reason, "AgentForbidden");
         assert!(
             credentials.message.contains(&names.kcp_agent_role)
+                && !credentials.message.contains("v0.30"),
+            "{}",
+            credentials.message
+        );
+    }
+
+    #[test]
+    fn brought_credentials_are_named_by_their_secret_and_user_and_refusals_advise_on_them() {
+        let offering = offering();
+        let names = Names::of(&offering).unwrap();
+        let mut facts = facts();
+        facts.brought = Some(crate::fetch::Brought {
+            location: crate::credentials::SecretLocation {
+                namespace: "team-a".into(),
+                name: "agent-kcp".into(),
+                key: "kubeconfig".into(),
+            },
+            kcp: crate::kcp::Kcp::new(crate::credentials::KcpCredentials {
+                kubeconfig: kube::config::Kubeconfig::default(),
+                config: kube::Config::new("https://kcp.example:6443".parse().unwrap()),
+            }),
+            user: Some("platform:sync-agent".into()),
+        });
+        let mut applied = applied(include_str!("fixtures/applied-ready.yaml"));
+        applied.token = None;
+        let provided = report(&offering, &names, &facts, &applied);
+        let credentials = verdict(&provided, CREDENTIALS_READY);
+        assert!(credentials.ok);
+        assert_eq!(credentials.reason, "KubeconfigProvided");
+        assert!(
+            credentials.message.contains("Secret agent-kcp")
+                && credentials.message.contains("platform:sync-agent"),
+            "{}",
+            credentials.message
+        );
+
+        let shard = "https://shard-1.kcp.example:6443/services/apiexport/2x8ba0e7/databases";
+        applied.endpoint_urls.push(shard.into());
+        applied.refusals = vec![Refusal {
+            url: shard.into(),
+            code: 401,
+            message: "Unauthorized".into(),
+        }];
+        let refused = report(&offering, &names, &facts, &applied);
+        let credentials = verdict(&refused, CREDENTIALS_READY);
+        assert_eq!(credentials.reason, "TokenRefused");
+        assert!(
+            credentials
+                .message
+                .contains("(the kubeconfig in Secret agent-kcp)")
                 && !credentials.message.contains("v0.30"),
             "{}",
             credentials.message

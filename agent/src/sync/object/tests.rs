@@ -68,7 +68,10 @@ fn a_new_copy_has_the_identity_and_none_of_the_kcp_internals() {
 fn an_unchanged_object_needs_no_patch() {
     let r = remote(json!({"size": 1}));
     let local = new_local(&r, "v1", "K", "n", Some("c1"), owner(&key()));
-    assert_eq!(update_patch(&r, &local, &owner(&key()).stamp(&r)), None);
+    assert_eq!(
+        update_patch(&r, &local, &owner(&key()).stamp(&r), None),
+        None
+    );
 }
 
 #[test]
@@ -77,7 +80,8 @@ fn only_the_kcp_delta_is_sent_and_provider_additions_survive() {
     let mut local = new_local(&r, "v1", "K", "n", Some("c1"), owner(&key()));
     local["spec"]["defaultedByProvider"] = json!("yes");
     let changed = remote(json!({"size": 2}));
-    let patch = update_patch(&changed, &local, &owner(&key()).stamp(&changed)).expect("a patch");
+    let patch =
+        update_patch(&changed, &local, &owner(&key()).stamp(&changed), None).expect("a patch");
     assert_eq!(patch["spec"], json!({"size": 2}));
     assert_eq!(
         patch["metadata"]["annotations"][LAST_KNOWN_ANNOTATION],
@@ -91,7 +95,7 @@ fn a_provider_edit_of_a_consumer_field_is_reverted() {
     let mut local = new_local(&r, "v1", "K", "n", Some("c1"), owner(&key()));
     local["spec"]["size"] = json!(5);
     local["spec"]["extra"] = json!(true);
-    let patch = update_patch(&r, &local, &owner(&key()).stamp(&r)).expect("a patch");
+    let patch = update_patch(&r, &local, &owner(&key()).stamp(&r), None).expect("a patch");
     assert_eq!(
         patch["spec"],
         json!({"size": 1}),
@@ -100,11 +104,61 @@ fn a_provider_edit_of_a_consumer_field_is_reverted() {
 }
 
 #[test]
+fn a_field_removed_since_an_upstream_agents_state_is_removed_from_the_copy() {
+    // Upstream synced replicas 3; the consumer removed it while no agent ran.
+    let now = remote(json!({"size": 1}));
+    let local = json!({"metadata": {"labels": {}, "annotations": {}},
+                       "spec": {"size": 1, "replicas": 3, "providerField": true}});
+    let upstream = json!({"spec": {"size": 1, "replicas": 3}});
+    let prior = upstream.as_object().unwrap();
+    let stamp = owner(&key()).stamp(&now);
+    let patch = update_patch(&now, &local, &stamp, Some(prior)).expect("a patch");
+    assert_eq!(
+        patch["spec"],
+        json!({"replicas": null}),
+        "removed, the provider's own field kept"
+    );
+    assert_eq!(
+        patch["metadata"]["annotations"][LAST_KNOWN_ANNOTATION],
+        r#"{"spec":{"size":1}}"#
+    );
+    // Without upstream's state the removal cannot be seen.
+    let blind = update_patch(&now, &local, &stamp, None).expect("identity repaired");
+    assert!(blind.get("spec").is_none(), "{blind}");
+}
+
+#[test]
+fn an_upstream_state_that_matches_still_records_the_copys_own() {
+    let now = remote(json!({"size": 1}));
+    let mut local = new_local(&now, "v1", "K", "n", Some("c1"), owner(&key()));
+    local["metadata"]["annotations"]
+        .as_object_mut()
+        .unwrap()
+        .remove(LAST_KNOWN_ANNOTATION);
+    assert!(lacks_state(&now, &local));
+    let upstream = json!({"spec": {"size": 1}});
+    let patch = update_patch(
+        &now,
+        &local,
+        &owner(&key()).stamp(&now),
+        Some(upstream.as_object().unwrap()),
+    )
+    .expect("a patch");
+    assert!(patch.get("spec").is_none());
+    assert_eq!(
+        patch["metadata"]["annotations"][LAST_KNOWN_ANNOTATION],
+        r#"{"spec":{"size":1}}"#
+    );
+    let recorded = new_local(&now, "v1", "K", "n", Some("c1"), owner(&key()));
+    assert!(!lacks_state(&now, &recorded));
+}
+
+#[test]
 fn without_a_last_known_state_kcp_values_are_restored_and_identity_repaired() {
     let r = remote(json!({"size": 1, "tier": "gold"}));
     let local = json!({"metadata": {"labels": {}, "annotations": {}},
                        "spec": {"size": 2, "tier": "gold", "providerField": true}});
-    let patch = update_patch(&r, &local, &owner(&key()).stamp(&r)).expect("a patch");
+    let patch = update_patch(&r, &local, &owner(&key()).stamp(&r), None).expect("a patch");
     assert_eq!(
         patch["spec"],
         json!({"size": 1}),
@@ -118,7 +172,7 @@ fn without_a_last_known_state_kcp_values_are_restored_and_identity_repaired() {
     repaired["spec"]["size"] = json!(1);
     repaired["metadata"] = patch["metadata"].clone();
     assert_eq!(
-        update_patch(&r, &repaired, &owner(&key()).stamp(&r)),
+        update_patch(&r, &repaired, &owner(&key()).stamp(&r), None),
         None,
         "it converges"
     );
@@ -184,11 +238,11 @@ fn a_related_copy_carries_no_metadata_keeps_destination_keys_and_loses_removed_o
     let stamp = Stamp::default();
     let mut copy = new_copy(&source, "v1", "ConfigMap", "s", Some("ns"), &stamp);
     assert_eq!(copy["metadata"]["labels"], json!({}));
-    assert_eq!(update_patch(&source, &copy, &stamp), None);
+    assert_eq!(update_patch(&source, &copy, &stamp, None), None);
     copy["data"]["provider"] = json!("added");
     let edited = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "s"},
                         "data": {"mode": "slow"}});
-    let patch = update_patch(&edited, &copy, &stamp).expect("a patch");
+    let patch = update_patch(&edited, &copy, &stamp, None).expect("a patch");
     assert_eq!(patch["data"], json!({"mode": "slow", "size": null}));
     assert!(patch["metadata"]["annotations"][LAST_KNOWN_ANNOTATION].is_string());
 }
@@ -201,12 +255,12 @@ fn a_secret_copy_keeps_no_state_so_its_values_never_show_in_an_annotation() {
     let mut copy = new_copy(&source, "v1", "Secret", "s", Some("ns"), &stamp);
     assert_eq!(copy["data"], source["data"]);
     assert!(copy["metadata"]["annotations"][LAST_KNOWN_ANNOTATION].is_null());
-    assert_eq!(update_patch(&source, &copy, &stamp), None);
+    assert_eq!(update_patch(&source, &copy, &stamp, None), None);
     // A key the destination added stays; a changed source value is restored;
     // and still no state is written.
     copy["data"]["provider"] = json!("YWRkZWQ=");
     copy["data"]["user"] = json!("b3RoZXI=");
-    let patch = update_patch(&source, &copy, &stamp).expect("a patch");
+    let patch = update_patch(&source, &copy, &stamp, None).expect("a patch");
     assert_eq!(patch, json!({"data": {"user": "YWRtaW4="}}));
 }
 
