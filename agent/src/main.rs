@@ -91,7 +91,7 @@ async fn run(options: Options, stopped: watch::Receiver<bool>) -> anyhow::Result
 
     let identity = process::instance_name("sync-agent");
     let lease = options.enable_leader_election.then(|| {
-        let name = format!("syncagent.{agent_name}");
+        let name = sync_agent::options::lease_name(&agent_name);
         LeaseSettings {
             client: service.clone(),
             namespace: options.namespace.clone(),

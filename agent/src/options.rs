@@ -180,6 +180,13 @@ fn parse_address(flag: &'static str, value: &str) -> Result<Option<SocketAddr>, 
         })
 }
 
+/// Name of the leader-election Lease of the agent `agent_name`, in its
+/// `--namespace`: `syncagent.<agent name>`, as upstream's agent names it,
+/// so the two never lead at once.
+pub fn lease_name(agent_name: &str) -> String {
+    format!("syncagent.{agent_name}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,6 +36,7 @@ use sync_agent::api::published_resource::PublishedResourceSpec;
     printcolumn = r#"{"name":"Export","type":"string","jsonPath":".status.export.name"}"#,
     printcolumn = r#"{"name":"Bound","type":"integer","jsonPath":".status.consumers.bound"}"#,
     printcolumn = r#"{"name":"Failed","type":"integer","priority":1,"jsonPath":".status.consumers.failed"}"#,
+    printcolumn = r#"{"name":"Leader","type":"string","priority":1,"jsonPath":".status.agentLeader"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -328,6 +329,12 @@ pub struct PublishedOfferingStatus {
     /// Counts of consumer workspaces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consumers: Option<ConsumerCounts>,
+    /// The agent pod that holds the agent's Lease `syncagent.<agent name>`
+    /// in the offering's namespace: the one replica that syncs, whose logs
+    /// tell what it does. Read from the Lease at each reconcile; unset while
+    /// no replica holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_leader: Option<String>,
 }
 
 /// Facts about the offering's APIExport.
