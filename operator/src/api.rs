@@ -61,8 +61,12 @@ pub struct PublishedOfferingSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub export: Option<ExportSettings>,
     /// The service-cluster APIs to publish. Each entry becomes one
-    /// PublishedResource for this offering's agent.
-    #[schemars(length(min = 1))]
+    /// PublishedResource for this offering's agent. A list keyed by `name`:
+    /// two entries of one name are refused.
+    #[schemars(
+        length(min = 1),
+        extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"])
+    )]
     pub resources: Vec<OfferedResource>,
     /// How the sync agent of this offering runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
