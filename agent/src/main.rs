@@ -32,10 +32,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let options = Options::parse();
-    logging::init_logging(
-        options.log_format,
-        if options.log_debug { "debug" } else { "info" },
-    );
+    logging::init_logging(options.log_format, options.log_level());
     let result = match options.validate() {
         Ok(()) => run(options, process::shutdown_flag()).await,
         Err(invalid) => Err(invalid.into()),

@@ -126,18 +126,21 @@ fn the_chart_lints_strictly_with_defaults_and_every_option() {
 
 #[test]
 fn the_chart_refuses_values_outside_its_schema() {
-    let output = Command::new(helm())
-        .args([
-            "lint",
-            "--strict",
-            "charts/offering-operator",
-            "--set",
-            "logFormat=xml",
-        ])
-        .current_dir(repo())
-        .output()
-        .expect("helm runs");
-    assert!(!output.status.success(), "logFormat=xml passed the schema");
+    // An unknown log level would silence the operator's logs.
+    for value in ["logFormat=xml", "logLevel=verbose"] {
+        let output = Command::new(helm())
+            .args([
+                "lint",
+                "--strict",
+                "charts/offering-operator",
+                "--set",
+                value,
+            ])
+            .current_dir(repo())
+            .output()
+            .expect("helm runs");
+        assert!(!output.status.success(), "{value} passed the schema");
+    }
 }
 
 #[tokio::test]

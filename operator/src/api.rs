@@ -15,6 +15,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sync_agent::api::controllers::ControllerName;
 use sync_agent::api::published_resource::PublishedResourceSpec;
+use sync_agent::runtime::logging::LogLevel;
 
 /// A service offered to kcp consumers: the APIs to publish from this cluster,
 /// the kcp workspace to publish them from, how to run the sync agent, and
@@ -188,9 +189,9 @@ pub struct AgentSettings {
     /// CPU and memory for the agent container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
-    /// Log level of the agent, for example `info` or `debug`.
+    /// Log level of the agent (its `--log-level`); `info` if unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub log_level: Option<String>,
+    pub log_level: Option<LogLevel>,
     /// Log format of the agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
