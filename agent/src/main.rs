@@ -33,10 +33,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let options = Options::parse();
-    logging::init_logging(
-        options.log_format,
-        if options.log_debug { "debug" } else { "info" },
-    );
+    logging::init_logging(options.log_format, options.log_level());
     let result = match options.validate() {
         Ok(()) => run(options, process::shutdown_flag()).await,
         Err(invalid) => Err(invalid.into()),
@@ -92,7 +89,7 @@ async fn run(options: Options, stopped: watch::Receiver<bool>) -> anyhow::Result
 
     let identity = process::instance_name("sync-agent");
     let lease = options.enable_leader_election.then(|| {
-        let name = format!("syncagent.{agent_name}");
+        let name = sync_agent::options::lease_name(&agent_name);
         LeaseSettings {
             client: service.clone(),
             namespace: options.namespace.clone(),

@@ -10,7 +10,7 @@ use clap::{ArgAction, Parser};
 use crate::api::controllers::ControllerName;
 
 use crate::runtime::flags;
-use crate::runtime::logging::LogFormat;
+use crate::runtime::logging::{LogFormat, LogLevel};
 
 /// Syncs objects between kcp workspaces and this service cluster, publishing
 /// the service cluster's APIs through an APIExport.
@@ -95,9 +95,13 @@ pub struct Options {
     #[arg(long, value_enum, ignore_case = true, default_value = "json")]
     pub log_format: LogFormat,
 
-    /// Log at debug level.
+    /// Log at debug level (upstream's flag; `--log-level=debug`).
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = flags::boolean)]
     pub log_debug: bool,
+
+    /// Log level: error, warn, info, debug or trace (`RUST_LOG` overrides it).
+    #[arg(long, value_enum, ignore_case = true, default_value = "info")]
+    pub log_level: LogLevel,
 }
 
 /// Invalid flag values.
@@ -134,6 +138,15 @@ impl Options {
             format!("{}-{}", crate::sync::identity::FINALIZER, self.agent_name())
         } else {
             crate::sync::identity::FINALIZER.to_string()
+        }
+    }
+
+    /// The log level: `--log-level`, at least debug with `--log-debug`.
+    pub fn log_level(&self) -> LogLevel {
+        if self.log_debug {
+            self.log_level.max(LogLevel::Debug)
+        } else {
+            self.log_level
         }
     }
 
@@ -186,6 +199,13 @@ fn parse_address(flag: &'static str, value: &str) -> Result<Option<SocketAddr>, 
             flag,
             value: value.to_string(),
         })
+}
+
+/// Name of the leader-election Lease of the agent `agent_name`, in its
+/// `--namespace`: `syncagent.<agent name>`, as upstream's agent names it,
+/// so the two never lead at once.
+pub fn lease_name(agent_name: &str) -> String {
+    format!("syncagent.{agent_name}")
 }
 
 #[cfg(test)]
@@ -298,6 +318,30 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn log_debug_raises_the_log_level_to_debug_and_never_lowers_it() {
+        assert_eq!(parse(&[]).log_level(), LogLevel::Info);
+        assert_eq!(parse(&["--log-debug"]).log_level(), LogLevel::Debug);
+        assert_eq!(parse(&["--log-level=warn"]).log_level(), LogLevel::Warn);
+        assert_eq!(
+            parse(&["--log-debug", "--log-level=trace"]).log_level(),
+            LogLevel::Trace
+        );
+    }
+
+    #[test]
+    fn an_unknown_log_level_is_refused() {
+        let refused = Options::try_parse_from([
+            "sync-agent",
+            "--kcp-kubeconfig=/k",
+            "--namespace=n",
+            "--apiexportendpointslice-ref=s",
+            "--log-level=verbose",
+        ])
+        .expect_err("refused");
+        assert!(refused.to_string().contains("--log-level"), "{refused}");
     }
 
     #[test]

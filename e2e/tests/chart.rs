@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use e2e::env::{EnvFile, random_hex};
-use e2e::offering::OfferingScene;
+use e2e::offering::{OfferingScene, TIMEOUT};
 use e2e::pod::Pod;
 use e2e::poll::{DEFAULT_TIMEOUT, KCP_SLOW_TIMEOUT, poll_until};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -126,18 +126,21 @@ fn the_chart_lints_strictly_with_defaults_and_every_option() {
 
 #[test]
 fn the_chart_refuses_values_outside_its_schema() {
-    let output = Command::new(helm())
-        .args([
-            "lint",
-            "--strict",
-            "charts/offering-operator",
-            "--set",
-            "logFormat=xml",
-        ])
-        .current_dir(repo())
-        .output()
-        .expect("helm runs");
-    assert!(!output.status.success(), "logFormat=xml passed the schema");
+    // An unknown log level would silence the operator's logs.
+    for value in ["logFormat=xml", "logLevel=verbose"] {
+        let output = Command::new(helm())
+            .args([
+                "lint",
+                "--strict",
+                "charts/offering-operator",
+                "--set",
+                value,
+            ])
+            .current_dir(repo())
+            .output()
+            .expect("helm runs");
+        assert!(!output.status.success(), "{value} passed the schema");
+    }
 }
 
 #[tokio::test]
@@ -259,6 +262,20 @@ async fn the_charts_service_account_is_enough_to_make_an_offering_ready() {
         .publish("widgets", json!({"agent": {"replicas": 1}}))
         .await
         .expect("ready with the chart's RBAC");
+    // The chart lets the operator read the agent's Lease.
+    poll_until("the leading agent pod in the status", TIMEOUT, async || {
+        let offering = scene
+            .offerings()
+            .get("widgets")
+            .await
+            .map_err(|e| e.to_string())?;
+        offering
+            .status
+            .and_then(|s| s.agent_leader)
+            .ok_or_else(|| "no agentLeader".to_string())
+    })
+    .await
+    .expect("the leader named with the chart's RBAC");
     // Bad input is reported with the chart's RBAC too: a condition and a
     // Warning event.
     let missing = json!({"kcp": {"workspace": scene.provider.workspace.path,
@@ -283,6 +300,12 @@ async fn the_charts_service_account_is_enough_to_make_an_offering_ready() {
         .delete_and_wait("widgets")
         .await
         .expect("the offering's cleanup with the chart's RBAC");
+    // ... and watch the Secrets of its namespace.
+    let log = std::fs::read_to_string(&scene.operator.process.log).unwrap();
+    assert!(
+        !log.contains("Watching kcp kubeconfig Secrets failed"),
+        "{log}"
+    );
 }
 
 /// `helm template` of the chart as release `rel` in namespace `ops` on a

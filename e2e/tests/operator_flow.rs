@@ -2,9 +2,12 @@
 //! provisions kcp, the service cluster, the agent and consumer bindings;
 //! the agent runs from the Deployment the operator wrote.
 
+use std::time::Duration;
+
 use e2e::offering::{OfferingScene, TIMEOUT};
 use e2e::poll::{KCP_SLOW_TIMEOUT, poll_until};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -13,11 +16,44 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, Config, ResourceExt};
 use offering_operator::names::OWNER_ANNOTATION;
-use serde_json::json;
+use serde_json::{Map, Value, json};
 use sync_agent::api::kcp::apis_v1alpha2::{APIBinding, APIExport};
 use sync_agent::api::kcp::core_v1alpha1::LogicalCluster;
 use sync_agent::api::kcp::tenancy_v1alpha1::Workspace;
 use sync_agent::api::published_resource::PublishedResource;
+
+/// The PublishedResource `name` as `kubectl get` shows it: the API
+/// server's table, each cell by its column's name.
+async fn table_row(service: &Client, name: &str) -> Result<Map<String, Value>, String> {
+    let request = http::Request::get(format!(
+        "/apis/syncagent.kcp.io/v1alpha1/publishedresources/{name}"
+    ))
+    .header(
+        http::header::ACCEPT,
+        "application/json;as=Table;v=v1;g=meta.k8s.io",
+    )
+    .body(Vec::new())
+    .map_err(|e| e.to_string())?;
+    let table: Value = service.request(request).await.map_err(|e| e.to_string())?;
+    let columns = table["columnDefinitions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let cells = table["rows"][0]["cells"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    Ok(columns
+        .iter()
+        .zip(cells)
+        .map(|(column, cell)| {
+            (
+                column["name"].as_str().unwrap_or_default().to_string(),
+                cell,
+            )
+        })
+        .collect())
+}
 
 /// A kcp client for `path` authenticated with `token` only.
 fn client_with_token(scene: &OfferingScene, path: &str, token: &str) -> Client {
@@ -214,6 +250,57 @@ async fn one_offering_provisions_everything_and_a_consumer_object_round_trips() 
     .expect("endpoint URLs");
     let consumers = status.consumers.unwrap();
     assert_eq!((consumers.bound, consumers.failed), (2, 0));
+
+    // The status names the pod whose agent holds the Lease, the one that syncs.
+    let pod_name = agent
+        .process
+        .log
+        .file_stem()
+        .and_then(|stem| stem.to_str()?.strip_prefix(&format!("pod-{ns}-")))
+        .expect("the pod's name in its log's name")
+        .to_string();
+    let lease = Api::<Lease>::namespaced(service.clone(), ns)
+        .get(&format!("syncagent.{ns}-widgets"))
+        .await
+        .expect("the agent's Lease");
+    assert_eq!(
+        lease.spec.and_then(|s| s.holder_identity),
+        Some(format!("{pod_name}-{}", agent.process.pid()))
+    );
+    poll_until("the leading pod in the status", TIMEOUT, async || {
+        let offering = scene
+            .offerings()
+            .get("widgets")
+            .await
+            .map_err(|e| e.to_string())?;
+        match offering.status.and_then(|s| s.agent_leader) {
+            Some(leader) if leader == pod_name => Ok(()),
+            other => Err(format!("agentLeader {other:?}, not {pod_name}")),
+        }
+    })
+    .await
+    .expect("the leader named");
+
+    // `kubectl get publishedresources` shows the schema and that it syncs.
+    let row = poll_until("the PublishedResource's columns", TIMEOUT, async || {
+        let row = table_row(&service, &format!("{ns}.widgets.widgets")).await?;
+        match row.get("Synced").and_then(|s| s.as_str()) {
+            Some("True") => Ok(row),
+            _ => Err(format!("{row:?}")),
+        }
+    })
+    .await
+    .expect("columns");
+    assert_eq!(row["Published"], "True", "{row:?}");
+    assert!(row["Reason"].is_null(), "no condition fails: {row:?}");
+    let schema = Api::<PublishedResource>::all(service.clone())
+        .get(&format!("{ns}.widgets.widgets"))
+        .await
+        .expect("PublishedResource")
+        .status
+        .and_then(|s| s.resource_schema_name)
+        .expect("a schema name");
+    assert_eq!(row["Schema"], schema.as_str(), "{row:?}");
     let metrics = scene
         .operator
         .process
@@ -673,4 +760,83 @@ async fn the_agent_options_of_an_offering_reach_the_agent_and_a_standby_keeps_a_
         .await
         .expect("budget follows the replicas");
     }
+}
+
+/// The failed reconciles of the operator's offerings so far.
+async fn reconcile_errors(scene: &OfferingScene) -> Result<u64, String> {
+    let metrics = scene.operator.process.metrics().await?;
+    Ok(metrics
+        .lines()
+        .filter(|line| {
+            line.starts_with("controller_runtime_reconcile_errors_total{")
+                && line.contains(r#"controller="publishedoffering""#)
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum())
+}
+
+/// An offering created before its kcp Secret goes on as soon as the Secret
+/// is created: the operator watches Secrets. Nothing else could explain
+/// it: the offering's next retry is more than a minute away, and the
+/// resync an hour.
+#[tokio::test]
+async fn a_kcp_secret_created_after_its_offering_is_acted_on_at_once() {
+    let scene = OfferingScene::new("op-late-secret", &["--resync-interval=1h"])
+        .await
+        .expect("scene");
+    let late = json!({"kcp": {"workspace": scene.provider.workspace.path,
+        "kubeconfigSecretRef": {"name": "late-kcp"}}, "agent": {"replicas": 1}});
+    scene
+        .apply("late", scene.spec(late))
+        .await
+        .expect("offering");
+    scene
+        .wait_for_condition("late", "Ready", "False", "KcpSecretMissing")
+        .await
+        .expect("the Secret is missing");
+    // Retries wait 2, 4, 8, 16 and 32 s: after the sixth failure, 64 s.
+    poll_until(
+        "six failed reconciles",
+        Duration::from_secs(120),
+        async || match reconcile_errors(&scene).await? {
+            n if n >= 6 => Ok(()),
+            n => Err(format!("{n} failures")),
+        },
+    )
+    .await
+    .expect("backed off");
+
+    let kubeconfig = std::fs::read_to_string(&scene.provider.env.kcp_kubeconfig).unwrap();
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "late-kcp"},
+        "stringData": {"kubeconfig": kubeconfig},
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(scene.provider.service.clone(), &scene.provider.namespace)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("the kcp Secret");
+    poll_until(
+        "the offering past KcpSecretMissing",
+        Duration::from_secs(20),
+        async || {
+            let offering = scene
+                .offerings()
+                .get("late")
+                .await
+                .map_err(|e| e.to_string())?;
+            let conditions = offering.status.map(|s| s.conditions).unwrap_or_default();
+            match conditions.first() {
+                Some(ready) if ready.reason != "KcpSecretMissing" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+    .expect("acted on the new Secret, not at a retry");
+    let _agent = scene.run_agent("late").await.expect("agent runs");
+    scene
+        .wait_for_condition("late", "Ready", "True", "Ready")
+        .await
+        .expect("ready");
 }

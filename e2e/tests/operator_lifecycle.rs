@@ -9,6 +9,7 @@ use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::Kubeconfig;
+use offering_operator::api::PublishedOffering;
 use serde_json::{Value, json};
 use sync_agent::api::kcp::apis_v1alpha2::{APIBinding, APIExport};
 use sync_agent::api::published_resource::PublishedResource;
@@ -782,4 +783,52 @@ async fn deletion_waits_for_a_workspace_it_may_not_enter_and_not_for_one_that_is
     .expect("workspace gone");
     let note = deleted_skipping_kcp(&scene, "orphan").await;
     assert!(note.contains("no longer exists"), "{note}");
+}
+
+/// Two resources of one name are refused by the API server, created or
+/// applied server-side, with a message naming the field: `resources` is a
+/// list keyed by `name`.
+#[tokio::test]
+async fn two_resources_of_one_name_are_refused_by_the_server() {
+    let env = e2e::env::EnvFile::load().unwrap();
+    let client = e2e::service::client(&env).await.unwrap();
+    e2e::service::apply_project_crds(&client).await.unwrap();
+    let namespace = e2e::service::create_namespace(&client, "op-dup")
+        .await
+        .unwrap();
+    let entry =
+        json!({"name": "widgets", "resource": {"apiGroup": "example.com", "kind": "Widget"}});
+    let offering = json!({
+        "apiVersion": "offering.syncagent.dev/v1alpha1",
+        "kind": "PublishedOffering",
+        "metadata": {"name": "twice"},
+        "spec": {"kcp": {"workspace": "root:providers:widgets"}, "resources": [entry, entry]},
+    });
+    let offerings: Api<PublishedOffering> = Api::namespaced(client.clone(), &namespace);
+    let created = offerings
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(offering.clone()).unwrap(),
+        )
+        .await;
+    let applied = offerings
+        .patch(
+            "twice",
+            &PatchParams::apply("e2e").force(),
+            &Patch::Apply(&offering),
+        )
+        .await;
+    for refused in [created, applied] {
+        match refused {
+            Err(kube::Error::Api(status)) => assert!(
+                status.message.contains("spec.resources")
+                    && status.message.contains(r#""widgets""#),
+                "{status:?}"
+            ),
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+    e2e::service::delete_namespace(&client, &namespace)
+        .await
+        .unwrap();
 }

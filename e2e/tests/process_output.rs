@@ -154,6 +154,32 @@ fn a_bad_duration_is_refused_with_an_example() {
 }
 
 #[test]
+fn an_unknown_log_level_is_refused_by_both_binaries_naming_the_flag() {
+    let agent = run(
+        "sync-agent",
+        &[
+            "--kcp-kubeconfig=/nonexistent/process-output-no-such-kubeconfig",
+            "--namespace=agents",
+            "--apiexportendpointslice-ref=widgets",
+            "--log-level=verbose",
+        ],
+    );
+    let operator = run(
+        "offering-operator",
+        &["run", "--agent-image=x", "--log-level=verbose"],
+    );
+    for output in [agent, operator] {
+        assert!(!output.status.success(), "{output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("invalid value 'verbose' for '--log-level <LOG_LEVEL>'")
+                && stderr.contains("[possible values: error, warn, info, debug, trace]"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
 fn a_resync_interval_under_a_second_is_refused() {
     let stderr = operator_refuses("--resync-interval=0s");
     assert!(

@@ -15,6 +15,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sync_agent::api::controllers::ControllerName;
 use sync_agent::api::published_resource::PublishedResourceSpec;
+use sync_agent::runtime::logging::LogLevel;
 
 /// A service offered to kcp consumers: the APIs to publish from this cluster,
 /// the kcp workspace to publish them from, how to run the sync agent, and
@@ -36,6 +37,7 @@ use sync_agent::api::published_resource::PublishedResourceSpec;
     printcolumn = r#"{"name":"Export","type":"string","jsonPath":".status.export.name"}"#,
     printcolumn = r#"{"name":"Bound","type":"integer","jsonPath":".status.consumers.bound"}"#,
     printcolumn = r#"{"name":"Failed","type":"integer","priority":1,"jsonPath":".status.consumers.failed"}"#,
+    printcolumn = r#"{"name":"Leader","type":"string","priority":1,"jsonPath":".status.agentLeader"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -60,8 +62,12 @@ pub struct PublishedOfferingSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub export: Option<ExportSettings>,
     /// The service-cluster APIs to publish. Each entry becomes one
-    /// PublishedResource for this offering's agent.
-    #[schemars(length(min = 1))]
+    /// PublishedResource for this offering's agent. A list keyed by `name`:
+    /// two entries of one name are refused.
+    #[schemars(
+        length(min = 1),
+        extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"])
+    )]
     pub resources: Vec<OfferedResource>,
     /// How the sync agent of this offering runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -194,9 +200,9 @@ pub struct AgentSettings {
     /// CPU and memory for the agent container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
-    /// Log level of the agent, for example `info` or `debug`.
+    /// Log level of the agent (its `--log-level`); `info` if unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub log_level: Option<String>,
+    pub log_level: Option<LogLevel>,
     /// Log format of the agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
@@ -272,7 +278,7 @@ pub struct DisruptionBudget {
     pub max_unavailable: Option<IntOrString>,
 }
 
-/// Log format of a process.
+/// Log format of the offering's agent (its `--log-format`).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -350,6 +356,12 @@ pub struct PublishedOfferingStatus {
     /// Counts of consumer workspaces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consumers: Option<ConsumerCounts>,
+    /// The agent pod that holds the agent's Lease `syncagent.<agent name>`
+    /// in the offering's namespace: the one replica that syncs, whose logs
+    /// tell what it does. Read from the Lease at each reconcile; unset while
+    /// no replica holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_leader: Option<String>,
 }
 
 /// Facts about the offering's APIExport.

@@ -29,6 +29,7 @@ use crate::api::{ConsumerCounts, PublishedOffering, PublishedOfferingStatus};
 use crate::cleanup::cleanup;
 use crate::confirmed::ConfirmedBindings;
 use crate::error::Error;
+use crate::kcp_secrets;
 use crate::names::{FIELD_MANAGER, FINALIZER, OFFERING_NAME_LABEL, OFFERING_NAMESPACE_LABEL};
 use crate::provision::{Provisioned, Settings, provision};
 use crate::selections::Selections;
@@ -216,7 +217,10 @@ fn key(offering: &impl Resource) -> ObjectRef<PublishedOffering> {
     ObjectRef::new(&offering.name_any()).within(&offering.namespace().unwrap_or_default())
 }
 
-/// Runs the controller over `offerings` until `shutdown` resolves.
+/// Runs the controller over `offerings` until `shutdown` resolves. An
+/// offering is looked at again when it changes, and when its Deployment,
+/// its PublishedResources, its selected consumer workspaces or its kcp
+/// kubeconfig Secret do.
 ///
 /// `health` reads not ready until the controller's cache of offerings has
 /// its first full listing: before that, a reconcile would see no offerings.
@@ -237,12 +241,18 @@ pub async fn run(
     };
     let managed =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
-    let published: Api<PublishedResource> = Api::all(client);
+    let published: Api<PublishedResource> = Api::all(client.clone());
     let controller = Controller::new(offerings, watcher::Config::default())
         .with_config(controller::Config::default().concurrency(CONCURRENCY));
     ctx.metrics
         .controllers
         .declare(NAME, usize::from(CONCURRENCY));
+    let secrets_woken = kcp_secrets::woken(
+        client,
+        namespace.as_deref(),
+        ctx.settings.default_kcp_secret.clone(),
+        controller.store(),
+    );
     let store = controller.store();
     let synced = async move {
         // An error means the controller stopped before its first listing.
@@ -261,6 +271,7 @@ pub async fn run(
             )
         })
         .reconcile_on(ctx.selections.woken())
+        .reconcile_on(secrets_woken)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()));
@@ -365,6 +376,7 @@ async fn write_provisioned(
         failed: count(provisioned.consumers.failed.len()),
         workspaces: provisioned.consumers.managed.clone(),
     });
+    next.agent_leader = provisioned.agent_leader.clone();
     if let Some(token) = provisioned.token.filter(|t| t.rotated) {
         ctx.event(
             offering,

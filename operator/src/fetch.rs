@@ -7,6 +7,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
@@ -17,6 +18,8 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use sync_agent::api::kcp::apis_v1alpha2::APIExport;
 use sync_agent::api::published_resource::PublishedResource;
+use sync_agent::runtime::process;
+use tracing::warn;
 
 use crate::api::PublishedOffering;
 use crate::credentials::{self, SecretLocation};
@@ -318,6 +321,24 @@ async fn brought(client: &Client, location: &SecretLocation, path: &str) -> Resu
         kcp,
         user,
     })
+}
+
+/// The agent pod that holds the offering's agent Lease, if a replica does.
+/// A Lease that cannot be read leaves it unknown, with a warning: it tells
+/// people which pod's logs to read, and provisioning does not depend on it.
+pub async fn agent_leader(client: &Client, names: &Names) -> Option<String> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &names.namespace);
+    let lease_name = sync_agent::options::lease_name(&names.agent);
+    match leases.get_opt(&lease_name).await {
+        Ok(lease) => lease
+            .and_then(|l| l.spec?.holder_identity)
+            .filter(|holder| !holder.is_empty())
+            .map(|holder| process::instance_pod(&holder).to_string()),
+        Err(error) => {
+            warn!(lease = %lease_name, %error, "Cannot read the agent's Lease");
+            None
+        }
+    }
 }
 
 /// The metadata of the objects `api` lists with the label `selector`.

@@ -15,6 +15,7 @@ pub mod desired;
 pub mod error;
 pub mod fetch;
 pub mod kcp;
+pub mod kcp_secrets;
 pub mod names;
 pub mod provision;
 pub mod selections;

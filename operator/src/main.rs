@@ -15,7 +15,7 @@ use sync_agent::runtime::flags;
 use sync_agent::runtime::http::{self, Health};
 use sync_agent::runtime::kubeconfig;
 use sync_agent::runtime::leader::{LeaseSettings, run_as_leader};
-use sync_agent::runtime::logging::{self, LogFormat};
+use sync_agent::runtime::logging::{self, LogFormat, LogLevel};
 use sync_agent::runtime::process::{self, stopping};
 use tracing::{error, info};
 
@@ -97,9 +97,9 @@ struct RunOptions {
     /// Log format.
     #[arg(long, value_enum, ignore_case = true, default_value = "json")]
     log_format: LogFormat,
-    /// Log level (`RUST_LOG` overrides it).
-    #[arg(long, default_value = "info")]
-    log_level: String,
+    /// Log level: error, warn, info, debug or trace (`RUST_LOG` overrides it).
+    #[arg(long, value_enum, ignore_case = true, default_value = "info")]
+    log_level: LogLevel,
 }
 
 fn address(flag: &str, value: &str) -> anyhow::Result<Option<SocketAddr>> {
@@ -162,7 +162,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         Command::Crds { output_dir } => write_crds(output_dir).map(|()| ExitCode::SUCCESS),
         Command::Probe { url } => probe(&url).await.map(|()| ExitCode::SUCCESS),
         Command::Run(options) => {
-            logging::init_logging(options.log_format, &options.log_level);
+            logging::init_logging(options.log_format, options.log_level);
             match run(*options).await {
                 Ok(()) => Ok(ExitCode::SUCCESS),
                 Err(error) => {

@@ -16,7 +16,7 @@ use crate::confirmed::ConfirmedBindings;
 use crate::consumers::ConsumerReport;
 use crate::credentials::{Rotation, SecretLocation};
 use crate::error::Error;
-use crate::fetch::fetch;
+use crate::fetch::{self, fetch};
 use crate::kcp::Kcp;
 use crate::status::{self, Report, Verdict};
 use crate::validate::{Validated, ownership, validate};
@@ -52,6 +52,8 @@ pub struct Provisioned {
     pub token: Option<Token>,
     /// The operator's access to kcp with the offering's credentials.
     pub kcp: Kcp,
+    /// The agent pod holding the agent's Lease.
+    pub agent_leader: Option<String>,
 }
 
 /// Runs the whole pipeline for `offering`; `tokens_issued` counts the agent
@@ -89,6 +91,7 @@ pub async fn provision(
     )
     .await?;
     let Report { parts, export } = status::report(offering, &names, &fetched.facts, &applied);
+    let agent_leader = fetch::agent_leader(client, &names).await;
     let Applied {
         token, consumers, ..
     } = applied;
@@ -98,5 +101,6 @@ pub async fn provision(
         consumers,
         token,
         kcp: fetched.kcp.clone(),
+        agent_leader,
     })
 }

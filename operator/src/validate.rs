@@ -33,6 +33,11 @@ pub struct Validated {
 /// unique resource names, and a kcp kubeconfig Secret the operator reads
 /// but never writes. `default_kcp_secret` is the operator's
 /// `--default-kcp-secret`.
+///
+/// The CRD refuses two resources of one name (`resources` is a list keyed
+/// by `name`), but an older installed CRD does not (`helm upgrade` leaves
+/// CRDs as they are), nor was an offering stored before checked: so the
+/// operator checks too.
 pub fn validate(
     offering: &PublishedOffering,
     default_kcp_secret: Option<&SecretLocation>,

@@ -32,7 +32,15 @@ pub const SYNCING_CONDITION: &str = "Syncing";
     kind = "PublishedResource",
     plural = "publishedresources",
     status = "PublishedResourceStatus",
-    doc = "PublishedResource describes how an API type of the service cluster is published to kcp workspaces and how its objects are synced."
+    doc = "PublishedResource describes how an API type of the service cluster is published to kcp workspaces and how its objects are synced.",
+    // What a person scanning for trouble needs: the schema in kcp, whether
+    // it is published and synced, and why not (the reason of the first
+    // condition that is False).
+    printcolumn = r#"{"name":"Schema","type":"string","jsonPath":".status.resourceSchemaName"}"#,
+    printcolumn = r#"{"name":"Published","type":"string","jsonPath":".status.conditions[?(@.type==\"SchemaPublished\")].status"}"#,
+    printcolumn = r#"{"name":"Synced","type":"string","jsonPath":".status.conditions[?(@.type==\"Syncing\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.status==\"False\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PublishedResourceSpec {

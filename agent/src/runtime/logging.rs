@@ -9,6 +9,8 @@ use std::io::IsTerminal as _;
 
 use clap::ValueEnum;
 use k8s_openapi::jiff::Timestamp;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -27,10 +29,56 @@ pub enum LogFormat {
     Text,
 }
 
-/// Logs to standard error in `format`; `RUST_LOG` overrides `default_level`.
-pub fn init_logging(format: LogFormat, default_level: &str) {
+/// Log level: messages of this level and the more severe ones are
+/// written; `info` if unset. Any other word is refused, so that a typo
+/// cannot silence the logs. (The binaries' `--log-level`, and an
+/// offering's `spec.agent.logLevel`.)
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    ValueEnum,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// What the process does, in a line per step.
+    #[default]
+    Info,
+    /// Also each decision and request.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    /// The level as the flag and the offering spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::Warn => "warn",
+            Self::Info => "info",
+            Self::Debug => "debug",
+            Self::Trace => "trace",
+        }
+    }
+}
+
+/// Logs to standard error in `format` at `level`; `RUST_LOG` overrides it.
+pub fn init_logging(format: LogFormat, level: LogLevel) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level.as_str()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -174,6 +222,17 @@ mod tests {
         text.lines()
             .map(|line| serde_json::from_str(line).expect("every line is a JSON object"))
             .collect()
+    }
+
+    #[test]
+    fn the_flag_and_the_offering_spell_every_level_alike() {
+        for level in LogLevel::value_variants() {
+            let flag = level.to_possible_value().expect("a flag value");
+            assert_eq!(flag.get_name(), level.as_str());
+            assert_eq!(serde_json::to_value(level).expect("json"), level.as_str());
+        }
+        assert!(LogLevel::from_str("verbose", true).is_err());
+        assert_eq!(LogLevel::from_str("DEBUG", true), Ok(LogLevel::Debug));
     }
 
     #[test]

@@ -45,8 +45,10 @@ an existing one, which must be named (validate.yaml). */}}
 
 {{/*
 Rules over the objects an offering has in its own namespace: its kcp
-kubeconfig Secret (read), the agent's Secret, ServiceAccount, Service,
-Deployment, Role and RoleBinding (write), and the offerings themselves.
+kubeconfig Secret (read, and Secrets watched so that a created or rotated
+one is acted on at once), the agent's Secret, ServiceAccount, Service,
+Deployment, Role and RoleBinding (write), the agent's Lease (read, for the
+offering's status), and the offerings themselves.
 Cluster-wide without watchNamespace, a Role in that namespace with it.
 */}}
 {{- define "offering-operator.namespacedRules" -}}
@@ -62,6 +64,12 @@ Cluster-wide without watchNamespace, a Role in that namespace with it.
 - apiGroups: [""]
   resources: [secrets, serviceaccounts, services]
   verbs: [get, create, update, patch, delete]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [list, watch]
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [get]
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, update, patch, delete]

@@ -101,6 +101,38 @@ fn published_resource_crd_is_cluster_scoped_with_status_and_cel_rules() {
 }
 
 #[test]
+fn published_resource_columns_show_the_schema_and_why_it_is_not_synced() {
+    let crd = PublishedResource::crd();
+    let columns: Vec<(String, String)> = crd.spec.versions[0]
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|c| (c.name.clone(), c.json_path.clone()))
+        .collect();
+    let expected = [
+        ("Schema", ".status.resourceSchemaName"),
+        (
+            "Published",
+            r#".status.conditions[?(@.type=="SchemaPublished")].status"#,
+        ),
+        (
+            "Synced",
+            r#".status.conditions[?(@.type=="Syncing")].status"#,
+        ),
+        (
+            "Reason",
+            r#".status.conditions[?(@.status=="False")].reason"#,
+        ),
+        ("Age", ".metadata.creationTimestamp"),
+    ];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(name, path)| (name.to_string(), path.to_string()))
+        .collect();
+    assert_eq!(columns, expected);
+}
+
+#[test]
 fn published_offering_crd_has_short_name_category_and_ready_column() {
     let crd = PublishedOffering::crd();
     assert_eq!(crd.spec.scope, "Namespaced");

@@ -252,8 +252,8 @@ fn agent_args(names: &Names, settings: &AgentSettings) -> Vec<String> {
         format!("--health-address=0.0.0.0:{HEALTH_PORT}"),
         format!("--log-format={format}"),
     ];
-    if settings.log_level.as_deref() == Some("debug") {
-        args.push("--log-debug".into());
+    if let Some(level) = settings.log_level {
+        args.push(format!("--log-level={}", level.as_str()));
     }
     if settings.wait_for_foreign_finalizers {
         args.push("--wait-for-foreign-finalizers".into());
@@ -304,17 +304,6 @@ pub fn deployment(
         }),
         ..Default::default()
     }];
-    if let Some(level) = settings
-        .log_level
-        .as_ref()
-        .filter(|l| l.as_str() != "debug")
-    {
-        env.push(EnvVar {
-            name: "RUST_LOG".into(),
-            value: Some(level.clone()),
-            ..Default::default()
-        });
-    }
     env.extend(settings.env.iter().cloned());
     let mut volume_mounts = vec![VolumeMount {
         name: KCP_VOLUME.into(),
@@ -496,6 +485,7 @@ mod tests {
             "tolerations": [{"key": "dedicated", "operator": "Exists"}],
             "podLabels": {"team": "a"},
             "logFormat": "text",
+            "logLevel": "trace",
             "imagePullSecrets": [{"name": "registry"}],
         }));
         let deployment = deployment(&offering, &names, "example/sync-agent:1", "kubeconfig");
@@ -516,6 +506,7 @@ mod tests {
         );
         let args = container.args.clone().unwrap();
         assert!(args.contains(&"--log-format=text".to_string()), "{args:?}");
+        assert!(args.contains(&"--log-level=trace".to_string()), "{args:?}");
         assert!(args.contains(&"--apiexportendpointslice-ref=databases".to_string()));
         assert!(
             args.contains(
