@@ -5,7 +5,9 @@
 //! APIExportEndpointSlice (`https://host/clusters/<workspace>`). The slice
 //! names the export, possibly in another workspace; its endpoints are the
 //! virtual workspace URLs through which consumer workspaces are reached.
-//! [`EndpointClients`] reaches them with one connection pool per endpoint.
+//! [`EndpointClients`] reaches them with one connection pool per endpoint,
+//! at the address [`Rewrites`] gives when the service cluster cannot reach
+//! the one listed (a shard's cluster-internal URL).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,6 +15,8 @@ use std::sync::{Arc, Mutex};
 use kube::api::Api;
 use kube::client::Body;
 use kube::{Client, Config};
+use prometheus::IntGauge;
+use tracing::info;
 
 use crate::api::kcp::CLUSTER_ANNOTATION;
 use crate::api::kcp::PATH_ANNOTATION;
@@ -118,9 +122,87 @@ pub fn retarget_url(config: &Config, url: &str) -> Result<Config, KcpError> {
     Ok(target)
 }
 
+/// Where the agent reaches virtual workspace endpoints whose listed base
+/// URL the service cluster cannot reach (`--endpoint-url-rewrite`): each
+/// rule maps a listed base (`scheme://host:port`) to the base to use, which
+/// may carry a path (a gateway routing by path); the rest of the endpoint's
+/// URL is kept.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rewrites {
+    rules: Vec<(String, String)>,
+    /// CA certificates (DER) trusted for the rewritten addresses instead of
+    /// the kubeconfig's.
+    ca: Option<Vec<Vec<u8>>>,
+}
+
+impl Rewrites {
+    /// Rules written `<listed base>=<base to use>`; `ca` is trusted for
+    /// the rewritten addresses. Returns what is wrong with a rule.
+    pub fn parse(rules: &[String], ca: Option<Vec<Vec<u8>>>) -> Result<Self, String> {
+        let mut parsed = Vec::new();
+        for rule in rules.iter().filter(|r| !r.is_empty()) {
+            let (from, to) = rule
+                .split_once('=')
+                .ok_or_else(|| format!("{rule:?} is not <listed base URL>=<base URL to use>"))?;
+            let (from, to) = (from.trim_end_matches('/'), to.trim_end_matches('/'));
+            for (what, url) in [("listed", from), ("used", to)] {
+                let parsed: http::Uri = url
+                    .parse()
+                    .map_err(|_| format!("{rule:?}: the {what} URL {url:?} is not a URL"))?;
+                if parsed.scheme().is_none() || parsed.host().is_none() {
+                    return Err(format!(
+                        "{rule:?}: the {what} URL {url:?} needs a scheme and a host, like https://kcp.example.com:6443"
+                    ));
+                }
+                if what == "listed" && parsed.path() != "/" {
+                    return Err(format!(
+                        "{rule:?}: the listed URL {url:?} must be a base (scheme, host and port, no path)"
+                    ));
+                }
+            }
+            parsed.push((from.to_string(), to.to_string()));
+        }
+        Ok(Self { rules: parsed, ca })
+    }
+
+    /// Whether there is no rule.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The URL to reach `endpoint` at, when a rule rewrites it.
+    pub fn apply(&self, endpoint: &str) -> Option<String> {
+        self.rules.iter().find_map(|(from, to)| {
+            let rest = endpoint.strip_prefix(from.as_str())?;
+            (rest.is_empty() || rest.starts_with('/')).then(|| format!("{to}{rest}"))
+        })
+    }
+
+    /// The listed bases no endpoint among `endpoints` starts with.
+    pub fn unmatched(&self, endpoints: &[String]) -> Vec<&str> {
+        self.rules
+            .iter()
+            .map(|(from, _)| from.as_str())
+            .filter(|from| !endpoints.iter().any(|e| self.matches(from, e)))
+            .collect()
+    }
+
+    fn matches(&self, from: &str, endpoint: &str) -> bool {
+        endpoint
+            .strip_prefix(from)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
+}
+
 impl KcpTarget {
-    /// Resolves endpoint slice → export → logical cluster.
-    pub async fn resolve(slice_config: Config, slice_name: &str) -> Result<Self, KcpError> {
+    /// Resolves endpoint slice → export → logical cluster; the consumer
+    /// workspaces behind the slice's endpoints are reached through
+    /// `endpoints`.
+    pub async fn resolve(
+        slice_config: Config,
+        slice_name: &str,
+        endpoints: EndpointClients,
+    ) -> Result<Self, KcpError> {
         let url = slice_config.cluster_url.to_string();
         let slice_workspace =
             workspace_of(&slice_config).ok_or_else(|| KcpError::NotAWorkspace(url.clone()))?;
@@ -164,7 +246,7 @@ impl KcpTarget {
         Ok(Self {
             export_config,
             export_client,
-            endpoints: EndpointClients::new(slice_config.clone()),
+            endpoints,
             slice_config,
             slice_client: slice_client.clone(),
             export_name,
@@ -183,6 +265,9 @@ impl KcpTarget {
 #[derive(Clone)]
 pub struct EndpointClients {
     config: Config,
+    rewrites: Rewrites,
+    /// Endpoints reached at a rewritten address.
+    rewritten: IntGauge,
     pools: Arc<Mutex<HashMap<String, Client>>>,
 }
 
@@ -193,12 +278,20 @@ impl std::fmt::Debug for EndpointClients {
 }
 
 impl EndpointClients {
-    /// Clients with the credentials of `config`.
-    pub fn new(config: Config) -> Self {
+    /// Clients with the credentials of `config`, reaching endpoints where
+    /// `rewrites` says; `rewritten` counts the endpoints it rewrote.
+    pub fn new(config: Config, rewrites: Rewrites, rewritten: IntGauge) -> Self {
         Self {
             config,
+            rewrites,
+            rewritten,
             pools: Arc::default(),
         }
+    }
+
+    /// The rewrite rules.
+    pub fn rewrites(&self) -> &Rewrites {
+        &self.rewrites
     }
 
     /// The client of logical cluster `cluster` (`*` for all of them) as
@@ -226,8 +319,20 @@ impl EndpointClients {
         if let Some(client) = pools.get(endpoint) {
             return Ok(client.clone());
         }
-        let client = rest::client(retarget_url(&self.config, endpoint)?)
-            .map_err(request(format!("building a client for {endpoint}")))?;
+        let config = match self.rewrites.apply(endpoint) {
+            Some(used) => {
+                let mut config = retarget_url(&self.config, &used)?;
+                if let Some(ca) = &self.rewrites.ca {
+                    config.root_cert = Some(ca.clone());
+                }
+                info!(endpoint, at = %used, "Reaching a virtual workspace endpoint at a rewritten address");
+                self.rewritten.inc();
+                config
+            }
+            None => retarget_url(&self.config, endpoint)?,
+        };
+        let client =
+            rest::client(config).map_err(request(format!("building a client for {endpoint}")))?;
         pools.insert(endpoint.to_string(), client.clone());
         Ok(client)
     }
@@ -276,7 +381,11 @@ mod tests {
 
     #[tokio::test]
     async fn one_client_serves_each_endpoint_for_every_cluster() {
-        let clients = EndpointClients::new(config("https://kcp:6443/clusters/root"));
+        let clients = EndpointClients::new(
+            config("https://kcp:6443/clusters/root"),
+            Rewrites::default(),
+            IntGauge::new("rewritten", "test").unwrap(),
+        );
         let endpoint = "https://kcp:6443/services/apiexport/root/export";
         clients.cluster(endpoint, "a").expect("client");
         clients.cluster(endpoint, "*").expect("client");
@@ -289,6 +398,73 @@ mod tests {
             clients.cluster(endpoint, "a b"),
             Err(KcpError::Url(_))
         ));
+    }
+
+    #[test]
+    fn a_rewrite_replaces_the_listed_base_and_keeps_the_rest() {
+        let rewrites = Rewrites::parse(
+            &[
+                "https://shard-1.kcp.svc:6443=https://kcp-1.example.com".into(),
+                "https://shard-2.kcp.svc:6443/=https://gw.example.com/shard-2/".into(),
+            ],
+            None,
+        )
+        .expect("valid rules");
+        let listed = "https://shard-1.kcp.svc:6443/services/apiexport/abc/widgets";
+        assert_eq!(
+            rewrites.apply(listed).as_deref(),
+            Some("https://kcp-1.example.com/services/apiexport/abc/widgets")
+        );
+        assert_eq!(
+            rewrites
+                .apply("https://shard-2.kcp.svc:6443/services/apiexport/abc/widgets")
+                .as_deref(),
+            Some("https://gw.example.com/shard-2/services/apiexport/abc/widgets")
+        );
+        // Another port is another base; the root shard is left alone.
+        assert_eq!(
+            rewrites.apply("https://shard-1.kcp.svc:64430/services/x"),
+            None
+        );
+        assert_eq!(rewrites.apply("https://root.kcp.svc:6443/services/x"), None);
+        assert_eq!(
+            rewrites.unmatched(&[listed.to_string()]),
+            ["https://shard-2.kcp.svc:6443"]
+        );
+    }
+
+    #[test]
+    fn a_rewrite_rule_that_cannot_work_is_refused_with_its_reason() {
+        for (rule, why) in [
+            (
+                "https://a:6443",
+                "is not <listed base URL>=<base URL to use>",
+            ),
+            ("a:6443=https://b", "needs a scheme and a host"),
+            ("https://a:6443/clusters=https://b", "must be a base"),
+            ("https://a:6443=b b", "is not a URL"),
+        ] {
+            let error = Rewrites::parse(&[rule.into()], None).expect_err(rule);
+            assert!(error.contains(why), "{rule}: {error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rewritten_endpoint_is_counted_once() {
+        let gauge = IntGauge::new("rewritten", "test").unwrap();
+        let clients = EndpointClients::new(
+            config("https://kcp:6443/clusters/root"),
+            Rewrites::parse(&["https://shard:6443=https://127.0.0.1:7443".into()], None).unwrap(),
+            gauge.clone(),
+        );
+        clients
+            .cluster("https://shard:6443/services/x", "a")
+            .unwrap();
+        clients
+            .cluster("https://shard:6443/services/x", "b")
+            .unwrap();
+        clients.cluster("https://kcp:6443/services/x", "a").unwrap();
+        assert_eq!(gauge.get(), 1);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use sync_agent::api::controllers::ControllerName;
 use sync_agent::context::{self, Context};
 use sync_agent::controller;
-use sync_agent::kcp::{KcpTarget, workspace_of};
+use sync_agent::kcp::{EndpointClients, KcpTarget, Rewrites, workspace_of};
 use sync_agent::metrics::Metrics;
 use sync_agent::options::Options;
 use sync_agent::runtime::backoff::Backoff;
@@ -77,8 +77,27 @@ async fn run(options: Options, stopped: watch::Receiver<bool>) -> anyhow::Result
             kcp_config.cluster_url
         );
     }
-    let Some(kcp) =
-        resolve_with_retry(kcp_config, &options.endpoint_slice, stopped.clone()).await?
+    let rewrite_ca = match options.endpoint_url_rewrite_ca_file.as_str() {
+        "" => None,
+        file => Some(pem_certificates(
+            "--endpoint-url-rewrite-ca-file",
+            &std::fs::read(file).context("reading --endpoint-url-rewrite-ca-file")?,
+        )?),
+    };
+    let rewrites = Rewrites::parse(&options.endpoint_url_rewrite, rewrite_ca)
+        .map_err(|why| anyhow::anyhow!("--endpoint-url-rewrite {why}"))?;
+    let endpoints = EndpointClients::new(
+        kcp_config.clone(),
+        rewrites,
+        metrics.endpoints_rewritten.clone(),
+    );
+    let Some(kcp) = resolve_with_retry(
+        kcp_config,
+        &options.endpoint_slice,
+        endpoints,
+        stopped.clone(),
+    )
+    .await?
     else {
         return Ok(());
     };
@@ -149,11 +168,12 @@ const RESOLVE_RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::fr
 async fn resolve_with_retry(
     config: Config,
     slice: &str,
+    endpoints: EndpointClients,
     mut stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<Option<KcpTarget>> {
     let mut failures = 0;
     loop {
-        let delay = match KcpTarget::resolve(config.clone(), slice).await {
+        let delay = match KcpTarget::resolve(config.clone(), slice, endpoints.clone()).await {
             Ok(target) => return Ok(Some(target)),
             Err(error) if error.is_transient() => {
                 failures += 1;
@@ -181,21 +201,21 @@ async fn service_client(options: &Options) -> anyhow::Result<Client> {
     if !options.kubeconfig_ca_file_override.is_empty() {
         let pem = std::fs::read(&options.kubeconfig_ca_file_override)
             .context("reading --kubeconfig-ca-file-override")?;
-        config.root_cert = Some(pem_certificates(&pem)?);
+        config.root_cert = Some(pem_certificates("--kubeconfig-ca-file-override", &pem)?);
     }
     Ok(kubeconfig::client(config)?)
 }
 
-/// DER certificates in a PEM bundle.
-fn pem_certificates(bundle: &[u8]) -> anyhow::Result<Vec<Vec<u8>>> {
+/// DER certificates in a PEM bundle, the file of `flag`.
+fn pem_certificates(flag: &str, bundle: &[u8]) -> anyhow::Result<Vec<Vec<u8>>> {
     let certificates: Vec<Vec<u8>> = pem::parse_many(bundle)
-        .context("--kubeconfig-ca-file-override is not PEM")?
+        .with_context(|| format!("{flag} is not PEM"))?
         .into_iter()
         .filter(|block| block.tag() == "CERTIFICATE")
         .map(pem::Pem::into_contents)
         .collect();
     if certificates.is_empty() {
-        anyhow::bail!("--kubeconfig-ca-file-override holds no certificate");
+        anyhow::bail!("{flag} holds no certificate");
     }
     Ok(certificates)
 }

@@ -19,6 +19,9 @@ pub struct Metrics {
     pub published_resources: IntGauge,
     /// Running sync workers (one per enabled PublishedResource).
     pub sync_workers: IntGauge,
+    /// Virtual workspace endpoints reached at a rewritten address
+    /// (`--endpoint-url-rewrite`).
+    pub endpoints_rewritten: IntGauge,
     /// Writes that brought a copy in line, by PublishedResource and kind of write.
     pub objects_synced: IntCounterVec,
     /// Failed object syncs, by PublishedResource and reason.
@@ -112,6 +115,11 @@ impl Metrics {
         .expect("valid metric");
         let sync_workers =
             IntGauge::new("sync_agent_sync_workers", "Running sync workers").expect("valid metric");
+        let endpoints_rewritten = IntGauge::new(
+            "sync_agent_endpoints_rewritten",
+            "Virtual workspace endpoints reached at a rewritten address (--endpoint-url-rewrite)",
+        )
+        .expect("valid metric");
         let objects_synced = IntCounterVec::new(
             Opts::new(
                 "sync_agent_objects_synced_total",
@@ -147,6 +155,7 @@ impl Metrics {
             Box::new(published_resources.clone()),
             Box::new(events_dropped.clone()),
             Box::new(sync_workers.clone()),
+            Box::new(endpoints_rewritten.clone()),
             Box::new(objects_synced.clone()),
             Box::new(sync_errors.clone()),
             Box::new(sync_latency.clone()),
@@ -155,6 +164,7 @@ impl Metrics {
             controllers,
             published_resources,
             sync_workers,
+            endpoints_rewritten,
             objects_synced,
             sync_errors,
             sync_latency,

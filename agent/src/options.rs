@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::{ArgAction, Parser};
 
 use crate::api::controllers::ControllerName;
+use crate::kcp::Rewrites;
 
 use crate::runtime::flags;
 use crate::runtime::logging::{LogFormat, LogLevel};
@@ -57,6 +58,20 @@ pub struct Options {
     /// Replaces the CA of the service-cluster kubeconfig with this file.
     #[arg(long, default_value = "")]
     pub kubeconfig_ca_file_override: String,
+
+    /// Reach a virtual workspace endpoint the endpoint slice lists under a
+    /// base URL the service cluster cannot reach at another one:
+    /// `<listed base>=<base to use>`, for example
+    /// `https://shard-1.kcp.svc:6443=https://kcp-shard-1.example.com`
+    /// (repeatable, comma-separated). The rest of the URL is kept. Not an
+    /// upstream flag.
+    #[arg(long, value_delimiter = ',')]
+    pub endpoint_url_rewrite: Vec<String>,
+
+    /// CA bundle (PEM) trusted for the rewritten endpoint addresses instead
+    /// of the kcp kubeconfig's CA.
+    #[arg(long, default_value = "")]
+    pub endpoint_url_rewrite_ca_file: String,
 
     /// Address for `/metrics`; empty or `0` disables it.
     #[arg(long, default_value = "127.0.0.1:8085")]
@@ -121,6 +136,9 @@ pub enum OptionsError {
     /// A required flag is empty.
     #[error("{0} must not be empty")]
     Empty(&'static str),
+    /// An endpoint rewrite rule cannot work.
+    #[error("--endpoint-url-rewrite {0}")]
+    EndpointRewrite(String),
 }
 
 impl Options {
@@ -179,6 +197,7 @@ impl Options {
         }
         self.metrics_address()?;
         self.health_address()?;
+        Rewrites::parse(&self.endpoint_url_rewrite, None).map_err(OptionsError::EndpointRewrite)?;
         Ok(())
     }
 }

@@ -12,6 +12,8 @@ use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use e2e::env::EnvFile;
 use e2e::offering::OfferingScene;
@@ -772,6 +774,188 @@ async fn an_offering_whose_agent_brings_credentials_every_shard_accepts_syncs_co
     })
     .await
     .expect("rolled");
+
+    drop(agent);
+    scene.delete_and_wait("widgets").await.expect("deleted");
+    for consumer in &consumers {
+        consumer.delete(kcp).await.expect("cleanup");
+    }
+    scene.provider.cleanup().await.expect("cleanup");
+}
+
+/// A TCP forwarder on a free loopback port to `target` (`host:port`), as a
+/// load balancer or tunnel in front of a shard; returns its address and the
+/// number of connections it carried.
+async fn forwarder(target: String) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let address = listener.local_addr().expect("its address").to_string();
+    let carried = Arc::new(AtomicUsize::new(0));
+    let count = carried.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let target = target.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    (address, carried)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_rewritten_through_a_forwarder_still_syncs_and_a_wrong_rewrite_is_reported() {
+    let shards = shards();
+    let scene = OfferingScene::new("op-rewrite", &[]).await.expect("scene");
+    let kcp = &scene.provider.kcp;
+    let mut consumers = Vec::new();
+    for shard in &shards {
+        consumers.push(
+            kcp.create_workspace_on("root", "op-rewrite-consumer", Some(shard))
+                .await
+                .expect("consumer"),
+        );
+    }
+    // Credentials every shard accepts, so that both shards sync.
+    let secrets: Api<Secret> =
+        Api::namespaced(scene.provider.service.clone(), &scene.provider.namespace);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "agent-kcp"},
+        "stringData": {"kubeconfig": agent_kubeconfig_every_shard_accepts(&scene.provider.env)},
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("the agent's own kcp Secret");
+    let paths: Vec<String> = consumers.iter().map(|c| c.path.clone()).collect();
+    let spec = |agent: serde_json::Value| {
+        let mut agent_spec =
+            json!({"replicas": 1, "kcpKubeconfigSecretRef": {"name": "agent-kcp"}});
+        agent_spec
+            .as_object_mut()
+            .unwrap()
+            .extend(agent.as_object().cloned().unwrap_or_default());
+        scene.spec(json!({"agent": agent_spec, "consumers": {"workspaces": paths}}))
+    };
+    scene
+        .apply("widgets", spec(json!({})))
+        .await
+        .expect("offering");
+    let urls = urls_of(&scene.provider.kcp_client, "widgets", shards.len()).await;
+
+    // One shard's endpoint is reached through a forwarder, as a service
+    // cluster reaches a shard whose listed URL is cluster-internal.
+    let rewritten = &urls[1];
+    let (base, _) = rewritten
+        .split_once("/services/")
+        .expect("a virtual workspace URL");
+    let (forwarded, carried) = forwarder(base.trim_start_matches("https://").to_string()).await;
+    scene
+        .apply(
+            "widgets",
+            spec(
+                json!({"endpointRewrites": [{"from": base, "to": format!("https://{forwarded}")}]}),
+            ),
+        )
+        .await
+        .expect("the rewrite");
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(scene.provider.service.clone(), &scene.provider.namespace);
+    poll_until("the rewrite in the agent's flags", TIMEOUT, async || {
+        let deployment = deployments
+            .get("widgets-sync-agent")
+            .await
+            .map_err(|e| e.to_string())?;
+        let args = deployment
+            .spec
+            .and_then(|s| s.template.spec)
+            .map(|p| p.containers[0].args.clone().unwrap_or_default())
+            .unwrap_or_default();
+        args.iter()
+            .any(|a| a.contains(&forwarded))
+            .then_some(())
+            .ok_or(format!("{args:?}"))
+    })
+    .await
+    .expect("the flag");
+    let agent = scene.run_agent("widgets").await.expect("agent runs");
+    for consumer in &consumers {
+        scene
+            .consumer_widget(&consumer.path, "w")
+            .await
+            .expect("widget");
+    }
+    for consumer in &consumers {
+        poll_until(
+            &format!("the copy from {}", consumer.path),
+            KCP_SLOW_TIMEOUT,
+            async || match scene
+                .copies_from(&consumer.cluster)
+                .await
+                .map_err(|e| e.to_string())?
+                .len()
+            {
+                1 => Ok(()),
+                n => Err(format!(
+                    "{n} copies; agent log:\n{}",
+                    agent.process.log_tail()
+                )),
+            },
+        )
+        .await
+        .expect("copy");
+    }
+    assert!(
+        carried.load(Ordering::SeqCst) > 0,
+        "the rewritten endpoint was reached through the forwarder"
+    );
+    let metrics = agent.process.metrics().await.expect("metrics");
+    assert!(
+        metrics.contains("sync_agent_endpoints_rewritten 1"),
+        "{metrics}"
+    );
+    scene
+        .wait_for_condition("widgets", "Ready", "True", "Ready")
+        .await
+        .expect("Ready with the rewrite");
+
+    // A rule pointing nowhere is named on the offering, not left to silence.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a port nobody listens on");
+    scene
+        .apply(
+            "widgets",
+            spec(json!({"endpointRewrites": [{"from": base, "to": format!("https://{closed}")}]})),
+        )
+        .await
+        .expect("a wrong rewrite");
+    let offering = scene
+        .wait_for_condition(
+            "widgets",
+            "CredentialsReady",
+            "False",
+            "EndpointUnreachable",
+        )
+        .await
+        .expect("the wrong rewrite on the offering");
+    let message = offering
+        .status
+        .expect("status")
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "CredentialsReady")
+        .expect("CredentialsReady")
+        .message;
+    assert!(
+        message.contains(&format!("{rewritten} at https://{closed}")),
+        "{message}"
+    );
 
     drop(agent);
     scene.delete_and_wait("widgets").await.expect("deleted");

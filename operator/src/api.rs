@@ -187,6 +187,19 @@ pub struct AgentSettings {
     /// the operator mints a ServiceAccount token for the agent and rotates it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kcp_kubeconfig_secret_ref: Option<SecretKeyRef>,
+    /// Virtual workspace endpoints the agent reaches at another address
+    /// than the endpoint slice lists (a shard's cluster-internal URL that
+    /// the service cluster cannot reach): the agent's
+    /// `--endpoint-url-rewrite`. The operator checks at each reconcile that
+    /// every rewritten address takes connections (`EndpointUnreachable`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoint_rewrites: Vec<EndpointRewrite>,
+    /// CA bundle (PEM), a file in the agent container (mount it with
+    /// `volumes` and `volumeMounts`), trusted for the rewritten addresses
+    /// instead of the kcp kubeconfig's CA: the agent's
+    /// `--endpoint-url-rewrite-ca-file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_rewrite_ca_file: Option<String>,
     /// Container image of the agent; the operator's own image if unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
@@ -262,6 +275,19 @@ pub struct AgentSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(max = 63))]
     pub upstream_state_namespace: Option<String>,
+}
+
+/// One endpoint base URL and the base the agent uses instead.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct EndpointRewrite {
+    /// The base URL (scheme, host and port) as the endpoint slice lists
+    /// it, for example `https://shard-1.kcp.svc:6443`.
+    #[schemars(regex(pattern = r"^https?://[^/]+/?$"))]
+    pub from: String,
+    /// The base URL to use instead, for example
+    /// `https://kcp-shard-1.example.com`; it may carry a path prefix.
+    #[schemars(regex(pattern = r"^https?://[^/]+(/.*)?$"))]
+    pub to: String,
 }
 
 /// A PodDisruptionBudget the operator keeps for the agent pods.

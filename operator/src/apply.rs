@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use sync_agent::api::kcp::apis_v1alpha1::APIExportEndpointSlice;
 use sync_agent::api::kcp::apis_v1alpha2::APIExport;
 use sync_agent::api::published_resource::PublishedResource;
+use sync_agent::kcp::Rewrites;
 use tracing::info;
 
 use crate::api::PublishedOffering;
@@ -213,7 +214,8 @@ pub async fn apply(
         .and_then(|s| s.status)
         .map(|s| s.endpoints.into_iter().map(|e| e.url).collect())
         .unwrap_or_default();
-    let refusals = Kcp::refusals(&identity, &endpoint_urls).await;
+    let rewrites = endpoint_rewrites(offering)?;
+    let refusals = Kcp::refusals(&identity, &endpoint_urls, &rewrites).await;
 
     let ns = names.namespace.as_str();
     let service = |what: &'static str| move |error| Error::service(what, error);
@@ -276,6 +278,20 @@ pub async fn apply(
         deployment,
         consumers,
     })
+}
+
+/// The agent's endpoint rewrites (`spec.agent.endpointRewrites`), as the
+/// agent reads them.
+fn endpoint_rewrites(offering: &PublishedOffering) -> Result<Rewrites, Error> {
+    let rules: Vec<String> = offering
+        .spec
+        .agent
+        .iter()
+        .flat_map(|agent| &agent.endpoint_rewrites)
+        .map(|rewrite| format!("{}={}", rewrite.from, rewrite.to))
+        .collect();
+    Rewrites::parse(&rules, None)
+        .map_err(|why| Error::InvalidSpec(format!("spec.agent.endpointRewrites: {why}")))
 }
 
 /// Server-side applies `object` under its own name.

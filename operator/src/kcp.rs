@@ -13,6 +13,7 @@ use sync_agent::api::kcp::core_v1alpha1::LogicalCluster;
 
 use crate::credentials::{self, KcpCredentials};
 use crate::error::Error;
+use sync_agent::kcp::Rewrites;
 use sync_agent::runtime::rest;
 use tracing::debug;
 
@@ -41,13 +42,17 @@ const KCP_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// answer is left to the agent's own retries, not waited for.
 const ENDPOINT_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A virtual workspace endpoint that refuses the agent's kcp credentials.
+/// A virtual workspace endpoint that refuses the agent's kcp credentials,
+/// or whose rewritten address takes no connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refusal {
-    /// The endpoint URL.
+    /// The endpoint URL as the slice lists it.
     pub url: String,
+    /// Where the agent reaches it, when `spec.agent.endpointRewrites`
+    /// rewrites it.
+    pub reached_at: Option<String>,
     /// kcp's answer: 401 (the credentials are not accepted) or 403 (not
-    /// allowed).
+    /// allowed); 0 when the rewritten address takes no connection.
     pub code: u16,
     /// kcp's message.
     pub message: String,
@@ -149,8 +154,10 @@ impl Kcp {
     /// identity another accepts. An endpoint that does not answer is not
     /// counted: the agent retries it, and what the operator cannot reach
     /// tells nothing about what the agent can.
-    pub async fn refusals(identity: &Config, urls: &[String]) -> Vec<Refusal> {
-        let checks = urls.iter().map(|url| Self::refusal(identity, url));
+    pub async fn refusals(identity: &Config, urls: &[String], rewrites: &Rewrites) -> Vec<Refusal> {
+        let checks = urls
+            .iter()
+            .map(|url| Self::refusal(identity, url, rewrites.apply(url)));
         futures::future::join_all(checks)
             .await
             .into_iter()
@@ -158,20 +165,32 @@ impl Kcp {
             .collect()
     }
 
-    /// Whether the endpoint at `url` refuses `identity`.
-    async fn refusal(identity: &Config, url: &str) -> Option<Refusal> {
+    /// Whether the endpoint at `url`, reached at `rewritten` when given,
+    /// refuses `identity`. A rewritten address must take connections: the
+    /// rule is the provider's, and a wrong one would leave the shard's
+    /// consumers unsynced without a word. (Its TLS is not judged here: the
+    /// agent may trust another CA for it.)
+    async fn refusal(identity: &Config, url: &str, rewritten: Option<String>) -> Option<Refusal> {
+        let refusal = |code, message| Refusal {
+            url: url.to_string(),
+            reached_at: rewritten.clone(),
+            code,
+            message,
+        };
+        let target = rewritten.clone().unwrap_or_else(|| url.to_string());
+        if rewritten.is_some()
+            && let Err(error) = connects(&target).await
+        {
+            return Some(refusal(0, error));
+        }
         let mut config = identity.clone();
-        config.cluster_url = format!("{url}/clusters/*").parse().ok()?;
+        config.cluster_url = format!("{target}/clusters/*").parse().ok()?;
         config.connect_timeout = Some(ENDPOINT_CHECK_TIMEOUT);
         config.read_timeout = Some(ENDPOINT_CHECK_TIMEOUT);
         let client = rest::client(config).ok()?;
         match tokio::time::timeout(ENDPOINT_CHECK_TIMEOUT, client.list_api_groups()).await {
             Ok(Err(kube::Error::Api(status))) if matches!(status.code, 401 | 403) => {
-                Some(Refusal {
-                    url: url.to_string(),
-                    code: status.code,
-                    message: status.message,
-                })
+                Some(refusal(status.code, status.message))
             }
             _ => None,
         }
@@ -185,6 +204,32 @@ impl Kcp {
     /// The server part of the kcp URL.
     pub fn base(&self) -> &str {
         &self.base
+    }
+}
+
+/// Whether the host and port of `url` take a TCP connection in time.
+async fn connects(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url.parse().map_err(|_| format!("{url} is not a URL"))?;
+    let host = uri.host().ok_or_else(|| format!("{url} has no host"))?;
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("http") {
+            80
+        } else {
+            443
+        });
+    match tokio::time::timeout(
+        ENDPOINT_CHECK_TIMEOUT,
+        tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port)),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err(format!(
+            "no connection within {}s",
+            ENDPOINT_CHECK_TIMEOUT.as_secs()
+        )),
     }
 }
 

@@ -193,10 +193,40 @@ fn credentials(
             ),
         };
     }
+    let unreachable: Vec<String> = applied
+        .refusals
+        .iter()
+        .filter(|r| r.code == 0)
+        .map(|r| {
+            format!(
+                "{} at {} ({})",
+                r.url,
+                r.reached_at.as_deref().unwrap_or_default(),
+                r.message
+            )
+        })
+        .collect();
+    if !unreachable.is_empty() {
+        return Verdict::failed(
+            "EndpointUnreachable",
+            format!(
+                "the agent reaches {} of {} virtual workspace endpoints at an address \
+                 spec.agent.endpointRewrites gives that takes no connection, so the consumers \
+                 bound on their shards are not synced: {}. Fix the rule's `to` (or the network \
+                 between the service cluster and it)",
+                unreachable.len(),
+                applied.endpoint_urls.len(),
+                unreachable.join(", ")
+            ),
+        );
+    }
     let refusing: Vec<String> = applied
         .refusals
         .iter()
-        .map(|r| format!("{} ({}: {})", r.url, r.code, r.message))
+        .map(|r| match &r.reached_at {
+            Some(at) => format!("{} at {at} ({}: {})", r.url, r.code, r.message),
+            None => format!("{} ({}: {})", r.url, r.code, r.message),
+        })
         .collect();
     let counted = format!(
         "{} of {} virtual workspace endpoints",

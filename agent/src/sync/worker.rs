@@ -65,6 +65,10 @@ type KcpMirrors = HashMap<String, Arc<Mirror<RemoteKey>>>;
 /// Runs a worker until `stop` flips to true.
 pub async fn run(ctx: Arc<Context>, config: Arc<WorkerConfig>, stop: watch::Receiver<bool>) {
     info!(published_resource = %config.published_resource, endpoints = ?config.endpoints, "Starting sync worker");
+    let unmatched = ctx.kcp.endpoints.rewrites().unmatched(&config.endpoints);
+    if !unmatched.is_empty() {
+        warn!(published_resource = %config.published_resource, ?unmatched, endpoints = ?config.endpoints, "No endpoint is listed under these --endpoint-url-rewrite bases; check the rule if a shard's consumers are not synced");
+    }
     let queue = WorkQueue::new(
         config.echoes.clone(),
         RETRY,

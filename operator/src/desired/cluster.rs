@@ -261,6 +261,15 @@ fn agent_args(names: &Names, settings: &AgentSettings) -> Vec<String> {
     if settings.per_agent_related_finalizer {
         args.push("--per-agent-related-finalizer".into());
     }
+    for rewrite in &settings.endpoint_rewrites {
+        args.push(format!(
+            "--endpoint-url-rewrite={}={}",
+            rewrite.from, rewrite.to
+        ));
+    }
+    if let Some(file) = &settings.endpoint_rewrite_ca_file {
+        args.push(format!("--endpoint-url-rewrite-ca-file={file}"));
+    }
     if let Some(namespace) = &settings.upstream_state_namespace {
         args.push(format!("--upstream-state-namespace={namespace}"));
     }
@@ -528,6 +537,8 @@ mod tests {
             "perAgentRelatedFinalizer": true,
             "disabledControllers": ["apiresourceschema", "apiexport"],
             "upstreamStateNamespace": "kcp-syncagent",
+            "endpointRewrites": [{"from": "https://shard-1.kcp.svc:6443", "to": "https://kcp-1.example.com"}],
+            "endpointRewriteCaFile": "/etc/extra-ca/ca.crt",
             "env": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
             "volumes": [{"name": "ca", "configMap": {"name": "ca"}}],
             "volumeMounts": [{"name": "ca", "mountPath": "/etc/ssl/extra"}],
@@ -545,6 +556,8 @@ mod tests {
             "--per-agent-related-finalizer",
             "--disabled-controllers=apiresourceschema,apiexport",
             "--upstream-state-namespace=kcp-syncagent",
+            "--endpoint-url-rewrite=https://shard-1.kcp.svc:6443=https://kcp-1.example.com",
+            "--endpoint-url-rewrite-ca-file=/etc/extra-ca/ca.crt",
         ] {
             assert!(args.contains(&flag.to_string()), "{flag} in {args:?}");
         }
@@ -585,7 +598,8 @@ mod tests {
             !args.iter().any(|a| a.starts_with("--wait-for-foreign")
                 || a.starts_with("--per-agent")
                 || a.starts_with("--disabled-controllers")
-                || a.starts_with("--upstream-state")),
+                || a.starts_with("--upstream-state")
+                || a.starts_with("--endpoint-url-rewrite")),
             "{args:?}"
         );
     }

@@ -286,6 +286,7 @@ mod stage {
         applied.endpoint_urls.push(shard.into());
         applied.refusals = vec![Refusal {
             url: shard.into(),
+            reached_at: None,
             code: 401,
             message: "Unauthorized".into(),
         }];
@@ -359,10 +360,29 @@ mod stage {
         applied.endpoint_urls.push(shard.into());
         applied.refusals = vec![Refusal {
             url: shard.into(),
+            reached_at: None,
             code: 401,
             message: "Unauthorized".into(),
         }];
         let refused = report(&offering, &names, &facts, &applied);
+
+        // A rewritten address that takes no connection is the rule's fault.
+        applied.refusals = vec![Refusal {
+            url: shard.into(),
+            reached_at: Some("https://127.0.0.1:1".into()),
+            code: 0,
+            message: "Connection refused (os error 111)".into(),
+        }];
+        let unreachable = report(&offering, &names, &facts, &applied);
+        let rule = verdict(&unreachable, CREDENTIALS_READY);
+        assert_eq!(rule.reason, "EndpointUnreachable");
+        assert!(
+            rule.message.contains(&format!(
+                "{shard} at https://127.0.0.1:1 (Connection refused"
+            )),
+            "{}",
+            rule.message
+        );
         let credentials = verdict(&refused, CREDENTIALS_READY);
         assert_eq!(credentials.reason, "TokenRefused");
         assert!(
