@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod checkout;
 pub mod env;
+pub mod guide;
 pub mod kcp;
 pub mod offering;
 pub mod pod;

@@ -8,9 +8,7 @@
 //! may be lost: the CRD, the consumer's object, its copy (adopted, not made
 //! again), and the last-known state upstream kept in a Secret.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
+use e2e::guide::{bash, helm, repo};
 use e2e::offering::{KCP_SECRET, OfferingScene, TIMEOUT};
 use e2e::pod::follow_scale;
 use e2e::poll::poll_until;
@@ -26,72 +24,6 @@ use sync_agent::sync::object::LAST_KNOWN_ANNOTATION;
 use sync_agent::sync::upstream_state::STATE_LABEL;
 
 const CRD: &str = "publishedresources.syncagent.kcp.io";
-
-fn repo() -> PathBuf {
-    e2e::checkout::root().expect("the project's checkout")
-}
-
-/// The guide's `sh` blocks, the first (the reader's values) left out.
-fn guide_steps() -> Vec<String> {
-    let guide = std::fs::read_to_string(repo().join("docs/migration.md")).expect("the guide");
-    let mut blocks = Vec::new();
-    let mut current: Option<Vec<&str>> = None;
-    for line in guide.lines() {
-        match (&mut current, line) {
-            (None, "```sh") => current = Some(Vec::new()),
-            (Some(block), "```") => {
-                blocks.push(block.join("\n"));
-                current = None;
-            }
-            (Some(block), line) => block.push(line),
-            (None, _) => {}
-        }
-    }
-    assert!(
-        blocks
-            .first()
-            .is_some_and(|b| b.starts_with("# Your values.")),
-        "the guide starts with the reader's values"
-    );
-    blocks.remove(0);
-    blocks
-}
-
-/// Runs `script` with bash (failing on the first failed command) and
-/// `vars`, with the test servers' kubectl and helm first on the PATH.
-fn bash(script: &str, vars: &[(&str, String)]) -> Result<String, String> {
-    let bin = repo().join(".e2e-bin");
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let output = Command::new("bash")
-        .args(["-euo", "pipefail", "-c", script])
-        .current_dir(repo())
-        .env("PATH", path)
-        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .map_err(|e| format!("bash: {e}"))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    if output.status.success() {
-        Ok(text)
-    } else {
-        Err(format!("{script}\nfailed:\n{text}"))
-    }
-}
-
-fn helm(args: &[&str], kubeconfig: &Path) -> Result<String, String> {
-    let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
-    bash(
-        &format!("helm {}", quoted.join(" ")),
-        &[("KUBECONFIG", kubeconfig.display().to_string())],
-    )
-}
 
 /// What upstream api-syncagent v0.7.0 leaves in its namespace for a synced
 /// object (`internal/sync/state_store.go`): a Secret named
@@ -296,7 +228,7 @@ async fn the_migration_guide_moves_an_upstream_agent_to_an_offering_and_loses_no
                 .to_string(),
         ),
     ];
-    let steps = guide_steps();
+    let steps = e2e::guide::steps("docs/migration.md");
     assert_eq!(steps.len(), 7, "the guide's seven steps");
     for step in &steps[..2] {
         bash(step, &vars).unwrap_or_else(|e| panic!("{e}"));
