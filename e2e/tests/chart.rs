@@ -121,7 +121,7 @@ fn the_chart_lints_strictly_with_defaults_and_every_option() {
             "--set",
             "agent.kcpURL=https://kcp.example.com:6443,podLabels.team=a,nodeSelector.pool=ops",
             "--set",
-            "priorityClassName=ops,commonLabels.team=a,image.digest=sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            "priorityClassName=ops,commonLabels.team=a,agentImage.tag=v0,image.digest=sha256:0000000000000000000000000000000000000000000000000000000000000000",
             "--set-json",
             r#"extraArgs=["--resync-interval=5m"],extraEnv=[{"name":"A","value":"b"}]"#,
             "--set-json",
@@ -565,14 +565,56 @@ fn extra_args_env_and_scheduling_values_reach_the_operators_pod() {
 }
 
 #[test]
-fn a_digest_pins_the_operators_image() {
+fn a_digest_pins_an_image_and_agents_follow_the_operators_image_unless_told() {
     let digest = format!("sha256:{}", "a".repeat(64));
+    let agent_image = |objects: &[Value]| -> String {
+        operator_container(objects)["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|a| a.as_str()?.strip_prefix("--agent-image="))
+            .expect("--agent-image")
+            .to_string()
+    };
+    // By default the agents' image is the operator's, whatever it is.
     let objects = rendered(&["--set", &format!("image.tag=0.2.0,image.digest={digest}")]);
     let image = format!("ghcr.io/example/offering-operator@{digest}");
     assert_eq!(
         operator_container(&objects)["image"],
         image.as_str(),
         "the tag ignored"
+    );
+    assert_eq!(agent_image(&objects), image);
+    let objects = rendered(&["--set", "image.tag=0.2.0"]);
+    assert_eq!(
+        agent_image(&objects),
+        "ghcr.io/example/offering-operator:0.2.0"
+    );
+
+    // agentImage with a tag or digest is the agents' own, in the operator's
+    // repository unless it names one.
+    let objects = rendered(&["--set", "image.tag=0.2.0,agentImage.tag=0.1.0"]);
+    assert_eq!(
+        operator_container(&objects)["image"],
+        "ghcr.io/example/offering-operator:0.2.0"
+    );
+    assert_eq!(
+        agent_image(&objects),
+        "ghcr.io/example/offering-operator:0.1.0"
+    );
+    let objects = rendered(&[
+        "--set",
+        &format!(
+            "agentImage.repository=registry.example.com/agent,agentImage.tag=v1,agentImage.digest={digest}"
+        ),
+    ]);
+    assert_eq!(
+        agent_image(&objects),
+        format!("registry.example.com/agent@{digest}")
+    );
+    refused(
+        &["--set", "agentImage.repository=registry.example.com/agent"],
+        "agentImage.repository (registry.example.com/agent) needs agentImage.tag or agentImage.digest",
     );
     refused(&["--set", "image.digest=latest"], "does not match pattern");
 }
@@ -847,6 +889,10 @@ async fn helm_installs_upgrades_and_uninstalls_the_chart_and_keeps_crds_and_offe
         "{args:?}"
     );
     assert!(args.contains(&"--log-level=info".to_string()), "{args:?}");
+    assert!(
+        args.contains(&"--agent-image=ghcr.io/example/offering-operator:0.1.0".to_string()),
+        "the agents follow the operator's image by default: {args:?}"
+    );
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
     accounts.get(&name).await.expect("the ServiceAccount");
     let cluster_roles: Api<ClusterRole> = Api::all(client.clone());
@@ -894,9 +940,10 @@ async fn helm_installs_upgrades_and_uninstalls_the_chart_and_keeps_crds_and_offe
     let sample = std::fs::read_to_string(repo().join("config/samples/crd-service.yaml")).unwrap();
     apply_stream(&client, &sample, &offerings_namespace, false).await;
 
-    // Upgrade with non-default values: each lands.
+    // Upgrade with non-default values: each lands. The agents' image is
+    // pinned to the installed one while the operator's moves.
     let values = format!(
-        "replicaCount=2,logLevel=debug,image.tag=0.2.0,\
+        "replicaCount=2,logLevel=debug,image.tag=0.2.0,agentImage.tag=0.1.0,\
          podDisruptionBudget.enabled=true,serviceAccount.annotations.team=platform,\
          watchNamespace={offerings_namespace},priorityClassName=offering-operator,\
          commonLabels.cost-center=cc42"
@@ -943,6 +990,7 @@ async fn helm_installs_upgrades_and_uninstalls_the_chart_and_keeps_crds_and_offe
     for arg in [
         "--log-level=debug".to_string(),
         format!("--watch-namespace={offerings_namespace}"),
+        "--agent-image=ghcr.io/example/offering-operator:0.1.0".to_string(),
         "--agent-token-lifetime=12h".to_string(),
     ] {
         assert!(args.contains(&arg), "{arg} not in {args:?}");

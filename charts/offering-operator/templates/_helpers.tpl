@@ -62,6 +62,17 @@ repository@digest when a digest is given, else repository:tag. */}}
 {{- include "offering-operator.imageReference" (dict "repository" .Values.image.repository "tag" (default .Chart.AppVersion .Values.image.tag) "digest" .Values.image.digest) -}}
 {{- end -}}
 
+{{/* The agents' default image: agentImage when it names a tag or a digest,
+else the operator's image. */}}
+{{- define "offering-operator.agentImage" -}}
+{{- $agent := .Values.agentImage -}}
+{{- if or $agent.tag $agent.digest -}}
+{{- include "offering-operator.imageReference" (dict "repository" (default .Values.image.repository $agent.repository) "tag" $agent.tag "digest" $agent.digest) -}}
+{{- else -}}
+{{- include "offering-operator.image" . -}}
+{{- end -}}
+{{- end -}}
+
 {{/*
 Rules over the objects an offering has in its own namespace: its kcp
 kubeconfig Secret (read, and Secrets watched so that a created or rotated
