@@ -120,6 +120,12 @@ fn the_chart_lints_strictly_with_defaults_and_every_option() {
             "defaultKcpSecret.name=kcp,defaultKcpSecret.kubeconfig=apiVersion: v1",
             "--set",
             "agent.kcpURL=https://kcp.example.com:6443,podLabels.team=a,nodeSelector.pool=ops",
+            "--set",
+            "priorityClassName=ops,commonLabels.team=a,agentImage.tag=v0,image.digest=sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            "--set-json",
+            r#"extraArgs=["--resync-interval=5m"],extraEnv=[{"name":"A","value":"b"}]"#,
+            "--set-json",
+            r#"topologySpreadConstraints=[{"maxSkew":1,"topologyKey":"zone","whenUnsatisfiable":"DoNotSchedule"}]"#,
         ],
     );
 }
@@ -517,6 +523,159 @@ fn security_contexts_default_to_restricted_and_can_be_replaced() {
 }
 
 #[test]
+fn extra_args_env_and_scheduling_values_reach_the_operators_pod() {
+    let defaults = rendered(&[]);
+    let pod = &one(&defaults, "Deployment")["spec"]["template"]["spec"];
+    assert!(pod.get("priorityClassName").is_none(), "{pod}");
+    assert!(pod.get("topologySpreadConstraints").is_none(), "{pod}");
+
+    let objects = rendered(&[
+        "--set",
+        "priorityClassName=platform-critical",
+        "--set-json",
+        r#"extraArgs=["--agent-token-lifetime=12h"]"#,
+        "--set-json",
+        r#"extraEnv=[{"name":"HTTPS_PROXY","value":"http://proxy:3128"}]"#,
+        "--set-json",
+        r#"topologySpreadConstraints=[{"maxSkew":1,"topologyKey":"topology.kubernetes.io/zone","whenUnsatisfiable":"ScheduleAnyway"}]"#,
+    ]);
+    let pod = &one(&objects, "Deployment")["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let args = container["args"].as_array().unwrap();
+    assert_eq!(
+        args.last(),
+        Some(&json!("--agent-token-lifetime=12h")),
+        "appended after the chart's own: {args:?}"
+    );
+    let env: Vec<&Value> = container["env"].as_array().unwrap().iter().collect();
+    assert_eq!(env[0]["name"], "POD_NAME", "the chart's own first");
+    assert_eq!(
+        env.last().copied(),
+        Some(&json!({"name": "HTTPS_PROXY", "value": "http://proxy:3128"}))
+    );
+    assert_eq!(pod["priorityClassName"], "platform-critical");
+    assert_eq!(
+        pod["topologySpreadConstraints"][0]["topologyKey"],
+        "topology.kubernetes.io/zone"
+    );
+    refused(
+        &["--set-json", r#"extraEnv=[{"value":"x"}]"#],
+        "missing property 'name'",
+    );
+}
+
+#[test]
+fn a_digest_pins_an_image_and_agents_follow_the_operators_image_unless_told() {
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let agent_image = |objects: &[Value]| -> String {
+        operator_container(objects)["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|a| a.as_str()?.strip_prefix("--agent-image="))
+            .expect("--agent-image")
+            .to_string()
+    };
+    // By default the agents' image is the operator's, whatever it is.
+    let objects = rendered(&["--set", &format!("image.tag=0.2.0,image.digest={digest}")]);
+    let image = format!("ghcr.io/example/offering-operator@{digest}");
+    assert_eq!(
+        operator_container(&objects)["image"],
+        image.as_str(),
+        "the tag ignored"
+    );
+    assert_eq!(agent_image(&objects), image);
+    let objects = rendered(&["--set", "image.tag=0.2.0"]);
+    assert_eq!(
+        agent_image(&objects),
+        "ghcr.io/example/offering-operator:0.2.0"
+    );
+
+    // agentImage with a tag or digest is the agents' own, in the operator's
+    // repository unless it names one.
+    let objects = rendered(&["--set", "image.tag=0.2.0,agentImage.tag=0.1.0"]);
+    assert_eq!(
+        operator_container(&objects)["image"],
+        "ghcr.io/example/offering-operator:0.2.0"
+    );
+    assert_eq!(
+        agent_image(&objects),
+        "ghcr.io/example/offering-operator:0.1.0"
+    );
+    let objects = rendered(&[
+        "--set",
+        &format!(
+            "agentImage.repository=registry.example.com/agent,agentImage.tag=v1,agentImage.digest={digest}"
+        ),
+    ]);
+    assert_eq!(
+        agent_image(&objects),
+        format!("registry.example.com/agent@{digest}")
+    );
+    refused(
+        &["--set", "agentImage.repository=registry.example.com/agent"],
+        "agentImage.repository (registry.example.com/agent) needs agentImage.tag or agentImage.digest",
+    );
+    refused(&["--set", "image.digest=latest"], "does not match pattern");
+}
+
+#[test]
+fn common_labels_reach_every_rendered_object_but_not_the_charts_own() {
+    let objects = rendered(&[
+        "--set",
+        "commonLabels.team=platform,commonLabels.cost-center=cc42",
+        "--set",
+        "serviceMonitor.enabled=true,prometheusRule.enabled=true,grafanaDashboard.enabled=true",
+        "--set",
+        "podDisruptionBudget.enabled=true,defaultKcpSecret.name=kcp,defaultKcpSecret.kubeconfig=x",
+        "--set",
+        "watchNamespace=team-a",
+        "--api-versions",
+        "monitoring.coreos.com/v1/ServiceMonitor",
+        "--api-versions",
+        "monitoring.coreos.com/v1/PrometheusRule",
+    ]);
+    let kinds: BTreeSet<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
+    for kind in [
+        "Deployment",
+        "ServiceAccount",
+        "Secret",
+        "Service",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "PodDisruptionBudget",
+        "ServiceMonitor",
+        "PrometheusRule",
+        "ConfigMap",
+        "Pod",
+    ] {
+        assert!(kinds.contains(kind), "no {kind} rendered: {kinds:?}");
+    }
+    for object in &objects {
+        let labels = &object["metadata"]["labels"];
+        assert_eq!(labels["team"], "platform", "{}", object["kind"]);
+        assert_eq!(labels["cost-center"], "cc42", "{}", object["kind"]);
+        assert_eq!(labels["app.kubernetes.io/name"], "offering-operator");
+    }
+    let deployment = one(&objects, "Deployment");
+    assert_eq!(
+        deployment["spec"]["template"]["metadata"]["labels"]["team"],
+        "platform"
+    );
+    assert_eq!(
+        deployment["spec"]["selector"]["matchLabels"],
+        json!({"app.kubernetes.io/name": "offering-operator", "app.kubernetes.io/instance": "rel"}),
+        "the selector stays the chart's"
+    );
+    refused(
+        &["--set", "commonLabels.app\\.kubernetes\\.io/instance=other"],
+        "commonLabels cannot set app.kubernetes.io/instance",
+    );
+}
+
+#[test]
 fn a_pod_disruption_budget_is_opt_in() {
     assert!(of_kind(&rendered(&[]), "PodDisruptionBudget").is_empty());
     let objects = rendered(&["--set", "podDisruptionBudget.enabled=true"]);
@@ -730,6 +889,10 @@ async fn helm_installs_upgrades_and_uninstalls_the_chart_and_keeps_crds_and_offe
         "{args:?}"
     );
     assert!(args.contains(&"--log-level=info".to_string()), "{args:?}");
+    assert!(
+        args.contains(&"--agent-image=ghcr.io/example/offering-operator:0.1.0".to_string()),
+        "the agents follow the operator's image by default: {args:?}"
+    );
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
     accounts.get(&name).await.expect("the ServiceAccount");
     let cluster_roles: Api<ClusterRole> = Api::all(client.clone());
@@ -777,33 +940,67 @@ async fn helm_installs_upgrades_and_uninstalls_the_chart_and_keeps_crds_and_offe
     let sample = std::fs::read_to_string(repo().join("config/samples/crd-service.yaml")).unwrap();
     apply_stream(&client, &sample, &offerings_namespace, false).await;
 
-    // Upgrade with non-default values: each lands.
+    // Upgrade with non-default values: each lands. The agents' image is
+    // pinned to the installed one while the operator's moves.
     let values = format!(
-        "replicaCount=2,logLevel=debug,image.tag=0.2.0,podDisruptionBudget.enabled=true,\
-         serviceAccount.annotations.team=platform,watchNamespace={offerings_namespace}"
+        "replicaCount=2,logLevel=debug,image.tag=0.2.0,agentImage.tag=0.1.0,\
+         podDisruptionBudget.enabled=true,serviceAccount.annotations.team=platform,\
+         watchNamespace={offerings_namespace},priorityClassName=offering-operator,\
+         commonLabels.cost-center=cc42"
     );
     let mut upgrade = install.to_vec();
     upgrade[0] = "upgrade";
     upgrade.pop();
     upgrade.extend(["--set", &values]);
+    upgrade.extend([
+        "--set-json",
+        r#"extraArgs=["--agent-token-lifetime=12h"]"#,
+        "--set-json",
+        r#"extraEnv=[{"name":"HTTPS_PROXY","value":"http://proxy:3128"}]"#,
+        "--set-json",
+        r#"topologySpreadConstraints=[{"maxSkew":1,"topologyKey":"kubernetes.io/hostname","whenUnsatisfiable":"ScheduleAnyway","labelSelector":{"matchLabels":{"app.kubernetes.io/name":"offering-operator"}}}]"#,
+    ]);
     on_service_cluster(&env, &helm, &upgrade);
     let deployment = deployments.get(&name).await.unwrap();
     let spec = deployment.spec.as_ref().unwrap();
     assert_eq!(spec.replicas, Some(2));
+    let pod = spec.template.spec.as_ref().unwrap();
     assert_eq!(
-        spec.template.spec.as_ref().unwrap().containers[0]
-            .image
-            .as_deref(),
+        pod.containers[0].image.as_deref(),
         Some("ghcr.io/example/offering-operator:0.2.0")
+    );
+    assert_eq!(
+        pod.priority_class_name.as_deref(),
+        Some("offering-operator")
+    );
+    let spread = pod
+        .topology_spread_constraints
+        .as_deref()
+        .unwrap_or_default();
+    assert_eq!(spread.len(), 1, "{spread:?}");
+    assert_eq!(spread[0].topology_key, "kubernetes.io/hostname");
+    let env_vars = pod.containers[0].env.as_deref().unwrap_or_default();
+    assert!(
+        env_vars
+            .iter()
+            .any(|e| e.name == "HTTPS_PROXY" && e.value.as_deref() == Some("http://proxy:3128")),
+        "{env_vars:?}"
     );
     let args = container_args(&deployment);
     for arg in [
         "--log-level=debug".to_string(),
         format!("--watch-namespace={offerings_namespace}"),
+        "--agent-image=ghcr.io/example/offering-operator:0.1.0".to_string(),
+        "--agent-token-lifetime=12h".to_string(),
     ] {
         assert!(args.contains(&arg), "{arg} not in {args:?}");
     }
+    assert_eq!(
+        deployment.labels().get("cost-center").map(String::as_str),
+        Some("cc42")
+    );
     let budget = budgets.get(&name).await.expect("the PDB");
+    let budget_labels = budget.labels().clone();
     assert_eq!(
         budget.spec.unwrap().max_unavailable,
         Some(IntOrString::Int(1))
@@ -813,6 +1010,25 @@ async fn helm_installs_upgrades_and_uninstalls_the_chart_and_keeps_crds_and_offe
         account.annotations().get("team").map(String::as_str),
         Some("platform")
     );
+    let labelled = [
+        account.labels().clone(),
+        budget_labels,
+        cluster_roles.get(&name).await.unwrap().labels().clone(),
+        bindings.get(&name).await.unwrap().labels().clone(),
+        roles
+            .get(&format!("{name}-leader-election"))
+            .await
+            .unwrap()
+            .labels()
+            .clone(),
+    ];
+    for labels in labelled {
+        assert_eq!(
+            labels.get("cost-center").map(String::as_str),
+            Some("cc42"),
+            "{labels:?}"
+        );
+    }
     let team_roles: Api<Role> = Api::namespaced(client.clone(), &offerings_namespace);
     let team_role = team_roles
         .get(&name)

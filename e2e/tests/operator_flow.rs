@@ -762,6 +762,108 @@ async fn the_agent_options_of_an_offering_reach_the_agent_and_a_standby_keeps_a_
     }
 }
 
+/// The pod fields of an offering's agent reach its Deployment as the
+/// kube-apiserver validates and stores it; a security-context key the
+/// offering sets to `null` is kept as `null` in the offering and is absent
+/// from the Deployment, and comes back once the offering no longer removes
+/// it.
+#[tokio::test]
+async fn the_agent_pod_fields_of_an_offering_reach_its_deployment_and_null_removes_a_default() {
+    let scene = OfferingScene::new("op-pod", &[]).await.expect("scene");
+    let service = scene.provider.service.clone();
+    let ns = scene.provider.namespace.clone();
+    let agent = json!({
+        "replicas": 1,
+        "priorityClassName": "agents-critical",
+        "topologySpreadConstraints": [{
+            "maxSkew": 1,
+            "topologyKey": "topology.kubernetes.io/zone",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": {"offering.syncagent.dev/name": "pods"}},
+        }],
+        "hostAliases": [{"ip": "10.1.2.3", "hostnames": ["kcp.internal"]}],
+        "initContainers": [{"name": "wait", "image": "busybox", "command": ["true"]}],
+        "strategy": {"type": "Recreate"},
+        "revisionHistoryLimit": 2,
+        "podSecurityContext": {"fsGroup": 2000},
+        "securityContext": {"runAsUser": null, "runAsGroup": null},
+    });
+    let _agent = scene
+        .publish("pods", json!({"agent": agent}))
+        .await
+        .expect("Ready with the pod fields");
+
+    let stored = scene.offerings().get("pods").await.expect("offering");
+    assert_eq!(
+        serde_json::to_value(&stored.spec.agent.unwrap().security_context).unwrap(),
+        json!({"runAsUser": null, "runAsGroup": null}),
+        "the server keeps the nulls"
+    );
+    let deployments: Api<Deployment> = Api::namespaced(service.clone(), &ns);
+    let spec = deployments
+        .get("pods-sync-agent")
+        .await
+        .expect("Deployment")
+        .spec
+        .unwrap();
+    assert_eq!(spec.strategy.unwrap().type_.as_deref(), Some("Recreate"));
+    assert_eq!(spec.revision_history_limit, Some(2));
+    let pod = spec.template.spec.unwrap();
+    assert_eq!(pod.priority_class_name.as_deref(), Some("agents-critical"));
+    let spread = pod.topology_spread_constraints.unwrap_or_default();
+    assert_eq!(spread.len(), 1, "{spread:?}");
+    assert_eq!(spread[0].topology_key, "topology.kubernetes.io/zone");
+    let aliases = pod.host_aliases.unwrap_or_default();
+    assert_eq!(aliases.len(), 1, "{aliases:?}");
+    assert_eq!(aliases[0].ip, "10.1.2.3");
+    assert_eq!(
+        aliases[0].hostnames.as_deref(),
+        Some(&["kcp.internal".to_string()][..])
+    );
+    let init = pod.init_containers.unwrap_or_default();
+    assert_eq!(init.len(), 1, "{init:?}");
+    assert_eq!(init[0].name, "wait");
+    let pod_security = pod.security_context.unwrap();
+    assert_eq!(pod_security.fs_group, Some(2000));
+    assert_eq!(pod_security.run_as_non_root, Some(true), "the default kept");
+    let security = serde_json::to_value(pod.containers[0].security_context.as_ref()).unwrap();
+    assert!(
+        security.get("runAsUser").is_none() && security.get("runAsGroup").is_none(),
+        "{security}"
+    );
+    assert_eq!(security["runAsNonRoot"], true, "{security}");
+    assert_eq!(security["readOnlyRootFilesystem"], true, "{security}");
+    assert_eq!(
+        security["capabilities"]["drop"],
+        json!(["ALL"]),
+        "{security}"
+    );
+
+    // Without the nulls the default user is back.
+    scene
+        .apply("pods", scene.spec(json!({"agent": {"replicas": 1}})))
+        .await
+        .expect("offering");
+    poll_until("the default user back", TIMEOUT, async || {
+        let deployment = deployments
+            .get("pods-sync-agent")
+            .await
+            .map_err(|e| e.to_string())?;
+        let pod = deployment.spec.and_then(|s| s.template.spec);
+        let container = pod.as_ref().map(|p| &p.containers[0]);
+        let user = container
+            .and_then(|c| c.security_context.as_ref())
+            .and_then(|s| s.run_as_user);
+        let aliases = pod.as_ref().and_then(|p| p.host_aliases.clone());
+        match (user, aliases) {
+            (Some(65532), None) => Ok(()),
+            other => Err(format!("runAsUser and hostAliases: {other:?}")),
+        }
+    })
+    .await
+    .expect("the Deployment follows the offering");
+}
+
 /// The failed reconciles of the operator's offerings so far.
 async fn reconcile_errors(scene: &OfferingScene) -> Result<u64, String> {
     let metrics = scene.operator.process.metrics().await?;

@@ -3,16 +3,23 @@
 //! credentials and RBAC on both sides, its PublishedResources, one sync-agent
 //! Deployment and the consumers' APIBindings.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::marker::PhantomData;
 
+use k8s_openapi::api::apps::v1::DeploymentStrategy;
 use k8s_openapi::api::core::v1::{
-    Affinity, EnvVar, LocalObjectReference, ResourceRequirements, Toleration, Volume, VolumeMount,
+    Affinity, Container, EnvVar, HostAlias, LocalObjectReference, PodSecurityContext,
+    ResourceRequirements, SecurityContext, Toleration, TopologySpreadConstraint, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::CustomResource;
-use schemars::JsonSchema;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use sync_agent::api::controllers::ControllerName;
 use sync_agent::api::published_resource::PublishedResourceSpec;
 use sync_agent::runtime::logging::LogLevel;
@@ -219,6 +226,53 @@ pub struct AgentSettings {
     /// Log format of the agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
+    /// The agent pods' securityContext, merged over the operator's
+    /// default: `runAsNonRoot: true` and `seccompProfile: {type:
+    /// RuntimeDefault}`. A key given replaces the default's (an object such
+    /// as `seccompProfile` is merged key by key, a list is replaced), and a
+    /// key set to `null` is removed from the default, as in a JSON merge
+    /// patch, for example `fsGroup: 2000`.
+    #[serde(default, skip_serializing_if = "Overrides::is_empty")]
+    pub pod_security_context: Overrides<PodSecurityContext>,
+    /// The agent container's securityContext, merged over the operator's
+    /// default, which the restricted Pod Security Standard admits: user and
+    /// group 65532 (`runAsUser`, `runAsGroup`), `runAsNonRoot: true`,
+    /// `readOnlyRootFilesystem: true`, `allowPrivilegeEscalation: false`,
+    /// `capabilities: {drop: [ALL]}` and `seccompProfile: {type:
+    /// RuntimeDefault}`. A key given replaces the default's (an object such
+    /// as `capabilities` is merged key by key, a list is replaced), and a
+    /// key set to `null` is removed from the default, as in a JSON merge
+    /// patch: `{runAsUser: null, runAsGroup: null}` where the platform
+    /// assigns user IDs (OpenShift's `restricted-v2`).
+    #[serde(default, skip_serializing_if = "Overrides::is_empty")]
+    pub security_context: Overrides<SecurityContext>,
+    /// PriorityClass of the agent pods, for example so that they are not
+    /// the first to be preempted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// How the agent pods spread over zones or nodes. For a
+    /// `labelSelector`: their labels include `offering.syncagent.dev/name:
+    /// <offering>` and `offering.syncagent.dev/namespace: <namespace>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    /// Entries the agent pods get in their `/etc/hosts`: a service cluster
+    /// reaching kcp, or the virtual-workspace URLs of its shards, by names
+    /// its DNS does not resolve.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_aliases: Vec<HostAlias>,
+    /// Containers run to completion before the agent starts, as written
+    /// (the default security context is not applied to them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub init_containers: Vec<Container>,
+    /// How the agent's Deployment replaces its pods; the Deployment's
+    /// default (a rolling update) if unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<DeploymentStrategy>,
+    /// Old ReplicaSets the agent's Deployment keeps for a rollback; the
+    /// Deployment's default (10) if unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub revision_history_limit: Option<i32>,
     /// Node labels the agent pods must match.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
@@ -288,6 +342,79 @@ pub struct EndpointRewrite {
     /// `https://kcp-shard-1.example.com`; it may carry a path prefix.
     #[schemars(regex(pattern = r"^https?://[^/]+(/.*)?$"))]
     pub to: String,
+}
+
+/// Changes to a default object of type `T` as a JSON merge patch (RFC
+/// 7386): a key given replaces the default's, an object merges key by key,
+/// and `null` removes the key. Its schema is `T`'s with every top-level
+/// field nullable, so that the server keeps a `null`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(transparent)]
+pub struct Overrides<T> {
+    patch: Map<String, Value>,
+    #[serde(skip)]
+    over: PhantomData<T>,
+}
+
+impl<T> Default for Overrides<T> {
+    fn default() -> Self {
+        Self {
+            patch: Map::new(),
+            over: PhantomData,
+        }
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Overrides<T> {
+    /// Whether nothing is changed.
+    pub fn is_empty(&self) -> bool {
+        self.patch.is_empty()
+    }
+
+    /// `default` with the changes; an error when the result is not a `T`.
+    pub fn over(&self, default: &T) -> Result<T, serde_json::Error> {
+        let mut merged = serde_json::to_value(default)?;
+        merge_patch(&mut merged, &Value::Object(self.patch.clone()));
+        serde_json::from_value(merged)
+    }
+}
+
+/// Applies the JSON merge patch `patch` to `target` (RFC 7386).
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(changes) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    if let Value::Object(fields) = target {
+        for (key, change) in changes {
+            if change.is_null() {
+                fields.remove(key);
+            } else {
+                merge_patch(fields.entry(key.clone()).or_insert(Value::Null), change);
+            }
+        }
+    }
+}
+
+impl<T: JsonSchema> JsonSchema for Overrides<T> {
+    fn schema_name() -> Cow<'static, str> {
+        format!("{}Overrides", T::schema_name()).into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let mut schema = T::json_schema(generator);
+        if let Some(Value::Object(properties)) = schema.get_mut("properties") {
+            for property in properties.values_mut() {
+                if let Value::Object(property) = property {
+                    property.insert("nullable".into(), Value::Bool(true));
+                }
+            }
+        }
+        schema
+    }
 }
 
 /// A PodDisruptionBudget the operator keeps for the agent pods.

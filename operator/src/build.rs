@@ -148,7 +148,7 @@ pub fn build(
         role: cluster::role(offering, names),
         role_binding: cluster::role_binding(offering, names),
         published_resources: cluster::published_resources(offering, names),
-        deployment: cluster::deployment(offering, names, &image, &agent_kubeconfig),
+        deployment: cluster::deployment(offering, names, &image, &agent_kubeconfig)?,
         metrics_service: cluster::metrics_service(offering, names),
         disruption_budget: cluster::disruption_budget(offering, names),
         agent_kubeconfig,

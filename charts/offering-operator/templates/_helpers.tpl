@@ -18,8 +18,16 @@ the release name with the chart's name unless it already contains it. */}}
 {{- end -}}
 {{- end -}}
 
-{{/* Labels every object carries. */}}
+{{/* Labels every object carries: the chart's own, then commonLabels. */}}
 {{- define "offering-operator.labels" -}}
+{{ include "offering-operator.ownLabels" . }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* The chart's own labels, which commonLabels cannot set (validate.tpl). */}}
+{{- define "offering-operator.ownLabels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{ include "offering-operator.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
@@ -39,8 +47,30 @@ an existing one, which must be named (validate.yaml). */}}
 {{- default (include "offering-operator.fullname" .) .Values.serviceAccount.name -}}
 {{- end -}}
 
+{{/* An image reference from a dict of repository, tag and digest:
+repository@digest when a digest is given, else repository:tag. */}}
+{{- define "offering-operator.imageReference" -}}
+{{- if .digest -}}
+{{- printf "%s@%s" .repository .digest -}}
+{{- else -}}
+{{- printf "%s:%s" .repository .tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The operator's image. */}}
 {{- define "offering-operator.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- include "offering-operator.imageReference" (dict "repository" .Values.image.repository "tag" (default .Chart.AppVersion .Values.image.tag) "digest" .Values.image.digest) -}}
+{{- end -}}
+
+{{/* The agents' default image: agentImage when it names a tag or a digest,
+else the operator's image. */}}
+{{- define "offering-operator.agentImage" -}}
+{{- $agent := .Values.agentImage -}}
+{{- if or $agent.tag $agent.digest -}}
+{{- include "offering-operator.imageReference" (dict "repository" (default .Values.image.repository $agent.repository) "tag" $agent.tag "digest" $agent.digest) -}}
+{{- else -}}
+{{- include "offering-operator.image" . -}}
+{{- end -}}
 {{- end -}}
 
 {{/*

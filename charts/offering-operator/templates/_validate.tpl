@@ -16,6 +16,16 @@ install or upgrade with a bad combination stops before touching anything.
 {{- if and (not .Values.serviceAccount.create) (not .Values.serviceAccount.name) -}}
 {{- fail "serviceAccount.create=false needs serviceAccount.name: the existing ServiceAccount in the release namespace the operator runs as (the chart binds its roles to it)" -}}
 {{- end -}}
+{{- $agentImage := .Values.agentImage -}}
+{{- if and $agentImage.repository (not (or $agentImage.tag $agentImage.digest)) -}}
+{{- fail (printf "agentImage.repository (%s) needs agentImage.tag or agentImage.digest: without either the agents run the operator's image (image.*); set one, or leave agentImage.repository empty" $agentImage.repository) -}}
+{{- end -}}
+{{- $own := include "offering-operator.ownLabels" . | fromYaml -}}
+{{- range $key, $value := .Values.commonLabels -}}
+{{- if hasKey $own $key -}}
+{{- fail (printf "commonLabels cannot set %s: the chart sets it on every object (selectors rely on it); use another key" $key) -}}
+{{- end -}}
+{{- end -}}
 {{- $pdb := .Values.podDisruptionBudget -}}
 {{- if and $pdb.enabled (ne (toString $pdb.minAvailable) "") (ne (toString $pdb.maxUnavailable) "") -}}
 {{- fail "podDisruptionBudget: set minAvailable or maxUnavailable, not both" -}}

@@ -201,3 +201,19 @@ fn check_structural(schema: &Value, path: &str, needs_type: bool, problems: &mut
         check_structural(extra, &format!("{path}{{}}"), true, problems);
     }
 }
+
+#[test]
+fn the_agents_security_contexts_keep_a_null_that_removes_a_default() {
+    let crd = serde_json::to_value(PublishedOffering::crd()).unwrap();
+    let agent = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        ["agent"]["properties"];
+    for (field, key) in [
+        ("securityContext", "runAsUser"),
+        ("securityContext", "runAsGroup"),
+        ("podSecurityContext", "fsGroup"),
+        ("podSecurityContext", "seccompProfile"),
+    ] {
+        let property = &agent[field]["properties"][key];
+        assert_eq!(property["nullable"], true, "{field}.{key}: {property}");
+    }
+}

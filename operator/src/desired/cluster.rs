@@ -23,6 +23,7 @@ use sync_agent::api::hash::sha1_hex;
 use sync_agent::api::published_resource::PublishedResource;
 
 use crate::api::{AgentSettings, LogFormat, PublishedOffering};
+use crate::error::Error;
 use crate::names::{AGENT_LABEL, KCP_MOUNT_PATH, KUBECONFIG_KEY, Names, OWNER_ANNOTATION};
 
 /// Port of the agent's `/metrics`.
@@ -284,20 +285,62 @@ fn agent_args(names: &Names, settings: &AgentSettings) -> Vec<String> {
     args
 }
 
-/// The agent Deployment running `image`.
 /// Pod annotation: SHA-1 of the agent's kcp kubeconfig (without the token,
 /// which the agent rereads from its file), so that a new kcp address or CA
 /// rolls the agent's pods.
 pub const KUBECONFIG_HASH_ANNOTATION: &str = "offering.syncagent.dev/kcp-kubeconfig-sha1";
 
-/// The agent's Deployment; `kubeconfig` is the agent's kcp kubeconfig.
+/// The agent pods' securityContext unless the offering changes it.
+fn default_pod_security_context() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The agent container's securityContext unless the offering changes it:
+/// what the restricted Pod Security Standard admits, as a fixed non-root
+/// user.
+fn default_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        run_as_user: Some(AGENT_UID),
+        run_as_group: Some(AGENT_UID),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The agent's Deployment; `kubeconfig` is the agent's kcp kubeconfig. An
+/// error when the offering's security context changes do not make one.
 pub fn deployment(
     offering: &PublishedOffering,
     names: &Names,
     image: &str,
     kubeconfig: &str,
-) -> Deployment {
+) -> Result<Deployment, Error> {
     let settings = offering.spec.agent.clone().unwrap_or_default();
+    let pod_security_context = settings
+        .pod_security_context
+        .over(&default_pod_security_context())
+        .map_err(|e| Error::InvalidSpec(format!("spec.agent.podSecurityContext: {e}")))?;
+    let security_context = settings
+        .security_context
+        .over(&default_security_context())
+        .map_err(|e| Error::InvalidSpec(format!("spec.agent.securityContext: {e}")))?;
     let mut pod_annotations = settings.pod_annotations.clone();
     pod_annotations.insert(KUBECONFIG_HASH_ANNOTATION.into(), sha1_hex(kubeconfig));
     let mut pod_labels = settings.pod_labels.clone();
@@ -353,29 +396,16 @@ pub fn deployment(
         liveness_probe: Some(probe("/healthz")),
         readiness_probe: Some(probe("/readyz")),
         resources: settings.resources.clone(),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            run_as_user: Some(AGENT_UID),
-            run_as_group: Some(AGENT_UID),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Default::default()
-            }),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
+        security_context: Some(security_context),
         volume_mounts: Some(volume_mounts),
         ..Default::default()
     };
-    Deployment {
+    Ok(Deployment {
         metadata: owned(offering, names, &names.agent_workload),
         spec: Some(DeploymentSpec {
             replicas: Some(replicas(&settings)),
+            strategy: settings.strategy.clone(),
+            revision_history_limit: settings.revision_history_limit,
             selector: LabelSelector {
                 match_labels: Some(names.selector_labels()),
                 ..Default::default()
@@ -390,14 +420,9 @@ pub fn deployment(
                     service_account_name: Some(names.agent_workload.clone()),
                     image_pull_secrets: (!settings.image_pull_secrets.is_empty())
                         .then(|| settings.image_pull_secrets.clone()),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }),
+                    security_context: Some(pod_security_context),
+                    init_containers: (!settings.init_containers.is_empty())
+                        .then(|| settings.init_containers.clone()),
                     containers: vec![container],
                     volumes: Some(volumes),
                     node_selector: (!settings.node_selector.is_empty())
@@ -405,13 +430,18 @@ pub fn deployment(
                     tolerations: (!settings.tolerations.is_empty())
                         .then(|| settings.tolerations.clone()),
                     affinity: settings.affinity.clone(),
+                    priority_class_name: settings.priority_class_name.clone(),
+                    topology_spread_constraints: (!settings.topology_spread_constraints.is_empty())
+                        .then(|| settings.topology_spread_constraints.clone()),
+                    host_aliases: (!settings.host_aliases.is_empty())
+                        .then(|| settings.host_aliases.clone()),
                     ..Default::default()
                 }),
             },
             ..Default::default()
         }),
         ..Default::default()
-    }
+    })
 }
 
 fn replicas(settings: &AgentSettings) -> i32 {
@@ -497,7 +527,8 @@ mod tests {
             "logLevel": "trace",
             "imagePullSecrets": [{"name": "registry"}],
         }));
-        let deployment = deployment(&offering, &names, "example/sync-agent:1", "kubeconfig");
+        let deployment =
+            deployment(&offering, &names, "example/sync-agent:1", "kubeconfig").unwrap();
         let spec = deployment.spec.unwrap();
         assert_eq!(spec.replicas, Some(3));
         let pod = spec.template.spec.unwrap();
@@ -544,6 +575,7 @@ mod tests {
             "volumeMounts": [{"name": "ca", "mountPath": "/etc/ssl/extra"}],
         }));
         let pod = deployment(&with_options, &names, "img", "kubeconfig")
+            .unwrap()
             .spec
             .unwrap()
             .template
@@ -585,6 +617,7 @@ mod tests {
 
         let (plain, names) = offering(json!(null));
         let args = deployment(&plain, &names, "img", "kubeconfig")
+            .unwrap()
             .spec
             .unwrap()
             .template
@@ -604,10 +637,143 @@ mod tests {
         );
     }
 
+    /// The pod template of the offering's agent Deployment.
+    fn pod_spec(agent: serde_json::Value) -> PodSpec {
+        let (offering, names) = offering(agent);
+        deployment(&offering, &names, "img", "kubeconfig")
+            .unwrap()
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+    }
+
+    #[test]
+    fn without_changes_the_security_contexts_are_restricted() {
+        let pod = pod_spec(json!(null));
+        assert_eq!(
+            serde_json::to_value(&pod.security_context).unwrap(),
+            json!({"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}})
+        );
+        assert_eq!(
+            serde_json::to_value(&pod.containers[0].security_context).unwrap(),
+            json!({
+                "allowPrivilegeEscalation": false,
+                "readOnlyRootFilesystem": true,
+                "runAsNonRoot": true,
+                "runAsUser": 65532,
+                "runAsGroup": 65532,
+                "capabilities": {"drop": ["ALL"]},
+                "seccompProfile": {"type": "RuntimeDefault"},
+            })
+        );
+    }
+
+    #[test]
+    fn security_context_changes_merge_over_the_default_and_null_removes_a_key() {
+        let pod = pod_spec(json!({
+            "podSecurityContext": {
+                "fsGroup": 2000,
+                "seccompProfile": {"type": "Localhost", "localhostProfile": "agent.json"},
+            },
+            "securityContext": {
+                "runAsUser": null,
+                "runAsGroup": null,
+                "capabilities": {"add": ["NET_BIND_SERVICE"]},
+            },
+        }));
+        assert_eq!(
+            serde_json::to_value(&pod.security_context).unwrap(),
+            json!({
+                "fsGroup": 2000,
+                "runAsNonRoot": true,
+                "seccompProfile": {"type": "Localhost", "localhostProfile": "agent.json"},
+            })
+        );
+        assert_eq!(
+            serde_json::to_value(&pod.containers[0].security_context).unwrap(),
+            json!({
+                "allowPrivilegeEscalation": false,
+                "readOnlyRootFilesystem": true,
+                "runAsNonRoot": true,
+                "capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]},
+                "seccompProfile": {"type": "RuntimeDefault"},
+            })
+        );
+    }
+
+    #[test]
+    fn a_security_context_change_of_the_wrong_type_is_an_invalid_spec() {
+        let (offering, names) = offering(json!({"securityContext": {"runAsUser": "root"}}));
+        let error = deployment(&offering, &names, "img", "kubeconfig").unwrap_err();
+        assert_eq!(error.reason(), "InvalidSpec");
+        assert!(
+            error.to_string().contains("spec.agent.securityContext"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_pod_placement_and_rollout_fields_of_the_spec_reach_the_deployment() {
+        let (offering, names) = offering(json!({
+            "priorityClassName": "platform-critical",
+            "topologySpreadConstraints": [{
+                "maxSkew": 1,
+                "topologyKey": "topology.kubernetes.io/zone",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": {"offering.syncagent.dev/name": "databases"}},
+            }],
+            "hostAliases": [{"ip": "10.0.0.7", "hostnames": ["kcp.internal", "shard-1.kcp.internal"]}],
+            "initContainers": [{"name": "wait", "image": "busybox", "command": ["true"]}],
+            "strategy": {"type": "Recreate"},
+            "revisionHistoryLimit": 3,
+        }));
+        let spec = deployment(&offering, &names, "img", "kubeconfig")
+            .unwrap()
+            .spec
+            .unwrap();
+        assert_eq!(spec.strategy.unwrap().type_.as_deref(), Some("Recreate"));
+        assert_eq!(spec.revision_history_limit, Some(3));
+        let pod = spec.template.spec.unwrap();
+        assert_eq!(
+            pod.priority_class_name.as_deref(),
+            Some("platform-critical")
+        );
+        let spread = pod.topology_spread_constraints.unwrap();
+        assert_eq!(spread.len(), 1);
+        assert_eq!(spread[0].topology_key, "topology.kubernetes.io/zone");
+        let aliases = pod.host_aliases.unwrap();
+        assert_eq!(aliases[0].ip, "10.0.0.7");
+        assert_eq!(
+            aliases[0].hostnames.as_deref(),
+            Some(
+                &[
+                    "kcp.internal".to_string(),
+                    "shard-1.kcp.internal".to_string()
+                ][..]
+            )
+        );
+        let init: Vec<&str> = pod
+            .init_containers
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(init, ["wait"]);
+        assert_eq!(pod.containers.len(), 1, "the agent alone runs beside them");
+
+        let plain = pod_spec(json!(null));
+        assert!(plain.priority_class_name.is_none());
+        assert!(plain.topology_spread_constraints.is_none());
+        assert!(plain.host_aliases.is_none());
+        assert!(plain.init_containers.is_none());
+    }
+
     #[test]
     fn replicas_default_to_a_leader_and_a_standby() {
         let (offering, names) = offering(json!(null));
-        let deployment = deployment(&offering, &names, "img", "kubeconfig");
+        let deployment = deployment(&offering, &names, "img", "kubeconfig").unwrap();
         assert_eq!(deployment.spec.unwrap().replicas, Some(2));
     }
 
@@ -616,6 +782,7 @@ mod tests {
         let (offering, names) = offering(json!({"podAnnotations": {"team": "a"}}));
         let annotations = |kubeconfig: &str| {
             deployment(&offering, &names, "img", kubeconfig)
+                .unwrap()
                 .spec
                 .unwrap()
                 .template
