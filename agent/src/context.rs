@@ -1,13 +1,14 @@
 //! What every controller of the agent shares: clients, recorders, metrics,
 //! the agent's identity and options, and the namespaces known to exist.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube_runtime::events::Recorder;
 use serde_json::json;
+use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 use tracing::warn;
 
 use crate::kcp::KcpTarget;
@@ -51,6 +52,10 @@ pub struct Context {
     /// Namespace metadata applied (or found in conflict) since the start,
     /// as [`ManagedMetadata::applied_to`] names it.
     namespace_metadata: Arc<Mutex<HashSet<String>>>,
+    /// A lock per service-cluster namespace in use: copies are placed under
+    /// a shared hold, a namespace is inspected and deleted under an
+    /// exclusive one, so that no copy lands between the two.
+    namespace_locks: Arc<Mutex<HashMap<String, Arc<RwLock<()>>>>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -86,6 +91,7 @@ impl Context {
             upstream_states: upstream_states.map(Arc::new),
             service_namespaces: Arc::default(),
             namespace_metadata: Arc::default(),
+            namespace_locks: Arc::default(),
         })
     }
 
@@ -93,6 +99,26 @@ impl Context {
         self.service_namespaces
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn namespace_lock(&self, name: &str) -> Arc<RwLock<()>> {
+        let mut locks = self
+            .namespace_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        locks.entry(name.to_string()).or_default().clone()
+    }
+
+    /// Held while a copy is placed into the service-cluster namespace `name`.
+    pub async fn placing_into(&self, name: &str) -> OwnedRwLockReadGuard<()> {
+        self.namespace_lock(name).read_owned().await
+    }
+
+    /// Held while the service-cluster namespace `name` is inspected and
+    /// deleted: no copy of this agent is placed into it meanwhile.
+    pub async fn clearing(&self, name: &str) -> OwnedRwLockWriteGuard<()> {
+        self.namespace_lock(name).write_owned().await
     }
 
     /// Makes sure a namespace exists on the service cluster, asking the
@@ -110,7 +136,8 @@ impl Context {
         Ok(())
     }
 
-    /// Forgets that a namespace exists, after a create in it found it gone.
+    /// Forgets that a namespace exists, after a create in it found it gone
+    /// or being deleted, or after the agent deleted it.
     pub fn forget_service_namespace(&self, name: &str) {
         self.known_namespaces().remove(name);
         self.namespace_metadata

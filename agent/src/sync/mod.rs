@@ -8,7 +8,8 @@
 //! same engine. `mirror` and `echo` hold what the watches saw and what the
 //! agent itself wrote, so its own writes do not wake it again; `namespaces`
 //! is the metadata a PublishedResource keeps on its copies' namespaces,
-//! `stale_namespaces` marks the namespaces the agent creates;
+//! `stale_namespaces` deletes the namespaces the agent created once their
+//! last copy is gone;
 //! `upstream_state` reads the last-known states an upstream agent left;
 //! `shrink` lets the tables filled per object give their memory back.
 
