@@ -1,13 +1,14 @@
 //! What every controller of the agent shares: clients, recorders, metrics,
 //! the agent's identity and options, and the namespaces known to exist.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube_runtime::events::Recorder;
 use serde_json::json;
+use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 use tracing::warn;
 
 use crate::kcp::KcpTarget;
@@ -15,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::options::Options;
 use crate::runtime::events::recorder;
 use crate::sync::namespaces::ManagedMetadata;
+use crate::sync::stale_namespaces;
 use crate::sync::upstream_state::UpstreamStates;
 
 /// Field manager and event reporter of everything the agent writes.
@@ -50,6 +52,10 @@ pub struct Context {
     /// Namespace metadata applied (or found in conflict) since the start,
     /// as [`ManagedMetadata::applied_to`] names it.
     namespace_metadata: Arc<Mutex<HashSet<String>>>,
+    /// A lock per service-cluster namespace in use: copies are placed under
+    /// a shared hold, a namespace is inspected and deleted under an
+    /// exclusive one, so that no copy lands between the two.
+    namespace_locks: Arc<Mutex<HashMap<String, Arc<RwLock<()>>>>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -85,6 +91,7 @@ impl Context {
             upstream_states: upstream_states.map(Arc::new),
             service_namespaces: Arc::default(),
             namespace_metadata: Arc::default(),
+            namespace_locks: Arc::default(),
         })
     }
 
@@ -94,19 +101,43 @@ impl Context {
             .unwrap_or_else(|e| e.into_inner())
     }
 
+    fn namespace_lock(&self, name: &str) -> Arc<RwLock<()>> {
+        let mut locks = self
+            .namespace_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        locks.entry(name.to_string()).or_default().clone()
+    }
+
+    /// Held while a copy is placed into the service-cluster namespace `name`.
+    pub async fn placing_into(&self, name: &str) -> OwnedRwLockReadGuard<()> {
+        self.namespace_lock(name).read_owned().await
+    }
+
+    /// Held while the service-cluster namespace `name` is inspected and
+    /// deleted: no copy of this agent is placed into it meanwhile.
+    pub async fn clearing(&self, name: &str) -> OwnedRwLockWriteGuard<()> {
+        self.namespace_lock(name).write_owned().await
+    }
+
     /// Makes sure a namespace exists on the service cluster, asking the
-    /// server only the first time. A namespace deleted later is noticed
-    /// when a create in it fails (see [`Context::forget_service_namespace`]).
+    /// server only the first time; a namespace it creates is labelled as
+    /// this agent's ([`stale_namespaces::CREATED_BY_LABEL`]). A namespace
+    /// deleted later is noticed when a create in it fails (see
+    /// [`Context::forget_service_namespace`]).
     pub async fn ensure_service_namespace(&self, name: &str) -> Result<(), kube::Error> {
         if self.known_namespaces().contains(name) {
             return Ok(());
         }
-        ensure_namespace(&self.service, name).await?;
+        let labels = stale_namespaces::creation_labels(&self.agent_name);
+        ensure_namespace(&self.service, name, &labels).await?;
         self.known_namespaces().insert(name.to_string());
         Ok(())
     }
 
-    /// Forgets that a namespace exists, after a create in it found it gone.
+    /// Forgets that a namespace exists, after a create in it found it gone
+    /// or being deleted, or after the agent deleted it.
     pub fn forget_service_namespace(&self, name: &str) {
         self.known_namespaces().remove(name);
         self.namespace_metadata
@@ -115,16 +146,17 @@ impl Context {
             .retain(|applied| applied.split('\n').next() != Some(name));
     }
 
-    /// Makes sure a namespace exists on the service cluster and carries
-    /// `metadata`, applying it once per agent start (the namespace is
-    /// created by the apply if missing). Its failure (a conflict with
+    /// Makes sure a namespace exists on the service cluster (as
+    /// [`Context::ensure_service_namespace`]) and carries `metadata`,
+    /// applying it once per agent start. Its failure (a conflict with
     /// another manager's value, no `patch` permission) is logged and does
-    /// not stop the copy: the namespace is then only made sure of.
+    /// not stop the copy.
     pub async fn ensure_managed_namespace(
         &self,
         name: &str,
         metadata: &ManagedMetadata,
     ) -> Result<(), kube::Error> {
+        self.ensure_service_namespace(name).await?;
         let applied = metadata.applied_to(name);
         let seen = |applied: &String| {
             self.namespace_metadata
@@ -133,21 +165,15 @@ impl Context {
                 .contains(applied)
         };
         if seen(&applied) {
-            return self.ensure_service_namespace(name).await;
+            return Ok(());
         }
         let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.service.clone());
         let params = PatchParams::apply(&metadata.manager);
-        match api
+        if let Err(error) = api
             .patch(name, &params, &Patch::Apply(metadata.body(name)))
             .await
         {
-            Ok(_) => {
-                self.known_namespaces().insert(name.to_string());
-            }
-            Err(error) => {
-                warn!(namespace = name, manager = %metadata.manager, %error, "Cannot apply the namespace metadata of the PublishedResource; keeping the namespace as it is");
-                self.ensure_service_namespace(name).await?;
-            }
+            warn!(namespace = name, manager = %metadata.manager, %error, "Cannot apply the namespace metadata of the PublishedResource; keeping the namespace as it is");
         }
         self.namespace_metadata
             .lock()
@@ -173,13 +199,18 @@ pub fn post_params() -> PostParams {
     }
 }
 
-/// Creates a namespace unless it exists, on either side.
-pub async fn ensure_namespace(client: &Client, name: &str) -> Result<(), kube::Error> {
+/// Creates a namespace with `labels` unless it exists, on either side.
+pub async fn ensure_namespace(
+    client: &Client,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<(), kube::Error> {
     let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     if api.get_opt(name).await?.is_some() {
         return Ok(());
     }
-    let namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap_or_default();
+    let namespace = serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}}))
+        .unwrap_or_default();
     match api.create(&post_params(), &namespace).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),

@@ -143,7 +143,12 @@ pub fn build(
         export: kcp_objects::export(names, &extra_claims),
         agent_secret: agent_secret(offering, names),
         service_account: cluster::service_account(offering, names),
-        cluster_role: cluster::cluster_role(names, &facts.kinds.synced, &facts.kinds.related),
+        cluster_role: cluster::cluster_role(
+            names,
+            &facts.kinds.synced,
+            &facts.kinds.related,
+            cluster::clears_namespaces(offering),
+        ),
         cluster_role_binding: cluster::cluster_role_binding(names),
         role: cluster::role(offering, names),
         role_binding: cluster::role_binding(offering, names),

@@ -156,6 +156,21 @@ pub struct ResourceNaming {
     /// all the same. Unset: namespaces are only created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_metadata: Option<NamespaceMetadata>,
+    /// Delete a namespace the agent created for local copies once the last
+    /// copy in it is gone and nothing else is left in it (an addition to
+    /// upstream's API, upstream #113). The agent labels the namespaces it
+    /// creates with `syncagent.kcp.io/created-by-agent: <agent name>`;
+    /// other namespaces, and namespaces created before that label, are
+    /// never deleted. After deleting a copy the agent lists every
+    /// namespaced kind in the namespace (metadata only): any object other
+    /// than the `kube-root-ca.crt` ConfigMap, the `default` ServiceAccount,
+    /// events and objects already being deleted keeps the namespace, and so
+    /// does a kind the agent may not list. Dependents of the copy (objects
+    /// with owner references) are waited for, up to 30 seconds after the
+    /// kcp object's deletion, while the garbage collector removes them.
+    /// Needs `delete` on namespaces and `list` on every namespaced kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete_empty_namespaces: Option<bool>,
 }
 
 /// Labels and annotations of a namespace.

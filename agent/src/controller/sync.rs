@@ -293,6 +293,13 @@ async fn worker_config(
             .and_then(|n| n.namespace_metadata.as_ref())
             .filter(|_| local_namespaced)
             .map(|metadata| ManagedMetadata::new(FIELD_MANAGER, &pr.name_any(), metadata)),
+        delete_empty_namespaces: local_namespaced
+            && pr
+                .spec
+                .naming
+                .as_ref()
+                .and_then(|n| n.delete_empty_namespaces)
+                == Some(true),
         templates: Arc::new(related::templates(&related)),
         related,
         kinds: Arc::default(),

@@ -33,6 +33,9 @@ pub struct WorkerConfig {
     pub naming: Naming,
     /// Metadata kept on the namespaces of local copies, if any.
     pub namespace_metadata: Option<ManagedMetadata>,
+    /// Whether a namespace the agent created goes once its last copy has
+    /// (`naming.deleteEmptyNamespaces`, namespaced copies only).
+    pub delete_empty_namespaces: bool,
     /// Label selector on kcp objects, if any.
     pub resource_filter: Option<kube::core::Selector>,
     /// Label selector on the namespaces of kcp objects, if any.

@@ -7,7 +7,9 @@
 //! objects are located by `related` and kept by `related_copies` through the
 //! same engine. `mirror` and `echo` hold what the watches saw and what the
 //! agent itself wrote, so its own writes do not wake it again; `namespaces`
-//! is the metadata a PublishedResource keeps on its copies' namespaces;
+//! is the metadata a PublishedResource keeps on its copies' namespaces,
+//! `stale_namespaces` deletes the namespaces the agent created once their
+//! last copy is gone;
 //! `upstream_state` reads the last-known states an upstream agent left;
 //! `shrink` lets the tables filled per object give their memory back.
 
@@ -25,6 +27,7 @@ pub mod queue;
 pub mod reconcile;
 pub mod related;
 pub mod related_copies;
+pub mod stale_namespaces;
 pub mod upstream_state;
 pub mod worker;
 pub mod workspace;

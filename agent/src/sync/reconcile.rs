@@ -17,12 +17,13 @@ use super::config::{CopyMirror, WorkerConfig};
 use super::copy::{Deleted, Engine, Placed, as_value};
 use super::error::SyncError;
 use super::events::EventSink;
-use super::identity::{FINALIZER, MARKS, RemoteKey, Side};
+use super::identity::{FINALIZER, LOCAL_OBJECT_ANNOTATION, MARKS, RemoteKey, Side};
 use super::mirror::Mirror;
 use super::naming::{NamingContext, Placement};
 use super::object::{Owner, lacks_state, new_copy};
 use super::related;
 use super::related_copies;
+use super::stale_namespaces::{self, Verdict};
 use super::workspace::{filters_match, workspace_path};
 use crate::context::{Context, patch_params};
 
@@ -421,6 +422,11 @@ async fn create(
     events: &KcpEvents<'_>,
 ) -> Result<Outcome, SyncError> {
     let key = owner.key;
+    // No namespace of this agent is deleted while a copy is placed into it.
+    let _placing = match &namespace {
+        Some(namespace) => Some(ctx.placing_into(namespace).await),
+        None => None,
+    };
     if let Some(namespace) = &namespace {
         ensure_namespace(ctx, config, namespace).await?;
     }
@@ -456,7 +462,7 @@ async fn create(
             info!(object = %key, local = %name, "Adopted an existing local object");
         }
         Ok(Placed::Deleting) => {}
-        Err(SyncError::Service(kube::Error::Api(status))) if status.code == 404 => {
+        Err(SyncError::Service(kube::Error::Api(status))) if namespace_gone(&status) => {
             // The namespace was deleted since the agent made sure of it.
             if let Some(namespace) = &namespace {
                 ctx.forget_service_namespace(namespace);
@@ -490,6 +496,14 @@ async fn delete(
         client: target.client,
         object: remote,
     };
+    // Where the copy is (or was: its kcp object names it until released).
+    let copy_namespace = local.as_ref().and_then(ResourceExt::namespace).or_else(|| {
+        remote
+            .annotations()
+            .get(LOCAL_OBJECT_ANNOTATION)
+            .and_then(|local| local.split_once('/'))
+            .map(|(namespace, _)| namespace.to_string())
+    });
     let foreign = remote.finalizers().iter().any(|f| f != FINALIZER);
     if ctx.wait_for_foreign_finalizers && remote.metadata.deletion_timestamp.is_some() && foreign {
         debug!(object = %remote.name_any(), "Waiting for other finalizers before deleting the copy");
@@ -555,12 +569,36 @@ async fn delete(
             return Ok(Outcome::wait(Duration::from_secs(2)));
         }
     }
+    // The copy is gone: its namespace may go too, before the kcp object is
+    // released (its release tells that the namespace was looked at).
+    if let (true, Some(namespace)) = (config.delete_empty_namespaces, &copy_namespace) {
+        let since_deletion = remote.metadata.deletion_timestamp.as_ref().map(|deleted| {
+            Duration::try_from(k8s_openapi::jiff::Timestamp::now().duration_since(deleted.0))
+                .unwrap_or_default()
+        });
+        if stale_namespaces::clear(ctx, namespace, &config.local, since_deletion).await
+            == Verdict::Wait
+        {
+            return Ok(Outcome::wait(Duration::from_secs(2)));
+        }
+    }
     if let Some(released) = engine.release(remote_api, remote, &MARKS).await? {
         target.objects.apply(&released);
         info!(object = %remote.name_any(), "The local copy is gone; released the kcp object");
         events.normal("ObjectDeleted", "the copy on the service cluster is gone");
     }
     Ok(Outcome::DONE)
+}
+
+/// Whether a create failed because its namespace is gone or being deleted.
+fn namespace_gone(status: &kube::core::Status) -> bool {
+    let terminating = |details: &kube::core::response::StatusDetails| {
+        details
+            .causes
+            .iter()
+            .any(|cause| cause.reason == "NamespaceTerminating")
+    };
+    status.code == 404 || (status.code == 403 && status.details.as_ref().is_some_and(terminating))
 }
 
 /// Counts a write (`action`) and tells the consumer about it (`event`:
@@ -593,5 +631,31 @@ impl KcpEvents<'_> {
 
     fn warning(&self, reason: &str, message: &str) {
         self.sink.warning(self.client, self.object, reason, message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(value: Value) -> kube::core::Status {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn a_create_in_a_namespace_gone_or_being_deleted_forgets_it_and_no_other_refusal_does() {
+        assert!(namespace_gone(&status(
+            json!({"code": 404, "reason": "NotFound", "message": "namespaces \"c1\" not found"})
+        )));
+        assert!(namespace_gone(&status(json!({
+            "code": 403, "reason": "Forbidden",
+            "message": "unable to create new content in namespace c1 because it is being terminated",
+            "details": {"name": "w", "kind": "widgets",
+                        "causes": [{"reason": "NamespaceTerminating", "field": "metadata.namespace"}]},
+        }))));
+        assert!(!namespace_gone(&status(json!({
+            "code": 403, "reason": "Forbidden",
+            "message": "widgets is forbidden: User cannot create resource",
+        }))));
     }
 }

@@ -142,7 +142,7 @@ async fn copy(
     let destination = engine.destination();
     let client = primaries.client(destination);
     if let Some(namespace) = &pair.destination_namespace {
-        crate::context::ensure_namespace(client, namespace)
+        crate::context::ensure_namespace(client, namespace, &BTreeMap::new())
             .await
             .map_err(SyncError::on(destination))?;
     }

@@ -112,6 +112,28 @@ fn a_first_build_creates_the_namespace_and_grants_every_kind_and_nothing_else() 
     assert!(!granted.contains("secrets"), "{granted:?}");
 }
 
+#[test]
+fn the_agent_may_delete_namespaces_only_when_a_resource_deletes_empty_ones() {
+    let mut offering = offering(include_str!("fixtures/offering.yaml"));
+    let facts = facts(include_str!("fixtures/facts-two-kinds.yaml"));
+    let namespace_verbs = |desired: Desired| {
+        desired
+            .cluster_role
+            .rules
+            .unwrap()
+            .into_iter()
+            .find(|r| r.resources.as_deref() == Some(&["namespaces".to_string()][..]))
+            .map(|r| r.verbs)
+            .unwrap_or_default()
+    };
+    let verbs = namespace_verbs(desired(&offering, &facts));
+    assert!(!verbs.contains(&"delete".to_string()), "{verbs:?}");
+    offering.spec.resources[0].spec.naming =
+        Some(serde_json::from_value(serde_json::json!({"deleteEmptyNamespaces": true})).unwrap());
+    let verbs = namespace_verbs(desired(&offering, &facts));
+    assert!(verbs.contains(&"delete".to_string()), "{verbs:?}");
+}
+
 fn desired_with_kinds(offering: &PublishedOffering, resources: &[&str]) -> Desired {
     let mut facts = Facts::default();
     facts.kinds.synced = resources

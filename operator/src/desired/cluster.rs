@@ -95,15 +95,36 @@ pub fn service_account(offering: &PublishedOffering, names: &Names) -> ServiceAc
     }
 }
 
+/// Whether a PublishedResource of the offering deletes the namespaces its
+/// agent created once they are empty (`naming.deleteEmptyNamespaces`).
+pub fn clears_namespaces(offering: &PublishedOffering) -> bool {
+    offering.spec.resources.iter().any(|resource| {
+        resource
+            .spec
+            .naming
+            .as_ref()
+            .and_then(|naming| naming.delete_empty_namespaces)
+            == Some(true)
+    })
+}
+
 /// What the agent does cluster-wide: read CRDs and its PublishedResources,
 /// write their status, create namespaces for copies, raise events, and
 /// manage copies of the published kinds (`synced`) and related objects
-/// (`related`).
+/// (`related`). Only when it deletes empty namespaces (`clears_namespaces`)
+/// may it delete namespaces and list every kind, to tell that a namespace
+/// is empty (it asks for object metadata only).
 pub fn cluster_role(
     names: &Names,
     synced: &BTreeSet<GroupResource>,
     related: &BTreeSet<GroupResource>,
+    clears_namespaces: bool,
 ) -> ClusterRole {
+    let namespace_verbs: &[&str] = if clears_namespaces {
+        &["get", "list", "watch", "create", "patch", "delete"]
+    } else {
+        &["get", "list", "watch", "create", "patch"]
+    };
     let mut rules = vec![
         rule(
             "apiextensions.k8s.io",
@@ -120,14 +141,13 @@ pub fn cluster_role(
             &["publishedresources/status"],
             &["get", "update", "patch"],
         ),
-        rule(
-            "",
-            &["namespaces"],
-            &["get", "list", "watch", "create", "patch"],
-        ),
+        rule("", &["namespaces"], namespace_verbs),
         rule("", &["events"], &["create", "patch"]),
         rule("events.k8s.io", &["events"], &["create", "patch"]),
     ];
+    if clears_namespaces {
+        rules.push(rule("*", &["*"], &["list"]));
+    }
     for kind in synced {
         rules.push(rule(&kind.group, &[kind.resource.as_str()], WRITE));
         rules.push(rule(
@@ -811,23 +831,52 @@ mod tests {
             group: String::new(),
             resource: "secrets".into(),
         }]);
-        let role = cluster_role(&names, &synced, &related);
+        let role = cluster_role(&names, &synced, &related, false);
         let rules = role.rules.unwrap();
-        let covers = |group: &str, resource: &str, verb: &str| {
-            rules.iter().any(|r| {
-                r.api_groups.as_deref() == Some(&[group.to_string()][..])
-                    && r.resources
-                        .as_ref()
-                        .is_some_and(|rs| rs.contains(&resource.to_string()))
-                    && r.verbs.contains(&verb.to_string())
-            })
-        };
+        let covers =
+            |group: &str, resource: &str, verb: &str| covers(&rules, group, resource, verb);
         assert!(covers("db.example.io", "databases", "delete"));
         assert!(covers("db.example.io", "databases/status", "update"));
         assert!(covers("", "secrets", "create"));
         assert!(!covers("", "configmaps", "get"));
         assert!(!covers("", "secrets/status", "update"));
         assert!(!rules.iter().any(|r| r.verbs.contains(&"*".to_string())));
+    }
+
+    fn covers(rules: &[PolicyRule], group: &str, resource: &str, verb: &str) -> bool {
+        rules.iter().any(|r| {
+            r.api_groups.as_deref() == Some(&[group.to_string()][..])
+                && r.resources
+                    .as_ref()
+                    .is_some_and(|rs| rs.contains(&resource.to_string()))
+                && r.verbs.contains(&verb.to_string())
+        })
+    }
+
+    #[test]
+    fn only_an_offering_that_deletes_empty_namespaces_may_delete_them_and_list_every_kind() {
+        let (mut offering, names) = offering(json!(null));
+        let rules = |offering: &PublishedOffering| {
+            let none = BTreeSet::new();
+            cluster_role(&names, &none, &none, clears_namespaces(offering))
+                .rules
+                .unwrap()
+        };
+        let plain = rules(&offering);
+        assert!(covers(&plain, "", "namespaces", "create"));
+        assert!(!covers(&plain, "", "namespaces", "delete"));
+        assert!(!covers(&plain, "*", "*", "list"));
+
+        offering.spec.resources[1].spec.naming =
+            Some(serde_json::from_value(json!({"deleteEmptyNamespaces": true})).unwrap());
+        let clearing = rules(&offering);
+        assert!(covers(&clearing, "", "namespaces", "delete"));
+        assert!(covers(&clearing, "*", "*", "list"));
+        assert!(
+            !covers(&clearing, "*", "*", "get") && !covers(&clearing, "*", "*", "watch"),
+            "listing (metadata) is all the emptiness check needs"
+        );
+        assert!(!clearing.iter().any(|r| r.verbs.contains(&"*".to_string())));
     }
 
     #[test]
