@@ -154,6 +154,11 @@ impl Rewrites {
                         "{rule:?}: the {what} URL {url:?} needs a scheme and a host, like https://kcp.example.com:6443"
                     ));
                 }
+                if what == "used" && parsed.scheme_str() != Some("https") {
+                    return Err(format!(
+                        "{rule:?}: the used URL {url:?} must be https (the agent sends its kcp credentials there)"
+                    ));
+                }
                 if what == "listed" && parsed.path() != "/" {
                     return Err(format!(
                         "{rule:?}: the listed URL {url:?} must be a base (scheme, host and port, no path)"
@@ -443,6 +448,7 @@ mod tests {
             ("a:6443=https://b", "needs a scheme and a host"),
             ("https://a:6443/clusters=https://b", "must be a base"),
             ("https://a:6443=b b", "is not a URL"),
+            ("https://a:6443=http://b", "must be https"),
         ] {
             let error = Rewrites::parse(&[rule.into()], None).expect_err(rule);
             assert!(error.contains(why), "{rule}: {error}");

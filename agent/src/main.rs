@@ -120,7 +120,7 @@ async fn run(options: Options, stopped: watch::Receiver<bool>) -> anyhow::Result
     });
     let upstream_states = match options.upstream_state_namespace.as_str() {
         "" => None,
-        namespace => Some(UpstreamStates::load(service.clone(), namespace).await),
+        namespace => Some(UpstreamStates::new(service.clone(), namespace)),
     };
     let ctx = Context::new(service, kcp, &options, metrics, identity, upstream_states);
     run_as_leader(lease, stopped.clone(), |controllers| {

@@ -273,7 +273,8 @@ impl Pod {
 
 /// Plays a Deployment's ReplicaSet and kubelet for the process `pid`, which
 /// stands in for its one pod: the Deployment reports the pod available, and
-/// once it is scaled to zero (or deleted) the process gets SIGTERM and, when
+/// once it is scaled to zero (or deleted) the process gets SIGTERM (SIGKILL
+/// 30 s later, as a kubelet's grace period ends) and, when
 /// it has exited, the Deployment reports no replica, so that
 /// `kubectl rollout status` returns. The process stays its owner's; the
 /// returned task ends once the process is stopped.
@@ -282,12 +283,18 @@ pub fn follow_scale(client: Client, namespace: &str, name: &str, pid: u32) -> Jo
     let name = name.to_string();
     tokio::spawn(async move {
         let mut reported = None;
+        let mut seen = false;
         loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
             let deployment = match deployments.get_opt(&name).await {
                 Ok(found) => found,
                 Err(_) => continue,
             };
+            // Not there yet: nothing to follow.
+            if deployment.is_none() && !seen {
+                continue;
+            }
+            seen = true;
             let replicas = deployment
                 .as_ref()
                 .and_then(|d| d.spec.as_ref()?.replicas)
@@ -314,7 +321,15 @@ pub fn follow_scale(client: Client, namespace: &str, name: &str, pid: u32) -> Jo
                 nix::unistd::Pid::from_raw(raw),
                 nix::sys::signal::Signal::SIGTERM,
             );
+            // A kubelet kills what outlives the grace period.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
             while !exited(pid) {
+                if tokio::time::Instant::now() > deadline {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(raw),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             if deployment.is_some() {

@@ -8,12 +8,13 @@
 //! them restarts a shard); they fail, rather than pass vacuously, against a
 //! single shard.
 
+use std::collections::HashMap;
 use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use e2e::env::EnvFile;
 use e2e::offering::OfferingScene;
@@ -784,27 +785,31 @@ async fn an_offering_whose_agent_brings_credentials_every_shard_accepts_syncs_co
 }
 
 /// A TCP forwarder on a free loopback port to `target` (`host:port`), as a
-/// load balancer or tunnel in front of a shard; returns its address and the
-/// number of connections it carried.
-async fn forwarder(target: String) -> (String, Arc<AtomicUsize>) {
+/// load balancer or tunnel in front of a shard; returns its address and
+/// when each connection it carries now was opened.
+async fn forwarder(target: String) -> (String, Arc<Mutex<HashMap<u64, Instant>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("a loopback port");
     let address = listener.local_addr().expect("its address").to_string();
-    let carried = Arc::new(AtomicUsize::new(0));
-    let count = carried.clone();
+    let open: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+    let carried = open.clone();
     tokio::spawn(async move {
+        let mut next = 0;
         while let Ok((mut inbound, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            let target = target.clone();
+            next += 1;
+            let id = next;
+            carried.lock().unwrap().insert(id, Instant::now());
+            let (target, carried) = (target.clone(), carried.clone());
             tokio::spawn(async move {
                 if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
                     let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                 }
+                carried.lock().unwrap().remove(&id);
             });
         }
     });
-    (address, carried)
+    (address, open)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -910,10 +915,21 @@ async fn an_endpoint_rewritten_through_a_forwarder_still_syncs_and_a_wrong_rewri
         .await
         .expect("copy");
     }
-    assert!(
-        carried.load(Ordering::SeqCst) > 0,
-        "the rewritten endpoint was reached through the forwarder"
-    );
+    // The agent's watch of that shard goes through the forwarder: a
+    // connection outlives the operator's checks (5 s each).
+    poll_until(
+        "a long-lived connection through the forwarder",
+        TIMEOUT,
+        async || {
+            let open = carried.lock().unwrap();
+            open.values()
+                .any(|since| since.elapsed() > Duration::from_secs(10))
+                .then_some(())
+                .ok_or(format!("{} open, none older than 10 s", open.len()))
+        },
+    )
+    .await
+    .expect("the agent reaches the rewritten endpoint through the forwarder");
     let metrics = agent.process.metrics().await.expect("metrics");
     assert!(
         metrics.contains("sync_agent_endpoints_rewritten 1"),

@@ -339,8 +339,9 @@ pub struct EndpointRewrite {
     #[schemars(regex(pattern = r"^https?://[^/]+/?$"))]
     pub from: String,
     /// The base URL to use instead, for example
-    /// `https://kcp-shard-1.example.com`; it may carry a path prefix.
-    #[schemars(regex(pattern = r"^https?://[^/]+(/.*)?$"))]
+    /// `https://kcp-shard-1.example.com`; it may carry a path prefix. Only
+    /// `https`: the agent sends its kcp credentials there.
+    #[schemars(regex(pattern = r"^https://[^/]+(/.*)?$"))]
     pub to: String,
 }
 

@@ -178,7 +178,7 @@ pub async fn apply(
             put(&Api::namespaced(client.clone(), &names.namespace), &secret)
                 .await
                 .map_err(|error| Error::service("writing the agent's kcp Secret", error))?;
-            (None, brought.kcp.config().clone())
+            (None, brought.identity.clone())
         }
         None => {
             let (token, bearer) = token(

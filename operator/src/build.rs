@@ -113,7 +113,7 @@ pub fn build(
 ) -> Result<Desired, Error> {
     let agent_kubeconfig =
         agent_kubeconfig(kcp, facts.brought.as_ref(), offering, defaults.kcp_url)?;
-    let brought_user = facts.brought.as_ref().and_then(|b| b.user.as_deref());
+    let brought_user = facts.brought.as_ref().map(|b| b.user.as_str());
     let image = offering
         .spec
         .agent

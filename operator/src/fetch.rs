@@ -87,12 +87,13 @@ pub struct Facts {
 pub struct Brought {
     /// Where they are.
     pub location: SecretLocation,
-    /// Access to kcp with them (never the operator's own identity).
+    /// The kubeconfig they came in (its address and CA are the agent's).
     pub kcp: Kcp,
-    /// The user kcp reports for them in the provider workspace, `None`
-    /// when kcp does not say (then the identity's permissions are the
-    /// provider's to grant).
-    pub user: Option<String>,
+    /// Their identity on the operator's own connection to kcp, which is
+    /// what the operator checks them with.
+    pub identity: kube::Config,
+    /// The user kcp reports for them in the provider workspace.
+    pub user: String,
 }
 
 impl std::fmt::Debug for Facts {
@@ -240,7 +241,7 @@ pub async fn fetch(
     let provider = kcp.client(path)?;
     let logical_cluster = kcp.logical_cluster(&provider, path).await?;
     let brought = match brought_secret {
-        Some(location) => Some(brought(client, location, path).await?),
+        Some(location) => Some(brought(client, location, path, &kcp).await?),
         None => None,
     };
     let kcp_error = |what: &str| {
@@ -305,8 +306,18 @@ pub async fn fetch(
 }
 
 /// Reads the agent's own kcp credentials at `location` and asks kcp, in
-/// the provider workspace at `path`, whom they authenticate.
-async fn brought(client: &Client, location: &SecretLocation, path: &str) -> Result<Brought, Error> {
+/// the provider workspace at `path` and through the operator's own
+/// connection (`operator`), whom they authenticate.
+async fn brought(
+    client: &Client,
+    location: &SecretLocation,
+    path: &str,
+    operator: &Kcp,
+) -> Result<Brought, Error> {
+    let what = format!(
+        "the agent's kcp kubeconfig in Secret {}/{}",
+        location.namespace, location.name
+    );
     let loaded = credentials::load(client, location)
         .await
         .map_err(|error| match error {
@@ -314,11 +325,19 @@ async fn brought(client: &Client, location: &SecretLocation, path: &str) -> Resu
             Error::InvalidKcpKubeconfig(message) => Error::InvalidAgentKubeconfig(message),
             other => other,
         })?;
-    let kcp = Kcp::new(loaded);
-    let user = kcp.user(path).await;
+    let auth = credentials::current_user(&loaded.kubeconfig)
+        .map_err(|error| Error::InvalidAgentKubeconfig(format!("{what}: {error}")))?;
+    if auth.token.is_none() && auth.client_certificate_data.is_none() {
+        return Err(Error::InvalidAgentKubeconfig(format!(
+            "{what} carries no token and no client certificate"
+        )));
+    }
+    let identity = operator.with_auth(auth);
+    let user = operator.user_of(&identity, path).await?;
     Ok(Brought {
         location: location.clone(),
-        kcp,
+        kcp: Kcp::new(loaded),
+        identity,
         user,
     })
 }

@@ -15,7 +15,6 @@ use crate::credentials::{self, KcpCredentials};
 use crate::error::Error;
 use sync_agent::kcp::Rewrites;
 use sync_agent::runtime::rest;
-use tracing::debug;
 
 /// The operator's access to kcp, by workspace path. Clones share the
 /// client cache.
@@ -114,36 +113,73 @@ impl Kcp {
     /// The identity of the agent's minted `token`: these credentials' TLS
     /// settings, and nothing of their own identity.
     pub fn with_token(&self, token: &str) -> Config {
-        let mut config = self.credentials.config.clone();
-        config.auth_info = AuthInfo {
+        self.with_auth(AuthInfo {
             token: Some(token.to_string().into()),
             ..AuthInfo::default()
-        };
+        })
+    }
+
+    /// `auth`, another identity's credentials, on these credentials'
+    /// connection (server and TLS trust), and nothing of their own identity:
+    /// how the operator checks the agent's credentials against the kcp it
+    /// trusts.
+    pub fn with_auth(&self, auth: AuthInfo) -> Config {
+        let mut config = self.credentials.config.clone();
+        config.auth_info = auth;
         config
     }
 
-    /// The client configuration of these credentials.
-    pub fn config(&self) -> &Config {
-        &self.credentials.config
-    }
-
-    /// The user these credentials authenticate as, as kcp reports it in
-    /// the workspace at `path`: a SelfSubjectReview's answer, or, while the
-    /// identity may not enter the workspace yet (kcp then refuses every
-    /// request of it, that one too), the user its refusal names. `None`
-    /// when kcp says neither.
-    pub async fn user(&self, path: &str) -> Option<String> {
-        let api: Api<SelfSubjectReview> = Api::all(self.client(path).ok()?);
-        match api
+    /// The user `identity` authenticates as, as kcp reports it in the
+    /// workspace at `path`: a SelfSubjectReview's answer (an authenticated
+    /// user), or, while the identity may not enter the workspace yet (kcp
+    /// then refuses every request of it, that one too), the user the
+    /// refusal names. A user the agent's role must not be granted to
+    /// (anonymous, kcp's own `system:` users) is an error, and so is any
+    /// other answer: the reconcile is retried rather than the role moved.
+    pub async fn user_of(&self, identity: &Config, path: &str) -> Result<String, Error> {
+        let mut config = identity.clone();
+        config.cluster_url = format!("{}/clusters/{path}", self.base)
+            .parse()
+            .map_err(|_| Error::InvalidSpec(format!("{path} is not a workspace path")))?;
+        let client = rest::client(config).map_err(|error| {
+            Error::InvalidAgentKubeconfig(format!("building a kcp client: {error}"))
+        })?;
+        let api: Api<SelfSubjectReview> = Api::all(client);
+        let user = match api
             .create(&PostParams::default(), &SelfSubjectReview::default())
             .await
         {
-            Ok(review) => review.status?.user_info?.username,
+            Ok(review) => review
+                .status
+                .and_then(|s| s.user_info)
+                .filter(|u| {
+                    u.groups
+                        .iter()
+                        .flatten()
+                        .any(|g| g == "system:authenticated")
+                })
+                .and_then(|u| u.username),
             Err(kube::Error::Api(status)) if status.code == 403 => refused_user(&status.message),
-            Err(error) => {
-                debug!(%error, path, "kcp does not say whom the agent's credentials authenticate");
-                None
+            Err(kube::Error::Api(status)) if status.code == 401 => {
+                return Err(Error::InvalidAgentKubeconfig(format!(
+                    "kcp does not accept the agent's kcp credentials: {}",
+                    status.message
+                )));
             }
+            Err(error) => {
+                return Err(Error::kcp(
+                    "asking kcp whom the agent's kcp credentials authenticate",
+                    error,
+                ));
+            }
+        };
+        match user {
+            Some(user) if grantable(&user) => Ok(user),
+            other => Err(Error::InvalidAgentKubeconfig(format!(
+                "kcp names the agent's kcp credentials' user {:?}, which the agent's role is not \
+                 granted to: give the agent credentials of an authenticated user of its own",
+                other.unwrap_or_default()
+            ))),
         }
     }
 
@@ -234,11 +270,18 @@ async fn connects(url: &str) -> Result<(), String> {
 }
 
 /// The user a Kubernetes authorization refusal names: `User "<name>"
-/// cannot <verb> …` (the API server's wording, which kcp keeps).
+/// cannot <verb> …` (the API server's wording, which kcp keeps). A name
+/// with an escaped character is not read.
 fn refused_user(message: &str) -> Option<String> {
     let (_, rest) = message.split_once("User \"")?;
     let (user, _) = rest.split_once('"')?;
-    (!user.is_empty()).then(|| user.to_string())
+    (!user.is_empty() && !user.contains('\\')).then(|| user.to_string())
+}
+
+/// Whether the agent's role may be granted to `user`: not anonymous, and
+/// none of kcp's own `system:` users but ServiceAccounts.
+fn grantable(user: &str) -> bool {
+    !user.is_empty() && (!user.starts_with("system:") || user.starts_with("system:serviceaccount:"))
 }
 
 #[cfg(test)]
@@ -260,6 +303,21 @@ mod tests {
         assert_eq!(refused_user(message), Some("e2e-agent".into()));
         assert_eq!(refused_user("forbidden: access denied"), None);
         assert_eq!(refused_user(r#"User "" cannot get"#), None);
+        assert_eq!(refused_user(r#"User "a\"b" cannot get"#), None);
+    }
+
+    #[test]
+    fn the_agents_role_is_granted_to_authenticated_users_of_their_own_only() {
+        assert!(grantable("e2e-agent"));
+        assert!(grantable("system:serviceaccount:sync-agents:agent"));
+        for user in [
+            "",
+            "system:anonymous",
+            "system:kcp:logical-cluster-admin",
+            "system:admin",
+        ] {
+            assert!(!grantable(user), "{user}");
+        }
     }
 
     #[tokio::test]

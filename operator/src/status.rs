@@ -172,17 +172,10 @@ fn credentials(
         return match (&facts.brought, &applied.token) {
             (Some(brought), _) => Verdict::ok(
                 "KubeconfigProvided",
-                match &brought.user {
-                    Some(user) => format!(
-                        "the agent uses {whose} (kcp user {user}, granted the ClusterRole {})",
-                        names.kcp_agent_role
-                    ),
-                    None => format!(
-                        "the agent uses {whose}; kcp does not say whom it authenticates, so the \
-                         ClusterRole {} is not bound to it: grant it yourself",
-                        names.kcp_agent_role
-                    ),
-                },
+                format!(
+                    "the agent uses {whose} (kcp user {}, granted the ClusterRole {})",
+                    brought.user, names.kcp_agent_role
+                ),
             ),
             (None, token) => Verdict::ok(
                 "TokenIssued",

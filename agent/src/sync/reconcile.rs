@@ -20,7 +20,7 @@ use super::events::EventSink;
 use super::identity::{FINALIZER, LOCAL_OBJECT_ANNOTATION, MARKS, RemoteKey, Side};
 use super::mirror::Mirror;
 use super::naming::{NamingContext, Placement};
-use super::object::{Owner, lacks_state, new_copy};
+use super::object::{LAST_KNOWN_ANNOTATION, Owner, lacks_state, new_copy};
 use super::related;
 use super::related_copies;
 use super::stale_namespaces::{self, Verdict};
@@ -278,12 +278,13 @@ async fn sync_object(
     let stamp = owner.stamp(&remote_value);
     // A copy an upstream agent made: its last-known state is in a Secret.
     let upstream = match &ctx.upstream_states {
-        Some(states) if lacks_state(&remote_value, &local_value) => {
-            states.find(key, &remote_value).await
-        }
+        Some(states) if lacks_state(&remote_value, &local_value) => states
+            .find(key, &remote_value)
+            .await
+            .map_err(SyncError::Service)?,
         _ => None,
     };
-    let mut wrote = engine
+    let updated = engine
         .update(
             &local_api,
             &remote_value,
@@ -291,11 +292,15 @@ async fn sync_object(
             &stamp,
             upstream.as_ref().map(|state| &state.fields),
         )
-        .await?
-        .is_some();
-    if let (Some(states), Some(state)) = (&ctx.upstream_states, &upstream) {
+        .await?;
+    // Upstream's Secret goes once our own state is on the copy (a state
+    // too large to record leaves the Secret where it is).
+    if let (Some(states), Some(state), Some(copy)) = (&ctx.upstream_states, &upstream, &updated)
+        && copy.annotations().contains_key(LAST_KNOWN_ANNOTATION)
+    {
         states.consumed(key, state).await;
     }
+    let mut wrote = updated.is_some();
     if wrote {
         debug!(object = %key, "Updated the local copy");
         synced(

@@ -11,16 +11,17 @@
 //! so a field the consumer removed while no agent ran is removed from the
 //! copy too; once our state is on the copy, upstream's Secret goes.
 //!
-//! The Secrets are listed once, at start (names and labels only); each is
-//! read when its object is first synced.
+//! The Secrets are listed once, on first use (names and labels only); a
+//! failed listing or reading fails the reconcile, which is retried, so no
+//! copy is brought in line without a state that exists.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Map, Value};
+use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use super::identity::{
@@ -31,15 +32,16 @@ use super::object::spec_fields;
 /// Label upstream puts on its state Secrets.
 pub const STATE_LABEL: &str = "syncagent.kcp.io/object-state";
 
-/// Secrets listed per request at start.
+/// Secrets listed per request.
 const PAGE: u32 = 500;
 
 /// Upstream's state Secrets in one namespace, by the object they hold.
 #[derive(Debug)]
 pub struct UpstreamStates {
     api: Api<Secret>,
-    /// Secret names by [`index_key`] of their kcp object.
-    secrets: Mutex<HashMap<String, String>>,
+    /// Secret names by [`index_key`] of their kcp object (objects of
+    /// several kinds may share one), once listed.
+    secrets: Mutex<Option<HashMap<String, Vec<String>>>>,
 }
 
 /// Upstream's last-known state of one object, and the Secret holding it.
@@ -88,80 +90,91 @@ pub fn entry_for<'a>(
 }
 
 impl UpstreamStates {
-    /// Lists upstream's state Secrets in `namespace`. A failed listing (no
-    /// permission, say) is logged and leaves nothing to read: copies are
-    /// then brought in line field by field, as without upstream's state.
-    pub async fn load(client: Client, namespace: &str) -> Self {
-        let api: Api<Secret> = Api::namespaced(client, namespace);
-        let mut secrets = HashMap::new();
+    /// Upstream's state Secrets in `namespace`, listed on first use.
+    pub fn new(client: Client, namespace: &str) -> Self {
+        Self {
+            api: Api::namespaced(client, namespace),
+            secrets: Mutex::new(None),
+        }
+    }
+
+    /// Lists the state Secrets (names and labels).
+    async fn list(&self) -> Result<HashMap<String, Vec<String>>, kube::Error> {
+        let mut secrets: HashMap<String, Vec<String>> = HashMap::new();
         let mut params = ListParams::default().labels(&format!("{STATE_LABEL}=true"));
         params.limit = Some(PAGE);
         loop {
-            match api.list_metadata(&params).await {
-                Ok(page) => {
-                    for secret in &page.items {
-                        if let Some(key) = index_key(secret.labels()) {
-                            secrets.insert(key, secret.name_any());
-                        }
-                    }
-                    match page.metadata.continue_.filter(|c| !c.is_empty()) {
-                        Some(token) => params.continue_token = Some(token),
-                        None => break,
-                    }
+            let page = self.api.list_metadata(&params).await?;
+            for secret in &page.items {
+                if let Some(key) = index_key(secret.labels()) {
+                    secrets.entry(key).or_default().push(secret.name_any());
                 }
-                Err(error) => {
-                    warn!(namespace, %error, "Cannot list the upstream agent's state Secrets; copies without this agent's last-known state are brought in line field by field");
-                    secrets.clear();
-                    break;
-                }
+            }
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params.continue_token = Some(token),
+                None => break,
             }
         }
         info!(
-            namespace,
-            secrets = secrets.len(),
+            secrets = secrets.values().map(Vec::len).sum::<usize>(),
             "Found the upstream agent's state Secrets"
         );
-        Self {
-            api,
-            secrets: Mutex::new(secrets),
-        }
+        Ok(secrets)
     }
 
-    fn secrets(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
-        self.secrets.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Upstream's last-known state of `source`, the kcp object `key`, if
-    /// its Secret holds one. A Secret that cannot be read is logged and
-    /// passed over.
-    pub async fn find(&self, key: &RemoteKey, source: &Value) -> Option<UpstreamState> {
-        let index = index_key(&key.labels())?;
-        let name = self.secrets().get(&index).cloned()?;
-        match self.api.get_opt(&name).await {
-            Ok(Some(secret)) => {
-                let data = secret.data.unwrap_or_default();
-                let fields = entry_for(data.values().map(|v| v.0.as_slice()), source);
-                if fields.is_none() {
-                    self.secrets().remove(&index);
-                }
-                fields.map(|fields| UpstreamState {
+    /// Upstream's last-known state of `source`, the kcp object `key`, if a
+    /// Secret holds one. A Secret that cannot be listed or read is an
+    /// error: the reconcile is retried rather than done without it.
+    pub async fn find(
+        &self,
+        key: &RemoteKey,
+        source: &Value,
+    ) -> Result<Option<UpstreamState>, kube::Error> {
+        let Some(index) = index_key(&key.labels()) else {
+            return Ok(None);
+        };
+        let names = {
+            let mut secrets = self.secrets.lock().await;
+            if secrets.is_none() {
+                *secrets = Some(self.list().await?);
+            }
+            secrets
+                .as_ref()
+                .and_then(|s| s.get(&index))
+                .cloned()
+                .unwrap_or_default()
+        };
+        for name in names {
+            let Some(secret) = self.api.get_opt(&name).await? else {
+                self.forget(&index, &name).await;
+                continue;
+            };
+            let data = secret.data.unwrap_or_default();
+            if let Some(fields) = entry_for(data.values().map(|v| v.0.as_slice()), source) {
+                return Ok(Some(UpstreamState {
                     secret: name,
                     fields,
-                })
+                }));
             }
-            Ok(None) => {
-                self.secrets().remove(&index);
-                None
-            }
-            Err(error) => {
-                warn!(object = %key, secret = %name, %error, "Cannot read the upstream agent's state Secret");
-                None
+        }
+        Ok(None)
+    }
+
+    /// Drops `name` from the Secrets of `index`.
+    async fn forget(&self, index: &str, name: &str) {
+        if let Some(secrets) = self.secrets.lock().await.as_mut()
+            && let Some(names) = secrets.get_mut(index)
+        {
+            names.retain(|n| n != name);
+            if names.is_empty() {
+                secrets.remove(index);
             }
         }
     }
 
-    /// Deletes the Secret of `key` once the copy carries this agent's own
-    /// state. A failure is logged: the Secret is looked at again next time.
+    /// Deletes the Secret of `state` once the copy of `key` carries this
+    /// agent's own state. A failure is logged (the Secret is then left for
+    /// the migration guide's clean-up step to show).
     pub async fn consumed(&self, key: &RemoteKey, state: &UpstreamState) {
         match self
             .api
@@ -171,12 +184,12 @@ impl UpstreamStates {
             Ok(_) => {}
             Err(kube::Error::Api(status)) if status.code == 404 => {}
             Err(error) => {
-                warn!(object = %key, secret = %state.secret, %error, "Cannot delete the upstream agent's state Secret");
+                warn!(object = %key, secret = %state.secret, %error, "Cannot delete the upstream agent's state Secret; delete it by hand");
                 return;
             }
         }
         if let Some(index) = index_key(&key.labels()) {
-            self.secrets().remove(&index);
+            self.forget(&index, &state.secret).await;
         }
         info!(object = %key, secret = %state.secret, "Took over the upstream agent's last-known state");
     }

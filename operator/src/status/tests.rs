@@ -341,7 +341,8 @@ mod stage {
                 kubeconfig: kube::config::Kubeconfig::default(),
                 config: kube::Config::new("https://kcp.example:6443".parse().unwrap()),
             }),
-            user: Some("platform:sync-agent".into()),
+            identity: kube::Config::new("https://kcp.example:6443".parse().unwrap()),
+            user: "platform:sync-agent".into(),
         });
         let mut applied = applied(include_str!("fixtures/applied-ready.yaml"));
         applied.token = None;
