@@ -639,54 +639,51 @@ fn agent_kubeconfig_every_shard_accepts(env: &EnvFile) -> String {
     serde_json::to_string(&kubeconfig).expect("serialised")
 }
 
-#[tokio::test]
-async fn an_offering_whose_agent_brings_credentials_every_shard_accepts_syncs_consumers_on_both_shards()
- {
-    let shards = shards();
-    let scene = OfferingScene::new("op-brought", &[]).await.expect("scene");
-    let kcp = &scene.provider.kcp;
+/// A consumer workspace `prefix` on every shard, and the Secret
+/// `agent-kcp` of the scene's namespace with credentials every shard
+/// accepts (the brought kubeconfig; its text is returned).
+async fn consumers_on_every_shard_with_brought_credentials(
+    scene: &OfferingScene,
+    prefix: &str,
+) -> (Vec<e2e::kcp::TestWorkspace>, String) {
     let mut consumers = Vec::new();
-    for shard in &shards {
+    for shard in &shards() {
         consumers.push(
-            kcp.create_workspace_on("root", "op-brought-consumer", Some(shard))
+            scene
+                .provider
+                .kcp
+                .create_workspace_on("root", prefix, Some(shard))
                 .await
                 .expect("consumer"),
         );
     }
-    let secrets: Api<Secret> =
-        Api::namespaced(scene.provider.service.clone(), &scene.provider.namespace);
     let kubeconfig = agent_kubeconfig_every_shard_accepts(&scene.provider.env);
     let secret: Secret = serde_json::from_value(json!({
         "metadata": {"name": "agent-kcp"},
         "stringData": {"kubeconfig": kubeconfig},
     }))
     .unwrap();
-    secrets
+    Api::<Secret>::namespaced(scene.provider.service.clone(), &scene.provider.namespace)
         .create(&PostParams::default(), &secret)
         .await
         .expect("the agent's own kcp Secret");
-    let paths: Vec<String> = consumers.iter().map(|c| c.path.clone()).collect();
-    scene
-        .apply(
-            "widgets",
-            scene.spec(json!({
-                "agent": {"replicas": 1, "kcpKubeconfigSecretRef": {"name": "agent-kcp"}},
-                "consumers": {"workspaces": paths},
-            })),
-        )
-        .await
-        .expect("offering");
-    let agent = scene.run_agent("widgets").await.expect("agent runs");
+    (consumers, kubeconfig)
+}
 
-    // Every consumer, on either shard, gets its copy through its shard's
-    // endpoint with the brought credentials.
-    for consumer in &consumers {
+/// A widget `w` in each consumer workspace, and each one's copy on the
+/// service cluster, through its shard's endpoint.
+async fn widgets_reach_the_service_cluster(
+    scene: &OfferingScene,
+    consumers: &[e2e::kcp::TestWorkspace],
+    agent: &e2e::pod::Pod,
+) {
+    for consumer in consumers {
         scene
             .consumer_widget(&consumer.path, "w")
             .await
             .expect("widget");
     }
-    for consumer in &consumers {
+    for consumer in consumers {
         poll_until(
             &format!("the copy from {}", consumer.path),
             KCP_SLOW_TIMEOUT,
@@ -706,6 +703,34 @@ async fn an_offering_whose_agent_brings_credentials_every_shard_accepts_syncs_co
         .await
         .expect("copy");
     }
+}
+
+#[tokio::test]
+async fn an_offering_whose_agent_brings_credentials_every_shard_accepts_syncs_consumers_on_both_shards()
+ {
+    let shards = shards();
+    let scene = OfferingScene::new("op-brought", &[]).await.expect("scene");
+    let kcp = &scene.provider.kcp;
+    let (consumers, kubeconfig) =
+        consumers_on_every_shard_with_brought_credentials(&scene, "op-brought-consumer").await;
+    let secrets: Api<Secret> =
+        Api::namespaced(scene.provider.service.clone(), &scene.provider.namespace);
+    let paths: Vec<String> = consumers.iter().map(|c| c.path.clone()).collect();
+    scene
+        .apply(
+            "widgets",
+            scene.spec(json!({
+                "agent": {"replicas": 1, "kcpKubeconfigSecretRef": {"name": "agent-kcp"}},
+                "consumers": {"workspaces": paths},
+            })),
+        )
+        .await
+        .expect("offering");
+    let agent = scene.run_agent("widgets").await.expect("agent runs");
+
+    // Every consumer, on either shard, gets its copy through its shard's
+    // endpoint with the brought credentials.
+    widgets_reach_the_service_cluster(&scene, &consumers, &agent).await;
     // Every endpoint accepts them: the offering is Ready and says whose
     // credentials the agent uses; no token was minted for it.
     urls_of(&scene.provider.kcp_client, "widgets", shards.len()).await;
@@ -817,26 +842,9 @@ async fn an_endpoint_rewritten_through_a_forwarder_still_syncs_and_a_wrong_rewri
     let shards = shards();
     let scene = OfferingScene::new("op-rewrite", &[]).await.expect("scene");
     let kcp = &scene.provider.kcp;
-    let mut consumers = Vec::new();
-    for shard in &shards {
-        consumers.push(
-            kcp.create_workspace_on("root", "op-rewrite-consumer", Some(shard))
-                .await
-                .expect("consumer"),
-        );
-    }
     // Credentials every shard accepts, so that both shards sync.
-    let secrets: Api<Secret> =
-        Api::namespaced(scene.provider.service.clone(), &scene.provider.namespace);
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "agent-kcp"},
-        "stringData": {"kubeconfig": agent_kubeconfig_every_shard_accepts(&scene.provider.env)},
-    }))
-    .unwrap();
-    secrets
-        .create(&PostParams::default(), &secret)
-        .await
-        .expect("the agent's own kcp Secret");
+    let (consumers, _) =
+        consumers_on_every_shard_with_brought_credentials(&scene, "op-rewrite-consumer").await;
     let paths: Vec<String> = consumers.iter().map(|c| c.path.clone()).collect();
     let spec = |agent: serde_json::Value| {
         let mut agent_spec =
@@ -889,32 +897,7 @@ async fn an_endpoint_rewritten_through_a_forwarder_still_syncs_and_a_wrong_rewri
     .await
     .expect("the flag");
     let agent = scene.run_agent("widgets").await.expect("agent runs");
-    for consumer in &consumers {
-        scene
-            .consumer_widget(&consumer.path, "w")
-            .await
-            .expect("widget");
-    }
-    for consumer in &consumers {
-        poll_until(
-            &format!("the copy from {}", consumer.path),
-            KCP_SLOW_TIMEOUT,
-            async || match scene
-                .copies_from(&consumer.cluster)
-                .await
-                .map_err(|e| e.to_string())?
-                .len()
-            {
-                1 => Ok(()),
-                n => Err(format!(
-                    "{n} copies; agent log:\n{}",
-                    agent.process.log_tail()
-                )),
-            },
-        )
-        .await
-        .expect("copy");
-    }
+    widgets_reach_the_service_cluster(&scene, &consumers, &agent).await;
     // The agent's watch of that shard goes through the forwarder: a
     // connection outlives the operator's checks (5 s each).
     poll_until(
